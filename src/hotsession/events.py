@@ -1,0 +1,115 @@
+"""Events a session emits, and the per-turn timing breakdown carried by ``result``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventType = Literal[
+    "queued",  # the prompt waits behind another turn
+    "message",  # a CLI message, as the CLI sent it
+    "permission_request",  # a tool call waits for allow / deny
+    "permission_resolved",  # that request was answered, timed out or withdrawn
+    "result",  # the turn ended; carries the timing breakdown
+    "error",  # the turn failed; carries a machine-readable code
+]
+TERMINAL_TYPES = frozenset({"result", "error"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event; ``seq`` is the session's sequence number (the SSE ``id:``)."""
+
+    session_id: str
+    seq: int
+    turn: int
+    type: str
+    data: dict[str, Any]
+    t: float = field(default_factory=time.time)
+
+    @property
+    def terminal(self) -> bool:
+        """True for the last event of a turn."""
+        return self.type in TERMINAL_TYPES
+
+
+class TurnClock:
+    """Collects the timing of one turn from monotonic timestamps.
+
+    * queued: prompt accepted → turn started (waiting behind other turns)
+    * claim: turn started → process ready (0 when hot; a spawn, a claim or a resume otherwise)
+    * ttfe: prompt written → first CLI event
+    * time_to_request: as the CLI reports it (``time_to_request_ms``), when it does
+    * tools: the sum of tool_use → tool_result intervals
+    * thinking: what is left of the turn after ttfe and tools (the model's time)
+    """
+
+    __slots__ = (
+        "_open_tools",
+        "accepted",
+        "first_event",
+        "process_ready",
+        "source",
+        "started",
+        "tool_calls",
+        "tools_s",
+        "written",
+    )
+
+    def __init__(self, accepted: float) -> None:
+        self.accepted = accepted
+        self.started = accepted
+        self.process_ready = accepted
+        self.written = accepted
+        self.first_event: float | None = None
+        self.tool_calls = 0
+        self.tools_s = 0.0
+        self.source = "hot"
+        self._open_tools: dict[str, float] = {}
+
+    def observe(self, msg: dict[str, Any], now: float) -> None:
+        """Account one CLI message."""
+        if self.first_event is None:
+            self.first_event = now
+        kind = msg.get("type")
+        if kind not in ("assistant", "user"):
+            return
+        content = (msg.get("message") or {}).get("content")
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if kind == "assistant" and block.get("type") == "tool_use":
+                self.tool_calls += 1
+                self._open_tools[str(block.get("id"))] = now
+            elif kind == "user" and block.get("type") == "tool_result":
+                began = self._open_tools.pop(str(block.get("tool_use_id")), None)
+                if began is not None:
+                    self.tools_s += now - began
+
+    def breakdown(self, now: float, result: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The timing dict of the ``result`` event (milliseconds)."""
+
+        def ms(x: float) -> float:
+            return round(max(0.0, x) * 1000, 2)
+
+        run = now - self.written
+        ttfe = (self.first_event - self.written) if self.first_event is not None else run
+        tools = self.tools_s
+        out: dict[str, Any] = {
+            "queued_ms": ms(self.started - self.accepted),
+            "claim_ms": ms(self.process_ready - self.started),
+            "ttfe_ms": ms(ttfe),
+            "thinking_ms": ms(run - ttfe - tools),
+            "tools_ms": ms(tools),
+            "tool_calls": self.tool_calls,
+            "total_ms": ms(now - self.accepted),
+            "source": self.source,
+        }
+        if result is not None:
+            for key in ("time_to_request_ms", "duration_ms", "duration_api_ms", "ttft_ms"):
+                if isinstance(result.get(key), (int, float)):
+                    out[key] = result[key]
+        return out

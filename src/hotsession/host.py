@@ -1,0 +1,201 @@
+"""Where a session's process lives: the ``ProcessHost`` interface and its local implementation.
+
+A session asks its host for a process (new conversation, or ``--resume`` of an existing one) and
+gives it back when done. The local host spawns through the supervisor and, when a pool is
+attached, hands out warm spares first. A multi-machine host (Ray) will implement the same
+interface with leases in the shared store.
+
+Leases. A CLI session id belongs to at most one session at a time, and that session drives at most
+one process for it (two processes resuming one id would both append to the transcript and fork the
+conversation). ``acquire`` takes the lease for a session; another session asking for the same id
+gets ``LeaseConflict`` until it is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from hotsession.agent import AgentProcess
+from hotsession.errors import LeaseConflict
+from hotsession.options import SessionOptions, build_argv, build_env
+
+if TYPE_CHECKING:
+    from hotsession.supervisor import Supervisor
+
+Source = Literal["spare", "spawn", "resume", "warm"]
+
+
+@dataclass
+class Placement:
+    """A process serving one session, and how it was obtained."""
+
+    process: AgentProcess
+    cli_session_id: str
+    source: Source
+
+
+class SpareProvider(Protocol):
+    """What the local host needs of a warm pool."""
+
+    async def claim(self, options: SessionOptions) -> Placement | None:
+        """A ready spare of this profile, or None (a miss)."""
+
+    def note_spawn(self, options: SessionOptions, seconds: float) -> None:
+        """A direct spawn of this profile took ``seconds`` (cold-start estimate)."""
+
+
+class ProcessHost(Protocol):
+    """Gives sessions their processes."""
+
+    async def start_new(
+        self, options: SessionOptions, *, session_id: str, cli_session_id: str | None = None
+    ) -> Placement:
+        """A process for a new conversation (a spare when one is ready)."""
+
+    async def start_resume(
+        self,
+        options: SessionOptions,
+        *,
+        session_id: str,
+        cli_session_id: str,
+        fork_to: str | None = None,
+    ) -> Placement:
+        """A process continuing ``cli_session_id`` (copied to ``fork_to`` when forking)."""
+
+    async def retire(self, placement: Placement, *, busy: bool = False) -> None:
+        """End the process."""
+
+    def release(self, session_id: str, cli_session_id: str) -> None:
+        """The session no longer holds the CLI session id."""
+
+
+class LocalHost:
+    """Processes on this machine, spawned by the supervisor (or taken from the pool)."""
+
+    def __init__(
+        self, supervisor: Supervisor, *, cli_path: str, allow_root_bypass: bool = False
+    ) -> None:
+        self.supervisor = supervisor
+        self.cli_path = cli_path
+        self.allow_root_bypass = allow_root_bypass
+        self.pool: SpareProvider | None = None
+        self._leases: dict[str, str] = {}
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def acquire(self, session_id: str, cli_session_id: str) -> None:
+        """Take the lease of ``cli_session_id`` for ``session_id``."""
+        holder = self._leases.get(cli_session_id)
+        if holder is not None and holder != session_id:
+            raise LeaseConflict(
+                "that Claude Code session is in use by another hotsession session",
+                cli_session_id=cli_session_id,
+            )
+        self._leases[cli_session_id] = session_id
+
+    def release(self, session_id: str, cli_session_id: str) -> None:
+        """Give the lease back (only its holder can)."""
+        if self._leases.get(cli_session_id) == session_id:
+            del self._leases[cli_session_id]
+
+    def lease_holder(self, cli_session_id: str) -> str | None:
+        """The session holding a CLI session id."""
+        return self._leases.get(cli_session_id)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        options: SessionOptions,
+        *,
+        role: str,
+        session_id: str | None,
+        cli_session_id: str,
+        resume: bool = False,
+        fork_from: str | None = None,
+    ) -> AgentProcess:
+        """Spawn a CLI process for these options (no lease handling)."""
+        if fork_from is not None:
+            argv = build_argv(
+                self.cli_path, options, resume=fork_from, fork=True, session_id=cli_session_id
+            )
+        elif resume:
+            argv = build_argv(self.cli_path, options, resume=cli_session_id)
+        else:
+            argv = build_argv(self.cli_path, options, session_id=cli_session_id)
+        env = build_env(options, allow_root_bypass=self.allow_root_bypass)
+        return await self.supervisor.spawn(
+            argv,
+            cwd=options.cwd,
+            env=env,
+            label=f"{role}:{session_id or cli_session_id[:8]}",
+            role=role,
+            session_id=session_id,
+            cli_session_id=cli_session_id,
+        )
+
+    async def start_new(
+        self, options: SessionOptions, *, session_id: str, cli_session_id: str | None = None
+    ) -> Placement:
+        """A spare when one is ready (its pre-generated id is adopted), else a direct spawn."""
+        if cli_session_id is None and self.pool is not None:
+            placement = await self.pool.claim(options)
+            if placement is not None:
+                self.acquire(session_id, placement.cli_session_id)
+                return placement
+        cli_id = cli_session_id or str(uuid.uuid4())
+        self.acquire(session_id, cli_id)
+        began = time.monotonic()
+        try:
+            proc = await self.spawn(
+                options, role="session", session_id=session_id, cli_session_id=cli_id
+            )
+        except BaseException:
+            self.release(session_id, cli_id)
+            raise
+        if self.pool is not None:
+            self.pool.note_spawn(options, time.monotonic() - began)
+        return Placement(proc, cli_id, "spawn")
+
+    async def start_resume(
+        self,
+        options: SessionOptions,
+        *,
+        session_id: str,
+        cli_session_id: str,
+        fork_to: str | None = None,
+    ) -> Placement:
+        """Spawn ``--resume`` (or a fork) in the session's original cwd."""
+        target = fork_to or cli_session_id
+        self.acquire(session_id, target)
+        try:
+            proc = await self.spawn(
+                options,
+                role="session",
+                session_id=session_id,
+                cli_session_id=target,
+                resume=fork_to is None,
+                fork_from=cli_session_id if fork_to else None,
+            )
+        except BaseException:
+            self.release(session_id, target)
+            raise
+        return Placement(proc, target, "resume")
+
+    async def retire(self, placement: Placement, *, busy: bool = False) -> None:
+        """End a session's process (the lease stays with the session)."""
+        with contextlib.suppress(Exception):
+            await placement.process.close(busy=busy)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the host."""
+        return {
+            "children": len(self.supervisor.children),
+            "spawned_total": self.supervisor.spawned_total,
+            "spawn_failures_total": self.supervisor.spawn_failures_total,
+            "leases": len(self._leases),
+        }

@@ -1,0 +1,334 @@
+"""``Hotsession``: the library's entry point, and the engine behind the HTTP service.
+
+It owns the registry, the supervisor (every child process), the process host (and the pool when
+there is one) and the live sessions. Sessions of other tenants are invisible: looking one up with
+the wrong tenant answers ``NotFound`` exactly like an unknown id.
+
+    async with Hotsession(Config(state_dir=...)) as hs:
+        session = await hs.open(cwd="/work/repo", permission_mode="acceptEdits")
+        async for event in session.send("hello"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hotsession.cli_binary import cli_version, resolve_cli_path
+from hotsession.config import Config
+from hotsession.errors import Conflict, HotsessionError, NotFound, ShuttingDown
+from hotsession.host import LocalHost
+from hotsession.options import SessionOptions
+from hotsession.registry import Registry, SessionRecord
+from hotsession.session import Session
+from hotsession.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def new_session_id() -> str:
+    """hotsession's session ids: short, random, unguessable (no enumeration)."""
+    return "hs_" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+
+
+class Hotsession:
+    """Persistent Claude Code sessions with transparent resume (and a warm pool when enabled)."""
+
+    def __init__(self, config: Config | None = None, *, registry: Registry | None = None) -> None:
+        self.config = config or Config()
+        self._registry = registry
+        self.sessions: dict[str, Session] = {}
+        self.shutting_down = False
+        self.started = False
+        self.started_at = time.time()
+        self.evictions: Counter[str] = Counter()
+        self.recycles: Counter[str] = Counter()
+        self._cli_path: str | None = None
+        self._supervisor: Supervisor | None = None
+        self._host: LocalHost | None = None
+        self.pool: Any = None  # hotsession.pool.Pool when the pool is enabled
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_listeners: list[Any] = []
+
+    # -- parts -----------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """The durable store."""
+        assert self._registry is not None, "Hotsession.start() was not called"
+        return self._registry
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """Owner of every child process."""
+        assert self._supervisor is not None, "Hotsession.start() was not called"
+        return self._supervisor
+
+    @property
+    def host(self) -> LocalHost:
+        """Where processes come from."""
+        assert self._host is not None, "Hotsession.start() was not called"
+        return self._host
+
+    @property
+    def cli_path(self) -> str:
+        """The Claude Code binary in use."""
+        assert self._cli_path is not None
+        return self._cli_path
+
+    def cli_info(self) -> dict[str, str]:
+        """Path and version of the CLI."""
+        return {"path": self.cli_path, "version": cli_version(self.cli_path)}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> Hotsession:
+        """Open the registry, end orphans of a previous run, load sessions, start the pool."""
+        if self.started:
+            return self
+        self._cli_path = str(resolve_cli_path(self.config.cli_path))
+        state_dir = Path(self.config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._registry is None:
+            from hotsession.registry.sqlite import SqliteRegistry
+
+            self._registry = SqliteRegistry(self.config.db_path)
+        await self._registry.open()
+        self._supervisor = Supervisor(
+            self._registry,
+            max_line_bytes=self.config.max_line_bytes,
+            spawn_timeout=self.config.spawn_timeout_s,
+        )
+        await self._supervisor.sweep_orphans()
+        self._host = LocalHost(
+            self._supervisor,
+            cli_path=self._cli_path,
+            allow_root_bypass=self.config.allow_root_bypass,
+        )
+        await self._load_sessions()
+        if self.config.pool_enabled:
+            self._start_pool()
+        self.started = True
+        return self
+
+    def _start_pool(self) -> None:
+        try:
+            pool_module = importlib.import_module("hotsession.pool")
+        except ImportError:  # the pool module is optional in the foundation
+            return
+        self.pool = pool_module.Pool(self)
+        self.host.pool = self.pool
+        self.pool.start()
+
+    async def _load_sessions(self) -> None:
+        """Sessions survive restarts: each comes back without a process (its next turn resumes)."""
+        for rec in await self.registry.list_sessions(include_closed=False):
+            last_seq = await self.registry.last_seq(rec.id)
+            turns = await self.registry.list_turns(rec.id, limit=1)
+            session = Session(
+                self, rec, last_seq=last_seq, last_turn=turns[-1].turn if turns else 0
+            )
+            for turn in await self.registry.list_turns(rec.id, limit=5):
+                if turn.status in ("queued", "running"):
+                    turn.status = "error"
+                    turn.error_code = "daemon_restarted"
+                    turn.error_message = "the service stopped during this turn"
+                    turn.ended_at = time.time()
+                    session.emit(
+                        None,
+                        "error",
+                        {
+                            "turn": turn.turn,
+                            "code": turn.error_code,
+                            "message": turn.error_message,
+                        },
+                    )
+                    await self.registry.put_turn(turn)
+            rec.pid = None
+            rec.state = "evicted"
+            self.sessions[rec.id] = session
+            await self.registry.put_session(rec)
+        await self.registry.flush()
+
+    async def stop(self) -> None:
+        """End turns with an error event, end every process, close the store. Sessions persist."""
+        if not self.started or self.shutting_down:
+            return
+        self.shutting_down = True
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.stop()
+        await asyncio.gather(
+            *(s.shutdown() for s in self.sessions.values()), return_exceptions=True
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await self.supervisor.close_all()
+        for session in self.sessions.values():
+            with contextlib.suppress(HotsessionError):
+                await self.registry.put_session(session.record)
+        await self.registry.close()
+        self.started = False
+
+    async def __aenter__(self) -> Hotsession:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def open(
+        self,
+        cwd: str | os.PathLike[str] | None = None,
+        *,
+        options: SessionOptions | None = None,
+        resume: str | None = None,
+        fork: bool = False,
+        metadata: dict[str, Any] | None = None,
+        tenant: str = "local",
+        **option_fields: Any,
+    ) -> Session:
+        """Open a session with a live process (a warm spare when one is ready).
+
+        ``resume`` adopts an existing Claude Code session id (``fork`` copies it to a new id).
+        """
+        if self.shutting_down:
+            raise ShuttingDown("the service is shutting down")
+        if options is None:
+            if cwd is None:
+                raise HotsessionError("open() needs cwd or options")
+            options = SessionOptions.create(os.path.realpath(cwd), tenant=tenant, **option_fields)
+        if not os.path.isdir(options.cwd):
+            from hotsession.errors import InvalidRequest
+
+            raise InvalidRequest(f"cwd is not a directory: {options.cwd}", field="cwd")
+        if resume is not None:
+            _check_uuid(resume)
+            holder = self.host.lease_holder(resume)
+            if holder is not None and not fork:
+                raise Conflict(
+                    "that Claude Code session is open in another hotsession session",
+                    session_id=holder if self._visible(holder, options.tenant) else None,
+                )
+        if resume and fork:
+            cli_session_id, origin = str(uuid.uuid4()), f"fork:{resume}"
+        elif resume:
+            cli_session_id, origin = resume, "resume"
+        else:
+            cli_session_id, origin = "", "new"
+        opts = options.to_dict()
+        opts["origin"] = origin
+        rec = SessionRecord(
+            id=new_session_id(),
+            tenant=options.tenant,
+            cli_session_id=cli_session_id,
+            cwd=options.cwd,
+            options=opts,
+            profile_key=options.profile_key(),
+            metadata=dict(metadata or {}),
+        )
+        session = Session(self, rec)
+        async with session._lock:
+            if origin == "new":
+                placement = await self.host.start_new(options, session_id=rec.id)
+                rec.cli_session_id = placement.cli_session_id
+            else:
+                placement = await session._start_process()
+            session._adopt(placement)
+            session.open_source = placement.source
+        rec.state = "idle"
+        self.sessions[rec.id] = session
+        await self.registry.put_session(rec)
+        self._state_changed(session)
+        return session
+
+    def _visible(self, session_id: str, tenant: str | None) -> bool:
+        s = self.sessions.get(session_id)
+        return s is not None and (tenant is None or s.record.tenant == tenant)
+
+    def get(self, session_id: str, *, tenant: str | None = None) -> Session:
+        """A live (not closed) session; another tenant's answers ``NotFound`` like an unknown."""
+        session = self.sessions.get(session_id)
+        if session is None or (tenant is not None and session.record.tenant != tenant):
+            raise NotFound("no such session", session_id=session_id)
+        return session
+
+    async def record(self, session_id: str, *, tenant: str | None = None) -> SessionRecord:
+        """A session's record, closed ones included."""
+        session = self.sessions.get(session_id)
+        rec = session.record if session is not None else await self.registry.get_session(session_id)
+        if rec is None or (tenant is not None and rec.tenant != tenant):
+            raise NotFound("no such session", session_id=session_id)
+        return rec
+
+    def list(self, *, tenant: str | None = None) -> list[Session]:
+        """Open sessions, newest first."""
+        out = [s for s in self.sessions.values() if tenant is None or s.record.tenant == tenant]
+        return sorted(out, key=lambda s: s.record.created_at, reverse=True)
+
+    async def close_session(self, session_id: str, *, tenant: str | None = None) -> None:
+        """Close and forget a session (its record and events stay in the registry)."""
+        session = self.get(session_id, tenant=tenant)
+        await session.close()
+        self.sessions.pop(session_id, None)
+
+    # -- hooks used by sessions and the pool -----------------------------------------------------
+
+    def _state_changed(self, session: Session) -> None:
+        for listener in list(self._state_listeners):
+            with contextlib.suppress(Exception):
+                listener(session)
+
+    def add_state_listener(self, listener: Any) -> None:
+        """Call ``listener(session)`` whenever a session changes state."""
+        self._state_listeners.append(listener)
+
+    def _count_eviction(self, reason: str) -> None:
+        self.evictions[reason] += 1
+
+    async def _after_turn(self, session: Session) -> None:
+        if self.pool is not None:
+            await self.pool.after_turn(session)
+
+    def spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run a background task the hub keeps a reference to (cancelled at stop)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the API and the dashboard."""
+        states = Counter(s.state for s in self.sessions.values())
+        out: dict[str, Any] = {
+            "sessions": len(self.sessions),
+            "states": dict(states),
+            "evictions": dict(self.evictions),
+            "recycles": dict(self.recycles),
+            **self.host.stats(),
+        }
+        if self.pool is not None:
+            out["pool"] = self.pool.stats()
+        return out
+
+
+def _check_uuid(value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        from hotsession.errors import InvalidRequest
+
+        raise InvalidRequest(
+            "resume must be a Claude Code session id (a UUID)", field="resume"
+        ) from None

@@ -1,0 +1,175 @@
+"""Session options: everything fixed when a Claude Code process is spawned (its *profile*).
+
+Two sessions with equal options can use each other's warm spares; the profile key is a hash of
+the options. ``build_argv`` turns options into the CLI's argv; ``build_env`` into its environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from hotsession.errors import InvalidRequest
+
+PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
+PERMISSION_MODES: tuple[str, ...] = get_args(PermissionMode)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Spawn-time options of a session. ``system_prompt=None`` keeps Claude Code's own prompt."""
+
+    cwd: str
+    tenant: str = "local"
+    model: str | None = None
+    permission_mode: PermissionMode | None = None
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
+    system_prompt: str | None = None
+    append_system_prompt: str | None = None
+    setting_sources: tuple[str, ...] | None = None
+    mcp_config: str | None = None
+    max_turns: int | None = None
+    env: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.permission_mode is not None and self.permission_mode not in PERMISSION_MODES:
+            raise InvalidRequest(
+                f"permission_mode must be one of {', '.join(PERMISSION_MODES)}",
+                field="permission_mode",
+            )
+        if not self.cwd or not os.path.isabs(self.cwd):
+            raise InvalidRequest("cwd must be an absolute path", field="cwd")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise InvalidRequest("max_turns must be at least 1", field="max_turns")
+
+    @classmethod
+    def create(
+        cls, cwd: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any
+    ) -> SessionOptions:
+        """Build options from plain values (lists become tuples, env a sorted tuple)."""
+        for name in ("allowed_tools", "disallowed_tools", "setting_sources"):
+            if kw.get(name) is not None:
+                kw[name] = tuple(kw[name])
+        return cls(cwd=os.fspath(cwd), env=tuple(sorted((env or {}).items())), **kw)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionOptions:
+        """Inverse of :meth:`to_dict`."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        env = kw.pop("env", None) or {}
+        return cls.create(kw.pop("cwd"), env=dict(env), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (env as a dict)."""
+        out = asdict(self)
+        out["env"] = dict(self.env)
+        for name in ("allowed_tools", "disallowed_tools", "setting_sources"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    def profile_key(self) -> str:
+        """A short stable hash of every option: equal options, equal key."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> SessionOptions:
+        """A copy with some options changed."""
+        data = self.to_dict()
+        data.update(changes)
+        return SessionOptions.from_dict(data)
+
+
+def build_argv(
+    cli_path: str,
+    options: SessionOptions,
+    *,
+    session_id: str | None = None,
+    resume: str | None = None,
+    fork: bool = False,
+) -> list[str]:
+    """The CLI's argv for a persistent stream-json process with these options.
+
+    ``session_id`` pins the CLI's session id of a new conversation (a pool spare's pre-generated
+    id); ``resume`` continues an existing one; with ``fork`` the resumed conversation is copied to
+    ``session_id`` (the CLI requires ``--fork-session`` to combine the two).
+    """
+    argv = [
+        cli_path,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--input-format",
+        "stream-json",
+    ]
+    # Permission prompts go over the control channel, so the daemon can forward them.
+    argv += ["--permission-prompt-tool", "stdio"]
+    if options.system_prompt is not None:
+        argv += ["--system-prompt", options.system_prompt]
+    if options.append_system_prompt:
+        argv += ["--append-system-prompt", options.append_system_prompt]
+    if options.allowed_tools:
+        argv += ["--allowedTools", ",".join(options.allowed_tools)]
+    if options.disallowed_tools:
+        argv += ["--disallowedTools", ",".join(options.disallowed_tools)]
+    if options.max_turns is not None:
+        argv += ["--max-turns", str(options.max_turns)]
+    if options.model:
+        argv += ["--model", options.model]
+    if options.permission_mode:
+        argv += ["--permission-mode", options.permission_mode]
+    if options.setting_sources is not None:
+        argv.append("--setting-sources=" + ",".join(options.setting_sources))
+    if options.mcp_config:
+        argv += ["--mcp-config", options.mcp_config]
+    if resume:
+        argv.append(f"--resume={resume}")
+        if fork:
+            argv.append("--fork-session")
+            if session_id:
+                argv.append(f"--session-id={session_id}")
+    elif session_id:
+        argv.append(f"--session-id={session_id}")
+    return argv
+
+
+def build_env(
+    options: SessionOptions,
+    *,
+    base: Mapping[str, str] | None = None,
+    allow_root_bypass: bool = False,
+) -> dict[str, str]:
+    """The CLI's environment: the daemon's own, then the profile's ``env``.
+
+    On a root machine the CLI refuses ``bypassPermissions`` unless ``IS_SANDBOX=1``; hotsession
+    sets it only when the operator allowed it (``allow_root_bypass``), never by accident.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("CLAUDECODE", None)  # set inside a Claude Code session; would confuse the child
+    env["CLAUDE_CODE_ENTRYPOINT"] = "sdk-py"
+    env.update(dict(options.env))
+    env["PWD"] = options.cwd
+    if (
+        options.permission_mode == "bypassPermissions"
+        and _is_root()
+        and env.get("IS_SANDBOX") != "1"
+    ):
+        if not allow_root_bypass:
+            raise InvalidRequest(
+                "permission_mode bypassPermissions is refused for a daemon running as root; "
+                "start it with --allow-root-bypass (sets IS_SANDBOX=1 for the agent) if this "
+                "machine is a sandbox",
+                field="permission_mode",
+            )
+        env["IS_SANDBOX"] = "1"
+    return env
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,699 @@
+"""A session: one conversation, its queue of turns, its process, and its resume.
+
+Design
+======
+Actor. Each session has one runner task that takes prompts from a bounded queue and runs them one
+at a time, so a prompt is never written to the CLI mid-turn (the CLI would merge it into the
+running turn). Everything that changes the session happens on the daemon's loop; the runner is
+the only writer of prompts to the process.
+
+Events. Every CLI message of a turn becomes a ``message`` event, numbered by the session's
+sequence counter; ``emit`` hands each event to the registry's buffered log (non-blocking), to the
+turn's own stream (what ``send`` iterates) and to live subscribers (the API's event streams). A
+turn ends with exactly one ``result`` or ``error`` event; the turn's events are flushed to the
+registry before the turn is recorded as done, so a completed turn is always replayable.
+
+Processes and resume. The session holds at most one process (a :class:`Placement`). When there is
+none — never started, evicted, recycled, crashed, or lost to a daemon restart — the next turn gets
+one from the host: ``--resume <cli session id>`` in the original cwd once the conversation has a
+transcript, a new process with the same CLI session id otherwise. A crash ends only the running
+turn, with an ``error`` event naming the exit code and stderr tail.
+
+Watchdog. No CLI output for ``watchdog_s`` during a turn ends it with ``agent_timeout`` and kills
+the process; the clock is paused while a permission request waits for a human.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hotsession.agent import DEATH, AgentProcess
+from hotsession.errors import (
+    AgentError,
+    AgentTimeout,
+    Conflict,
+    HotsessionError,
+    InvalidRequest,
+    NotFound,
+    PromptTooLarge,
+    QueueFull,
+    ShuttingDown,
+    TurnInterrupted,
+)
+from hotsession.events import Event, TurnClock
+from hotsession.host import Placement
+from hotsession.options import SessionOptions
+from hotsession.registry import EventRecord, SessionRecord, SessionState, TurnRecord
+
+if TYPE_CHECKING:
+    from hotsession.hub import Hotsession
+
+log = logging.getLogger(__name__)
+
+_SUBSCRIBER_BUFFER = 10_000
+
+
+@dataclass
+class PermissionRequest:
+    """A tool call waiting for allow / deny."""
+
+    request_id: str
+    tool_name: str
+    input: dict[str, Any]
+    tool_use_id: str | None
+    turn: int
+    future: asyncio.Future[dict[str, Any]] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Wire form."""
+        return {
+            "request_id": self.request_id,
+            "tool_name": self.tool_name,
+            "input": self.input,
+            "tool_use_id": self.tool_use_id,
+            "turn": self.turn,
+        }
+
+
+class Turn:
+    """One prompt's run; iterate it for its events (ends after ``result`` or ``error``)."""
+
+    def __init__(self, session: Session, number: int, prompt: str) -> None:
+        self.session = session
+        self.number = number
+        self.prompt = prompt
+        self.clock = TurnClock(time.monotonic())
+        self.record = TurnRecord(session_id=session.id, turn=number, prompt=prompt)
+        self.done = asyncio.Event()
+        self.interrupted = False
+        self.terminal: Event | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def was_interrupted(self) -> bool:
+        """True once ``interrupt`` was called for this turn."""
+        return self.interrupted
+
+    def _push(self, event: Event) -> None:
+        self._events.put_nowait(event)
+        if event.terminal:
+            self.terminal = event
+            self.done.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if event.terminal:
+                return
+
+    async def wait(self) -> Event:
+        """Wait for the turn to end; returns its ``result`` or ``error`` event."""
+        await self.done.wait()
+        assert self.terminal is not None
+        return self.terminal
+
+
+class Subscription:
+    """Live events of a session for one listener; bounded, dropped when it falls behind."""
+
+    def __init__(self, session: Session, maxsize: int = _SUBSCRIBER_BUFFER) -> None:
+        self.session = session
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = False
+
+    def push(self, event: Event | None) -> None:
+        """Deliver, or drop this subscriber if it is too slow (it must reconnect and replay)."""
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped = True
+            self.session._subscribers.discard(self)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.session._subscribers.discard(self)
+
+    async def get(self) -> Event | None:
+        """The next live event; None when the session ended the stream."""
+        return await self.queue.get()
+
+
+class Session:
+    """A conversation driven through hotsession. Create it with ``Hotsession.open``."""
+
+    def __init__(
+        self, hub: Hotsession, record: SessionRecord, *, last_seq: int = 0, last_turn: int = 0
+    ) -> None:
+        self.hub = hub
+        self.last_turn = max(last_turn, record.turns)
+        self.record = record
+        self.options = SessionOptions.from_dict(record.options)
+        self.placement: Placement | None = None
+        self.seq = last_seq
+        self.permissions: dict[str, PermissionRequest] = {}
+        self.current: Turn | None = None
+        self._queue: asyncio.Queue[Turn] = asyncio.Queue(maxsize=hub.config.queue_max)
+        self._runner: asyncio.Task[None] | None = None
+        self._subscribers: set[Subscription] = set()
+        self._warming: asyncio.Task[Placement] | None = None
+        self._watchdog: asyncio.Timeout | None = None
+        self._closed = False
+        self.open_source = "spawn"
+        self._lock = asyncio.Lock()  # serialises process changes (turn start, warm, evict)
+
+    # -- identity and state --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """hotsession's stable id."""
+        return self.record.id
+
+    @property
+    def cli_session_id(self) -> str:
+        """The Claude Code session id (what ``--resume`` takes)."""
+        return self.record.cli_session_id
+
+    @property
+    def state(self) -> SessionState:
+        """starting / idle / running / waiting_permission / evicted / failed / closed."""
+        return self.record.state
+
+    @property
+    def process(self) -> AgentProcess | None:
+        """The live process, if any."""
+        p = self.placement
+        return p.process if p is not None and p.process.alive else None
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        """Prompts waiting behind the running turn."""
+        return self._queue.qsize()
+
+    @property
+    def has_transcript(self) -> bool:
+        """True once the CLI has (or may have) written this conversation to disk."""
+        return self.record.turns > 0 or self.record.options.get("origin", "new") == "resume"
+
+    def _set_state(self, state: SessionState) -> None:
+        if self.record.state != state:
+            self.record.state = state
+            self.record.updated_at = time.time()
+            self.hub._state_changed(self)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def emit(self, turn: Turn | None, kind: str, data: dict[str, Any]) -> Event:
+        """Number an event and hand it to the log, the turn and the subscribers."""
+        self.seq += 1
+        event = Event(self.id, self.seq, turn.number if turn else 0, kind, data)
+        self.hub.registry.add_events(
+            [EventRecord(self.id, event.seq, event.turn, kind, data, event.t)]
+        )
+        if turn is not None:
+            turn._push(event)
+        for sub in list(self._subscribers):
+            sub.push(event)
+        return event
+
+    def subscribe(self) -> Subscription:
+        """Live events from now on (see ``events`` for replay + live)."""
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    async def events(self, after: int = 0, *, follow: bool = True) -> AsyncIterator[Event]:
+        """Every event after ``after`` exactly once: replay from the log, then live ones."""
+        sub = self.subscribe() if follow else None
+        try:
+            last = after
+            while True:
+                batch = await self.hub.registry.events_after(self.id, last, limit=1000)
+                for rec in batch:
+                    last = rec.seq
+                    yield Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
+                if len(batch) < 1000:
+                    break
+            if sub is None:
+                return
+            while True:
+                event = await sub.get()
+                if event is None or sub.dropped and sub.queue.empty():
+                    return
+                if event.seq > last:
+                    last = event.seq
+                    yield event
+        finally:
+            if sub is not None:
+                sub.close()
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    def send(self, prompt: str) -> Turn:
+        """Queue a prompt; iterate the returned turn for its events.
+
+        Raises at once (not on iteration) for a closed session, an oversized prompt or a full
+        queue, so a caller can answer 409 / 413 / 429 before streaming anything.
+        """
+        if self._closed:
+            raise Conflict("the session is closed", session_id=self.id)
+        if self.hub.shutting_down:
+            raise ShuttingDown("the service is shutting down")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
+        limit = self.hub.config.prompt_limit_bytes
+        if len(prompt.encode("utf-8", errors="surrogatepass")) > limit:
+            raise PromptTooLarge(f"the prompt is over the {limit} byte limit", limit=limit)
+        if self._queue.full():
+            raise QueueFull(
+                f"{self._queue.maxsize} prompts are already queued for this session",
+                limit=self._queue.maxsize,
+            )
+        self.last_turn += 1
+        turn = Turn(self, self.last_turn, prompt)
+        self._queue.put_nowait(turn)
+        if self.current is not None or self._queue.qsize() > 1:
+            self.emit(
+                turn, "queued", {"position": self._queue.qsize(), "prompt_bytes": len(prompt)}
+            )
+        self._ensure_runner()
+        return turn
+
+    def _ensure_runner(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
+
+    async def _run(self) -> None:
+        while not self._closed:
+            turn = await self._queue.get()
+            self.current = turn
+            try:
+                await self._run_turn(turn)
+            except Exception as exc:  # pragma: no cover - a bug must not wedge the session
+                log.exception("session %s: turn %d failed", self.id, turn.number)
+                if not turn.done.is_set():
+                    self._end_with_error(turn, HotsessionError(f"internal error: {exc}"))
+            finally:
+                self.current = None
+            await self._finish_turn(turn)
+
+    async def _run_turn(self, turn: Turn) -> None:
+        clock = turn.clock
+        clock.started = time.monotonic()
+        turn.record.status = "running"
+        turn.record.started_at = time.time()
+        try:
+            async with self._lock:
+                placement, source = await self._ensure_process()
+        except HotsessionError as exc:
+            self._set_state("failed")
+            self.record.error = exc.message
+            self._end_with_error(turn, exc)
+            return
+        proc = placement.process
+        clock.source = source
+        clock.process_ready = time.monotonic()
+        self.record.turns = max(self.record.turns, turn.number)
+        self.record.last_active_at = time.time()
+        self.record.error = None
+        self._set_state("running")
+        if turn.interrupted:  # interrupted while it waited for its process
+            self._end_with_error(turn, _interrupted())
+            self._set_state("idle")
+            return
+        proc.turns += 1
+        error: HotsessionError | None = None
+        result: dict[str, Any] | None = None
+        try:
+            await proc.send_user(turn.prompt)
+            clock.written = time.monotonic()
+            result = await self._pump(turn, proc)
+        except AgentError as exc:
+            error = exc
+        if error is None and result is None:
+            error = proc.exit_error or AgentTimeout("the turn ended without a result")
+        if error is not None:
+            if isinstance(error, AgentTimeout) or proc.alive:
+                proc.kill()
+            self._lost_process(placement)
+            self._end_with_error(turn, _interrupted() if turn.interrupted else error)
+            return
+        assert result is not None
+        now = time.monotonic()
+        if turn.was_interrupted():
+            self._end_with_error(turn, _interrupted())
+        else:
+            timing = clock.breakdown(now, result)
+            turn.record.timing = timing
+            self.record.last_timing = timing
+            self.emit(
+                turn,
+                "result",
+                {
+                    "turn": turn.number,
+                    "subtype": result.get("subtype"),
+                    "is_error": bool(result.get("is_error")),
+                    "result": result.get("result"),
+                    "cli_session_id": result.get("session_id", self.cli_session_id),
+                    "usage": result.get("usage"),
+                    "total_cost_usd": result.get("total_cost_usd"),
+                    "num_turns": result.get("num_turns"),
+                    "timing": timing,
+                },
+            )
+            turn.record.status = "done"
+        self._set_state("idle" if proc.alive else "evicted")
+
+    async def _pump(self, turn: Turn, proc: AgentProcess) -> dict[str, Any] | None:
+        """Forward the turn's CLI messages until its result; None if the process died."""
+        loop = asyncio.get_running_loop()
+        watchdog = self.hub.config.watchdog_s
+        try:
+            async with asyncio.timeout(watchdog) as cm:
+                self._watchdog = cm
+                while True:
+                    msg = await proc.messages.get()
+                    if msg is DEATH:
+                        return None
+                    turn.clock.observe(msg, time.monotonic())
+                    self.emit(turn, "message", msg)
+                    if msg.get("type") == "result":
+                        return msg
+                    if not self.permissions:
+                        cm.reschedule(loop.time() + watchdog)
+        except TimeoutError:
+            raise AgentTimeout(
+                f"no output from the agent for {watchdog:g}s; the process was killed",
+                stderr_tail=proc.stderr_tail() or None,
+            ) from None
+        finally:
+            self._watchdog = None
+
+    def _end_with_error(self, turn: Turn, exc: HotsessionError) -> None:
+        turn.record.status = "interrupted" if exc.code == "interrupted" else "error"
+        turn.record.error_code = exc.code
+        turn.record.error_message = exc.message
+        now = time.monotonic()
+        timing = turn.clock.breakdown(now)
+        turn.record.timing = timing
+        data = {"turn": turn.number, **exc.to_dict(), "timing": timing}
+        self.emit(turn, "error", data)
+
+    async def _finish_turn(self, turn: Turn) -> None:
+        turn.record.ended_at = time.time()
+        self.record.updated_at = time.time()
+        try:
+            await self.hub.registry.flush()
+            await self.hub.registry.put_turn(turn.record)
+            await self.hub.registry.put_session(self.record)
+        except HotsessionError as exc:
+            log.error("session %s: cannot record turn %d: %s", self.id, turn.number, exc)
+        await self.hub._after_turn(self)
+
+    def _lost_process(self, placement: Placement) -> None:
+        if self.placement is placement:
+            self.placement = None
+        self.record.pid = None
+        self._set_state("evicted")
+
+    # -- processes -----------------------------------------------------------------------------
+
+    async def _ensure_process(self) -> tuple[Placement, str]:
+        """The session's live process, getting one if needed; returns it and how it came."""
+        if self.placement is not None and self.placement.process.alive:
+            return self.placement, "hot"
+        if self._warming is not None:
+            warming, self._warming = self._warming, None
+            with contextlib.suppress(HotsessionError):
+                placement = await warming
+                if placement.process.alive:
+                    return self._adopt(placement), "warm"
+        self._set_state("starting")
+        placement = await self._start_process()
+        return self._adopt(placement), placement.source
+
+    async def _start_process(self) -> Placement:
+        host = self.hub.host
+        origin = self.record.options.get("origin", "new")
+        if origin.startswith("fork:") and self.record.turns == 0:
+            return await host.start_resume(
+                self.options,
+                session_id=self.id,
+                cli_session_id=origin[5:],
+                fork_to=self.cli_session_id,
+            )
+        if self.has_transcript:
+            return await host.start_resume(
+                self.options, session_id=self.id, cli_session_id=self.cli_session_id
+            )
+        return await host.start_new(
+            self.options, session_id=self.id, cli_session_id=self.cli_session_id
+        )
+
+    def _adopt(self, placement: Placement) -> Placement:
+        self.placement = placement
+        proc = placement.process
+        proc.control_handler = self._on_control_request
+        proc.on_cancel = self._on_control_cancel
+        self.record.pid = proc.pid
+        return placement
+
+    async def warm(self) -> bool:
+        """Resume-ahead: start this session's process now so its next turn is hot.
+
+        Returns False when there was nothing to do (already hot, or busy).
+        """
+        if self._closed:
+            raise Conflict("the session is closed", session_id=self.id)
+        if self.process is not None or self._warming is not None or self.current is not None:
+            return False
+        self._warming = asyncio.create_task(self._start_process(), name=f"warm-{self.id}")
+        self._warming.add_done_callback(_consume_exception)
+        return True
+
+    async def evict(self, reason: str = "evicted") -> bool:
+        """End the process of an idle session (the session stays; its next turn resumes)."""
+        if self.current is not None or self._queue.qsize():
+            return False
+        async with self._lock:
+            placement = self.placement
+            if placement is None:
+                return False
+            self.placement = None
+            self.record.pid = None
+            await self.hub.host.retire(placement)
+            self._set_state("evicted")
+            self.hub._count_eviction(reason)
+        return True
+
+    async def replace_process(self, placement: Placement) -> None:
+        """Swap in a new process for this session (recycling); the old one is retired."""
+        async with self._lock:
+            old = self.placement
+            self._adopt(placement)
+            if old is not None:
+                await self.hub.host.retire(old)
+
+    # -- control -------------------------------------------------------------------------------
+
+    async def interrupt(self) -> bool:
+        """Interrupt the running turn; returns False when no turn runs."""
+        turn = self.current
+        if turn is None:
+            return False
+        turn.interrupted = True
+        proc = self.process
+        if proc is None:
+            return True
+        try:
+            await proc.interrupt(timeout=self.hub.config.interrupt_grace_s)
+        except AgentError:
+            proc.kill()  # it did not listen: the turn ends as interrupted when the process dies
+        return True
+
+    async def _on_control_request(
+        self, proc: AgentProcess, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        if request.get("subtype") != "can_use_tool":
+            raise HotsessionError(f"unsupported control request {request.get('subtype')!r}")
+        turn = self.current
+        request_id = str(request["request_id"])
+        tool_input = request.get("input") or {}
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        pending = PermissionRequest(
+            request_id=request_id,
+            tool_name=str(request.get("tool_name")),
+            input=tool_input,
+            tool_use_id=request.get("tool_use_id"),
+            turn=turn.number if turn else 0,
+            future=fut,
+        )
+        self.permissions[request_id] = pending
+        data = pending.to_dict()
+        for key in ("title", "description", "decision_reason", "blocked_path"):
+            if request.get(key) is not None:
+                data[key] = request[key]
+        self.emit(turn, "permission_request", data)
+        self._set_state("waiting_permission")
+        if self._watchdog is not None:
+            self._watchdog.reschedule(None)
+        timeout = self.hub.config.permission_timeout_s
+        by = "client"
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await fut
+        except TimeoutError:
+            by = "timeout"
+            answer = {
+                "behavior": "deny",
+                "message": f"No permission answer within {timeout:g}s; denied by hotsession.",
+            }
+        except asyncio.CancelledError:
+            self._permission_done(turn, request_id, "cancelled", by="agent")
+            raise
+        self._permission_done(turn, request_id, answer["behavior"], by=by)
+        if answer["behavior"] == "allow" and answer.get("updatedInput") is None:
+            answer["updatedInput"] = tool_input
+        return answer
+
+    def _on_control_cancel(self, request_id: str) -> None:
+        pending = self.permissions.get(request_id)
+        if pending is not None and not pending.future.done():
+            pending.future.cancel()
+
+    def _permission_done(
+        self, turn: Turn | None, request_id: str, outcome: str, *, by: str
+    ) -> None:
+        self.permissions.pop(request_id, None)
+        self.emit(
+            turn, "permission_resolved", {"request_id": request_id, "outcome": outcome, "by": by}
+        )
+        if not self.permissions:
+            if self.current is not None:
+                self._set_state("running")
+            if self._watchdog is not None:
+                loop = asyncio.get_running_loop()
+                self._watchdog.reschedule(loop.time() + self.hub.config.watchdog_s)
+
+    def answer_permission(
+        self,
+        request_id: str,
+        behavior: str,
+        *,
+        updated_input: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Allow or deny a pending tool call (``updated_input`` edits what the tool gets)."""
+        pending = self.permissions.get(request_id)
+        if pending is None or pending.future.done():
+            raise NotFound("no pending permission request with that id", request_id=request_id)
+        if behavior == "allow":
+            answer: dict[str, Any] = {"behavior": "allow", "updatedInput": updated_input}
+        elif behavior == "deny":
+            answer = {"behavior": "deny", "message": message or "Denied by the user."}
+        else:
+            raise InvalidRequest("behavior must be 'allow' or 'deny'", field="behavior")
+        pending.future.set_result(answer)
+
+    async def close(self) -> None:
+        """End the session: queued prompts fail, a running turn is interrupted, the process ends."""
+        if self._closed:
+            return
+        self._closed = True
+        while not self._queue.empty():
+            turn = self._queue.get_nowait()
+            self._end_with_error(turn, Conflict("the session was closed"))
+        if self.current is not None:
+            with contextlib.suppress(HotsessionError):
+                await self.interrupt()
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(BaseException):
+                placement = await self._warming
+                await self.hub.host.retire(placement)
+            self._warming = None
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self.current is not None and not self.current.done.is_set():
+            self._end_with_error(self.current, _interrupted())
+        if self.placement is not None:
+            await self.hub.host.retire(self.placement, busy=True)
+            self.placement = None
+        self.hub.host.release(self.id, self.cli_session_id)
+        self.record.pid = None
+        self.record.closed_at = time.time()
+        self._set_state("closed")
+        for sub in list(self._subscribers):
+            sub.push(None)
+        await self.hub.registry.flush()
+        await self.hub.registry.put_session(self.record)
+
+    async def shutdown(self) -> None:
+        """Daemon shutdown: end the running turn with an error; keep the session for later."""
+        for turn in [self.current, *list(self._queue._queue)]:  # type: ignore[attr-defined]
+            if turn is not None and not turn.done.is_set():
+                self._end_with_error(turn, ShuttingDown("the service is shutting down"))
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self.placement is not None:
+            await self.hub.host.retire(self.placement, busy=True)
+            self.placement = None
+        self.record.pid = None
+        if self.record.state != "closed":
+            self.record.state = "evicted"
+        for sub in list(self._subscribers):
+            sub.push(None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view of the session for listings."""
+        rec = self.record
+        proc = self.process
+        return {
+            "id": rec.id,
+            "tenant": rec.tenant,
+            "cli_session_id": rec.cli_session_id,
+            "state": rec.state,
+            "cwd": rec.cwd,
+            "model": self.options.model,
+            "permission_mode": self.options.permission_mode,
+            "profile": rec.profile_key,
+            "pid": proc.pid if proc else None,
+            "turns": rec.turns,
+            "queued": self.queued,
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+            "last_active_at": rec.last_active_at,
+            "last_timing": rec.last_timing,
+            "pending_permissions": [p.to_dict() for p in self.permissions.values()],
+            "metadata": rec.metadata,
+            "error": rec.error,
+            "last_seq": self.seq,
+        }
+
+
+def _interrupted() -> HotsessionError:
+    return TurnInterrupted("the turn was interrupted")
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

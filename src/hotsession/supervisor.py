@@ -1,0 +1,206 @@
+"""The supervisor: the one owner of every Claude Code child process.
+
+Design
+======
+Only this module spawns, signals and reaps agent processes; the pool and the sessions ask it to.
+All live children are in one dict (``children``), so shutdown and the stats see every one.
+
+Dying with the daemon. Each child is started in its own session (so it leads a process group
+that contains the tools it runs) with ``PR_SET_PDEATHSIG = SIGKILL``: if the daemon dies, even by
+``kill -9``, the kernel kills the CLI at once instead of letting it finish its turn (measured:
+~10 ms instead of the rest of the turn). An ``atexit`` hook kills the groups of children still
+alive at a normal interpreter exit (uvicorn's forced exit skips lifespan teardown). Last resort,
+every child is recorded in the registry with its start time; a restarted daemon kills recorded
+processes that are still alive (``sweep_orphans``) — the start time guards against pid reuse.
+
+Spawn readiness. ``spawn`` returns only after the control protocol's ``initialize`` is answered,
+and raises ``AgentStartError`` (with the stderr tail) if the process dies or does not answer in
+time; a half-started process is always killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+
+import psutil
+
+from hotsession.agent import AgentProcess
+from hotsession.errors import AgentError, AgentStartError
+from hotsession.registry import ProcessRecord, Registry
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_ALL_CHILDREN: set[int] = set()  # pids, for the atexit reaper (all supervisors of the process)
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:  # pragma: no cover - non-Linux: the atexit reaper and sweep remain
+        pass
+
+
+@atexit.register
+def _kill_children_at_exit() -> None:
+    for pid in list(_ALL_CHILDREN):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+class Supervisor:
+    """Spawns agent processes, keeps track of them, ends them."""
+
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        max_line_bytes: int = 64 * 1024 * 1024,
+        spawn_timeout: float = 60.0,
+    ) -> None:
+        self.registry = registry
+        self.max_line_bytes = max_line_bytes
+        self.spawn_timeout = spawn_timeout
+        self.children: dict[int, AgentProcess] = {}
+        self.spawned_total = 0
+        self.spawn_failures_total = 0
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        label: str,
+        role: str = "session",
+        session_id: str | None = None,
+        cli_session_id: str | None = None,
+    ) -> AgentProcess:
+        """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure."""
+        if not os.path.isdir(cwd):
+            raise AgentStartError(f"working directory does not exist: {cwd}")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
+                env=dict(env),
+                limit=self.max_line_bytes,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        except OSError as exc:
+            self.spawn_failures_total += 1
+            raise AgentStartError(f"cannot start the Claude Code CLI: {exc}") from exc
+        agent = AgentProcess(proc, label=label, max_line_bytes=self.max_line_bytes)
+        self._adopt(agent)
+        self.spawned_total += 1
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await self.registry.put_process(
+                    ProcessRecord(
+                        pid=agent.pid,
+                        create_time=_create_time(agent.pid),
+                        role=role,
+                        session_id=session_id,
+                        cli_session_id=cli_session_id,
+                    )
+                )
+        try:
+            await agent.initialize(timeout=self.spawn_timeout)
+        except AgentError as exc:
+            self.spawn_failures_total += 1
+            agent.kill()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(5):
+                    await agent.exited.wait()
+            detail = agent.stderr_tail() or exc.stderr_tail
+            reason = _first_line(detail) or exc.message
+            raise AgentStartError(
+                f"the Claude Code CLI did not start: {reason}",
+                exit_code=agent.returncode,
+                stderr_tail=detail,
+            ) from exc
+        except BaseException:
+            agent.kill()
+            raise
+        return agent
+
+    def _adopt(self, agent: AgentProcess) -> None:
+        self.children[agent.pid] = agent
+        _ALL_CHILDREN.add(agent.pid)
+        task = asyncio.create_task(self._watch(agent), name=f"watch-{agent.pid}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, agent: AgentProcess) -> None:
+        await agent.exited.wait()
+        self.children.pop(agent.pid, None)
+        _ALL_CHILDREN.discard(agent.pid)
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await self.registry.forget_process(agent.pid)
+        if agent.returncode == -signal.SIGKILL and not agent.closing:
+            log.warning("agent %s (%s) was SIGKILLed: out of memory?", agent.pid, agent.label)
+
+    async def sweep_orphans(self) -> int:
+        """Kill children a previous daemon left behind; returns how many were killed."""
+        if self.registry is None:
+            return 0
+        killed = 0
+        for rec in await self.registry.list_processes():
+            if rec.pid in self.children:
+                continue
+            if _create_time(rec.pid) == rec.create_time and rec.create_time > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(rec.pid, signal.SIGKILL)
+                    killed += 1
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(rec.pid, signal.SIGKILL)
+            await self.registry.forget_process(rec.pid)
+        if killed:
+            log.warning("killed %d orphaned agent process(es) of a previous daemon", killed)
+        return killed
+
+    async def close_all(self, step_timeout: float = 3.0) -> None:
+        """End every child (shutdown)."""
+        agents = list(self.children.values())
+        await asyncio.gather(
+            *(a.close(busy=True, step_timeout=step_timeout) for a in agents),
+            return_exceptions=True,
+        )
+        for task in list(self._watchers):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(step_timeout):
+                    await task
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+
+
+def _first_line(text: str | None) -> str:
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def monotonic_ms(since: float) -> float:
+    """Milliseconds elapsed since a ``time.monotonic()`` reading."""
+    return round((time.monotonic() - since) * 1000, 2)
