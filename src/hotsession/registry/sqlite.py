@@ -1,0 +1,795 @@
+"""The embedded default registry: one SQLite file, WAL mode, with a batched event log.
+
+Threading model
+    The :class:`sqlite3.Connection` is created, used and closed by ONE dedicated thread
+    (``hotsession-registry``). Every async method wraps its work in a callable, puts it on a
+    :class:`queue.SimpleQueue` and awaits an :class:`asyncio.Future` that the thread resolves
+    with ``loop.call_soon_threadsafe``. Jobs run one at a time in submission order, so a write
+    is visible to every read submitted after it, and the event loop never blocks on the disk.
+
+Batching
+    ``add_events`` is synchronous and costs a lock and a list append: it is called on a turn's
+    hot path. The thread commits the pending events in ONE transaction when the oldest of them
+    has waited ``flush_interval`` seconds, or as soon as ``BATCH_MAX`` are pending. ``flush()``
+    is a job like any other, so when it returns every event added before the call is committed.
+    Reads of the event log (``events_after``, ``last_seq``) merge the events still in memory,
+    so a replay never misses an event, whether or not it was flushed.
+
+Failures
+    Every :class:`sqlite3.Error` (database is locked, database or disk is full, read-only file,
+    ...) becomes a :class:`~hotsession.errors.RegistryError` whose ``cause`` is SQLite's text.
+    A batch of events that cannot be written is never dropped: it stays in memory, in order,
+    and is retried first by the next flush (the timer retries with a backoff of up to
+    ``MAX_RETRY_DELAY``). ``flush()`` raises while the store is broken and succeeds once it
+    clears. Each write is one transaction, rolled back on failure, so a full disk or a lock
+    never leaves a half-written batch.
+
+Durability
+    ``synchronous=NORMAL`` in WAL mode: a committed transaction survives a crash of the process
+    (a power loss may roll back the last transactions, never corrupt the file). Events are
+    durable once ``flush()`` has returned; a daemon killed with ``kill -9`` loses at most the
+    events added during the last ``flush_interval`` that nobody flushed. Sessions, turns and
+    processes are written synchronously: durable when the awaited call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from hotsession.errors import RegistryError
+from hotsession.registry.records import (
+    EventRecord,
+    ProcessRecord,
+    SessionRecord,
+    SessionState,
+    TurnRecord,
+    TurnStatus,
+)
+
+__all__ = ["BATCH_MAX", "MIGRATIONS", "SCHEMA_VERSION", "SqliteRegistry"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Pending events that trigger a commit without waiting for the timer.
+BATCH_MAX: Final = 500
+#: Longest wait between two automatic retries of a failed batch.
+MAX_RETRY_DELAY: Final = 2.0
+
+# Ordered schema migrations: ``MIGRATIONS[i]`` takes the database from ``user_version`` i to
+# i + 1. Never edit a released entry: append a new one. Each script runs in one transaction
+# together with the bump of ``user_version``, so a migration is applied entirely or not at all.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: initial schema
+    """
+    CREATE TABLE sessions (
+        id              TEXT PRIMARY KEY,
+        tenant          TEXT NOT NULL,
+        cli_session_id  TEXT NOT NULL,
+        cwd             TEXT NOT NULL,
+        options         TEXT NOT NULL,  -- JSON object
+        profile_key     TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        last_active_at  REAL NOT NULL,
+        turns           INTEGER NOT NULL,
+        metadata        TEXT NOT NULL,  -- JSON object
+        pid             INTEGER,
+        last_timing     TEXT,           -- JSON object or NULL
+        error           TEXT,
+        closed_at       REAL
+    );
+    CREATE INDEX sessions_tenant_created ON sessions (tenant, created_at);
+    CREATE INDEX sessions_updated ON sessions (updated_at);
+    CREATE INDEX sessions_created ON sessions (created_at);
+
+    CREATE TABLE turns (
+        session_id      TEXT NOT NULL,
+        turn            INTEGER NOT NULL,
+        prompt          TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        queued_at       REAL NOT NULL,
+        started_at      REAL,
+        ended_at        REAL,
+        timing          TEXT,           -- JSON object or NULL
+        error_code      TEXT,
+        error_message   TEXT,
+        PRIMARY KEY (session_id, turn)
+    );
+
+    CREATE TABLE events (
+        session_id      TEXT NOT NULL,
+        seq             INTEGER NOT NULL,
+        turn            INTEGER NOT NULL,
+        type            TEXT NOT NULL,
+        data            TEXT NOT NULL,  -- JSON object
+        t               REAL NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+
+    CREATE TABLE processes (
+        pid             INTEGER PRIMARY KEY,
+        create_time     REAL NOT NULL,
+        role            TEXT NOT NULL,
+        session_id      TEXT,
+        cli_session_id  TEXT
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_SESSION_COLS: Final = (
+    "id, tenant, cli_session_id, cwd, options, profile_key, state, created_at, updated_at,"
+    " last_active_at, turns, metadata, pid, last_timing, error, closed_at"
+)
+# An upsert, not INSERT OR REPLACE: the row keeps its rowid (the tie-break of the listing order)
+# and is never deleted (which future foreign keys would cascade).
+_SESSION_UPSERT: Final = (
+    f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({', '.join('?' * 16)})"
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLS.replace(" ", "").split(",")[1:])
+)
+_TURN_COLS: Final = (
+    "session_id, turn, prompt, status, queued_at, started_at, ended_at, timing, error_code,"
+    " error_message"
+)
+_EVENT_COLS: Final = "session_id, seq, turn, type, data, t"
+_PROCESS_COLS: Final = "pid, create_time, role, session_id, cli_session_id"
+
+_STOP: Final = object()  # queue item: leave the thread loop
+_WAKE: Final = object()  # queue item: look at the pending events now
+
+
+@dataclass(frozen=True, slots=True)
+class _JobRequest:
+    """Queue item: run ``fn(conn)`` and resolve ``fut`` on ``loop`` with its result."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    doing: str  # for error messages: "registry cannot <doing>: ..."
+    fut: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    opens: bool = False  # the job that creates the connection
+
+
+@dataclass(frozen=True, slots=True)
+class _CloseRequest:
+    """Queue item: flush, close the connection and leave the thread loop."""
+
+    fut: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a script into complete statements (``executescript`` would COMMIT first)."""
+    out: list[str] = []
+    acc = ""
+    for piece in script.split(";"):
+        acc += piece + ";"
+        if sqlite3.complete_statement(acc):
+            if acc.strip(" \t\r\n;"):
+                out.append(acc.strip())
+            acc = ""
+    if acc.strip(" \t\r\n;"):
+        out.append(acc.strip())
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _loads_opt(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _event_row(ev: EventRecord) -> tuple[Any, ...]:
+    try:
+        data = _dumps(ev.data)
+    except (TypeError, ValueError) as exc:
+        # A circular structure: keep the event (its seq must not leave a hole in the replay)
+        # rather than poisoning the whole batch, which would then be retried forever.
+        log.error("event %s/%s has unserialisable data: %s", ev.session_id, ev.seq, exc)
+        data = _dumps({"unserialisable": repr(exc)})
+    return (ev.session_id, ev.seq, ev.turn, ev.type, data, ev.t)
+
+
+def _session_from_row(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        cli_session_id=row["cli_session_id"],
+        cwd=row["cwd"],
+        options=json.loads(row["options"]),
+        profile_key=row["profile_key"],
+        state=cast(SessionState, row["state"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_active_at=row["last_active_at"],
+        turns=row["turns"],
+        metadata=json.loads(row["metadata"]),
+        pid=row["pid"],
+        last_timing=_loads_opt(row["last_timing"]),
+        error=row["error"],
+        closed_at=row["closed_at"],
+    )
+
+
+def _turn_from_row(row: sqlite3.Row) -> TurnRecord:
+    return TurnRecord(
+        session_id=row["session_id"],
+        turn=row["turn"],
+        prompt=row["prompt"],
+        status=cast(TurnStatus, row["status"]),
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        timing=_loads_opt(row["timing"]),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+    )
+
+
+def _event_from_row(row: sqlite3.Row) -> EventRecord:
+    return EventRecord(
+        session_id=row["session_id"],
+        seq=row["seq"],
+        turn=row["turn"],
+        type=row["type"],
+        data=json.loads(row["data"]),
+        t=row["t"],
+    )
+
+
+def _process_from_row(row: sqlite3.Row) -> ProcessRecord:
+    return ProcessRecord(
+        pid=row["pid"],
+        create_time=row["create_time"],
+        role=row["role"],
+        session_id=row["session_id"],
+        cli_session_id=row["cli_session_id"],
+    )
+
+
+def _registry_error(exc: Exception, doing: str) -> RegistryError:
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        why = "the database is locked by another process"
+    elif "full" in low:
+        why = "the disk is full"
+    elif "readonly" in low or "read-only" in low:
+        why = "the database is read-only"
+    else:
+        why = text
+    return RegistryError(f"registry cannot {doing}: {why}", cause=text)
+
+
+def _resolve(fut: asyncio.Future[T], value: T) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _reject(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+class SqliteRegistry:
+    """The :class:`~hotsession.registry.base.Registry` kept in one SQLite file (see module doc)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_interval: float = 0.05,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0")
+        self.path = os.fspath(path)
+        self.flush_interval = flush_interval
+        self.busy_timeout = busy_timeout
+
+        # Why a thread of our own rather than aiosqlite: ONE connection serialises every access
+        # (no lock juggling between connections of the same process), and batching the event
+        # log needs a thread that commits on its own timer, not only when a coroutine awaits.
+        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None  # owned by the thread
+        self._state = "new"  # new -> open -> closed
+        self._state_lock = threading.Lock()
+
+        # Events added but not yet handed to the thread; guarded by _lock.
+        self._lock = threading.Lock()
+        self._pending: list[EventRecord] = []
+        self._pending_since = 0.0  # monotonic time the oldest pending event was added
+
+        # Thread-only: a batch that failed to commit, retried first; and the retry backoff.
+        self._failed: list[EventRecord] = []
+        self._failures = 0
+        self._retry_at = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create the file (0600) and its directory (0700), set the pragmas, migrate."""
+        with self._state_lock:
+            if self._state == "open":
+                return
+            if self._state == "closed":
+                raise RegistryError("registry is closed")
+            self._state = "open"
+            self._thread = threading.Thread(
+                target=self._run, name="hotsession-registry", daemon=True
+            )
+            self._thread.start()
+        try:
+            await self._submit(self._open_db, "open the database", opens=True)
+        except BaseException:
+            with self._state_lock:
+                self._state = "closed"
+            self._jobs.put(_STOP)
+            raise
+
+    async def close(self) -> None:
+        """Flush, stop the thread, close the connection. Idempotent.
+
+        Raises ``RegistryError`` (after releasing everything) when events could not be written.
+        """
+        with self._state_lock:
+            if self._state != "open":
+                self._state = "closed"
+                return
+            self._state = "closed"
+        thread = self._thread
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(_CloseRequest(fut, loop))
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if thread is not None:
+                await asyncio.to_thread(thread.join)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def put_session(self, rec: SessionRecord) -> None:
+        row = (
+            rec.id,
+            rec.tenant,
+            rec.cli_session_id,
+            rec.cwd,
+            _dumps(rec.options),
+            rec.profile_key,
+            rec.state,
+            rec.created_at,
+            rec.updated_at,
+            rec.last_active_at,
+            rec.turns,
+            _dumps(rec.metadata),
+            rec.pid,
+            None if rec.last_timing is None else _dumps(rec.last_timing),
+            rec.error,
+            rec.closed_at,
+        )
+        sql = _SESSION_UPSERT
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, row)
+
+        await self._submit(job, "write a session")
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        def job(conn: sqlite3.Connection) -> SessionRecord | None:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            return None if row is None else _session_from_row(row)
+
+        return await self._submit(job, "read a session")
+
+    async def list_sessions(
+        self, tenant: str | None = None, *, include_closed: bool = False
+    ) -> list[SessionRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if not include_closed:
+            where.append("state != 'closed'")
+        sql = f"SELECT {_SESSION_COLS} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+
+        def job(conn: sqlite3.Connection) -> list[SessionRecord]:
+            return [_session_from_row(r) for r in conn.execute(sql, args)]
+
+        return await self._submit(job, "list sessions")
+
+    # ------------------------------------------------------------------ turns
+
+    async def put_turn(self, turn: TurnRecord) -> None:
+        row = (
+            turn.session_id,
+            turn.turn,
+            turn.prompt,
+            turn.status,
+            turn.queued_at,
+            turn.started_at,
+            turn.ended_at,
+            None if turn.timing is None else _dumps(turn.timing),
+            turn.error_code,
+            turn.error_message,
+        )
+        sql = f"INSERT OR REPLACE INTO turns ({_TURN_COLS}) VALUES ({_marks(10)})"
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, row)
+
+        await self._submit(job, "write a turn")
+
+    async def list_turns(self, session_id: str, limit: int | None = None) -> list[TurnRecord]:
+        def job(conn: sqlite3.Connection) -> list[TurnRecord]:
+            if limit is None:
+                rows = conn.execute(
+                    f"SELECT {_TURN_COLS} FROM turns WHERE session_id = ? ORDER BY turn",
+                    (session_id,),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_TURN_COLS} FROM turns WHERE session_id = ?"
+                    " ORDER BY turn DESC LIMIT ?",
+                    (session_id, max(limit, 0)),
+                ).fetchall()
+                rows.reverse()
+            return [_turn_from_row(r) for r in rows]
+
+        return await self._submit(job, "list turns")
+
+    # ------------------------------------------------------------------ events
+
+    def add_events(self, events: Sequence[EventRecord]) -> None:
+        """Queue events for the next batch; never blocks on the disk."""
+        if self._state != "open":
+            raise RegistryError(
+                "registry is closed" if self._state == "closed" else "registry is not open"
+            )
+        if not events:
+            return
+        with self._lock:
+            before = len(self._pending)
+            self._pending.extend(events)
+            after = len(self._pending)
+            if before == 0:
+                self._pending_since = time.monotonic()
+        # Wake the thread when its timer must start, and when a batch is full.
+        if before == 0 or before < BATCH_MAX <= after:
+            self._jobs.put(_WAKE)
+
+    async def flush(self) -> None:
+        """Commit every event added so far; raises ``RegistryError`` while the store is broken."""
+        await self._submit(self._commit_events, "write events")
+
+    async def events_after(
+        self, session_id: str, after_seq: int, limit: int = 1000
+    ) -> list[EventRecord]:
+        if limit <= 0:
+            self._check_open()
+            return []
+
+        def job(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE session_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (session_id, after_seq, limit),
+            )
+            by_seq = {ev.seq: ev for ev in map(_event_from_row, rows)}
+            # Events not committed yet replace stored ones (INSERT OR REPLACE when written).
+            for ev in self._unwritten():
+                if ev.session_id == session_id and ev.seq > after_seq:
+                    by_seq[ev.seq] = ev
+            return [by_seq[s] for s in sorted(by_seq)[:limit]]
+
+        return await self._submit(job, "read events")
+
+    async def last_seq(self, session_id: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            (stored,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            unwritten = (ev.seq for ev in self._unwritten() if ev.session_id == session_id)
+            return max(int(stored), *unwritten, 0)
+
+        return await self._submit(job, "read events")
+
+    # ------------------------------------------------------------------ processes
+
+    async def put_process(self, rec: ProcessRecord) -> None:
+        row = (rec.pid, rec.create_time, rec.role, rec.session_id, rec.cli_session_id)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT OR REPLACE INTO processes ({_PROCESS_COLS}) VALUES ({_marks(5)})", row
+            )
+
+        await self._submit(job, "write a process")
+
+    async def forget_process(self, pid: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM processes WHERE pid = ?", (pid,))
+
+        await self._submit(job, "forget a process")
+
+    async def list_processes(self) -> list[ProcessRecord]:
+        def job(conn: sqlite3.Connection) -> list[ProcessRecord]:
+            rows = conn.execute(f"SELECT {_PROCESS_COLS} FROM processes ORDER BY pid")
+            return [_process_from_row(r) for r in rows]
+
+        return await self._submit(job, "list processes")
+
+    # ------------------------------------------------------------------ plumbing (event loop)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RegistryError(
+                "registry is closed" if self._state == "closed" else "registry is not open"
+            )
+
+    async def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], doing: str, *, opens: bool = False
+    ) -> T:
+        """Run ``fn(conn)`` on the registry thread; sqlite3 errors become RegistryError."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_JobRequest(fn, doing, fut, loop, opens))
+        return await fut
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._jobs.get(timeout=self._next_timeout())
+                except queue.Empty:
+                    item = _WAKE
+                if item is _STOP:
+                    return
+                if isinstance(item, _CloseRequest):
+                    self._close_in_thread(item.fut, item.loop)
+                    return
+                if isinstance(item, _JobRequest):
+                    self._run_job(item)
+                self._maybe_commit()
+        finally:
+            self._close_conn()
+
+    def _run_job(self, item: _JobRequest) -> None:
+        fn, doing, fut, loop = item.fn, item.doing, item.fut, item.loop
+        try:
+            if self._conn is None and not item.opens:
+                raise RegistryError("registry is not open")
+            result = fn(cast(sqlite3.Connection, self._conn))
+        except sqlite3.Error as exc:
+            if self._conn is not None:
+                _rollback(self._conn)
+            self._call_soon(loop, _reject, fut, _registry_error(exc, doing))
+        except RegistryError as exc:
+            self._call_soon(loop, _reject, fut, exc)
+        except BaseException as exc:  # a bug: hand it to the caller, keep the thread alive
+            if self._conn is not None:
+                _rollback(self._conn)
+            self._call_soon(loop, _reject, fut, exc)
+        else:
+            self._call_soon(loop, _resolve, fut, result)
+
+    @staticmethod
+    def _call_soon(loop: asyncio.AbstractEventLoop, cb: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting
+            loop.call_soon_threadsafe(cb, *args)
+
+    def _next_timeout(self) -> float | None:
+        """Seconds until the pending events are due, None when there are none."""
+        with self._lock:
+            n_pending = len(self._pending)
+            since = self._pending_since
+        if not n_pending and not self._failed:
+            return None
+        if self._failures:
+            due = self._retry_at
+        elif n_pending >= BATCH_MAX:
+            return 0.0
+        else:
+            due = since + self.flush_interval
+        return max(0.0, due - time.monotonic())
+
+    def _maybe_commit(self) -> None:
+        if self._conn is None:
+            return
+        timeout = self._next_timeout()
+        if timeout is None or timeout > 0:
+            return
+        try:
+            self._commit_events(self._conn)
+        except Exception as exc:  # kept in self._failed; the thread must live on
+            log.warning(
+                "registry: %d events not written yet (attempt %d, will retry): %s",
+                len(self._failed),
+                self._failures,
+                exc,
+            )
+
+    def _unwritten(self) -> list[EventRecord]:
+        """Events added but not committed, oldest first (called on the thread)."""
+        with self._lock:
+            pending = list(self._pending)
+        return self._failed + pending
+
+    def _commit_events(self, conn: sqlite3.Connection) -> None:
+        """Commit the failed batch, then everything pending, in one transaction.
+
+        On failure the whole batch is kept (in order) for the next attempt and the error is
+        re-raised.
+        """
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if self._failed:
+            batch = self._failed + batch
+            self._failed = []
+        if not batch:
+            self._failures = 0
+            return
+        try:
+            _write_events(conn, batch)
+        except BaseException:
+            _rollback(conn)
+            self._failed = batch
+            self._failures += 1
+            delay = min(self.flush_interval * 2 ** min(self._failures, 16), MAX_RETRY_DELAY)
+            self._retry_at = time.monotonic() + delay
+            raise
+        if self._failures:
+            log.info("registry: event log writable again, %d events written", len(batch))
+        self._failures = 0
+
+    def _open_db(self, _conn: sqlite3.Connection | None) -> None:
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            p = Path(self.path)
+            try:
+                p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                try:
+                    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass
+                else:
+                    os.close(fd)
+                    p.chmod(0o600)  # whatever the umask
+            except OSError as exc:
+                raise RegistryError(
+                    f"registry cannot create {self.path}: {exc.strerror}", cause=str(exc)
+                ) from exc
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # autocommit; transactions are explicit
+            check_same_thread=True,
+            uri=self.path.startswith("file:"),
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close_in_thread(self, fut: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        err: BaseException | None = None
+        if self._conn is not None:
+            try:
+                self._commit_events(self._conn)
+            except Exception as exc:  # whatever it is, close() must not hang
+                lost = len(self._failed)
+                err = RegistryError(
+                    f"registry closed with {lost} events not written: "
+                    + _registry_error(exc, "write events").message,
+                    cause=str(exc),
+                    lost_events=lost,
+                )
+                log.error("%s", err.message)
+        self._close_conn()
+        if err is None:
+            self._call_soon(loop, _resolve, fut, None)
+        else:
+            self._call_soon(loop, _reject, fut, err)
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+_MALFORMED: Final = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+
+def _write_events(conn: sqlite3.Connection, batch: list[EventRecord]) -> None:
+    """Write a batch in one transaction (idempotent: INSERT OR REPLACE)."""
+    sql = f"INSERT OR REPLACE INTO events ({_EVENT_COLS}) VALUES ({_marks(6)})"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(sql, map(_event_row, batch))
+    except _MALFORMED:
+        # A malformed event (a caller's bug) must not poison the batch, which would be retried
+        # forever: write row by row and drop only the bad ones. A failed statement is undone
+        # alone, the transaction goes on.
+        for ev in batch:
+            try:
+                conn.execute(sql, _event_row(ev))
+            except _MALFORMED as exc:
+                log.error("registry: dropped malformed event %r: %s", ev, exc)
+    conn.execute("COMMIT")
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing migrations in one transaction; refuse a database from the future."""
+    conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry database has schema version {version}, newer than the {SCHEMA_VERSION}"
+                " this hotsession knows: upgrade hotsession or use another database",
+                schema_version=version,
+                supported_version=SCHEMA_VERSION,
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in _split_statements(MIGRATIONS[target - 1]):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {target}")
+            log.info("registry: migrated schema to version %d", target)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
