@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck check clean unit integration
+.PHONY: install browser serve test lint typecheck check clean unit integration
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The dashboard's browser tests drive the system's Chromium (a test tool's own browser download
+# does not work everywhere); install it from the distribution when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium.sh
+
 serve: $(STAMP)
 	$(BIN)/hotsession serve $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
 
 unit: $(STAMP)

@@ -1,0 +1,1 @@
+"""The ``hotsession`` command: the daemon (``serve``), its clients and the benchmark."""

@@ -1,0 +1,34 @@
+"""Entry point of the ``hotsession`` command; each family of subcommands lives in its own module.
+
+``serve`` (cli/serve.py) runs the daemon; ``ask``, ``chat``, ``sessions``, ``pool``, ``warm``
+(cli/client.py) talk to it over the public HTTP API; ``bench`` (bench/) measures it. Every option
+also reads a ``HOTSESSION_<OPTION>`` environment variable.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from hotsession import __version__
+
+# Subcommand modules register themselves on ``main``; a module that is missing (not built yet)
+# simply contributes no commands.
+_COMMAND_MODULES = ("hotsession.cli.serve", "hotsession.cli.client", "hotsession.bench.command")
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "HOTSESSION", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="hotsession")
+def main() -> None:
+    """hotsession: Claude Code sessions that answer instantly."""
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != _name and not _name.startswith(str(exc.name)):
+            raise
