@@ -1,0 +1,96 @@
+"""Memory of agent processes, measured so that shared pages are not counted once per process.
+
+Every CLI process maps the same 200+ MB binary; its resident pages are shared, so plain RSS
+over-counts N processes by roughly (N-1) times the shared text (pools-and-scale-out notes §4). We
+use:
+
+* ``anon_mb`` — ``RssAnon`` from ``/proc/PID/status``: the process's own (anonymous) memory, cheap
+  to read (~25 µs); what recycling and the budget are decided on.
+* ``pss_mb`` — proportional set size from ``/proc/PID/smaps_rollup`` (shared pages divided among
+  their sharers): summing it over processes gives the real total; ~2 ms to read, so it is
+  sampled less often.
+* ``rss_mb`` — plain RSS, reported only to show how much it over-counts.
+
+Children of the CLI (tools it runs, MCP servers) are included when ``tree=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import psutil
+
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One sample, in MiB."""
+
+    anon_mb: float
+    rss_mb: float
+    pss_mb: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON form."""
+        return {"anon_mb": self.anon_mb, "rss_mb": self.rss_mb, "pss_mb": self.pss_mb}
+
+
+def _status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _pss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _pids(pid: int, tree: bool) -> list[int]:
+    pids = [pid]
+    if tree:
+        with contextlib.suppress(psutil.Error):
+            pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    return pids
+
+
+def sample(pid: int, *, pss: bool = False, tree: bool = True) -> Memory | None:
+    """Memory of a process (and its children); None when it is gone."""
+    anon = rss = 0
+    pss_total: int | None = 0 if pss else None
+    found = False
+    for p in _pids(pid, tree):
+        a = _status_kb(p, "RssAnon:")
+        r = _status_kb(p, "VmRSS:")
+        if a is None or r is None:
+            continue
+        found = True
+        anon += a
+        rss += r
+        if pss_total is not None:
+            pss_total += _pss_kb(p) or 0
+    if not found:
+        return None
+    return Memory(
+        anon_mb=round(anon / 1024, 1),
+        rss_mb=round(rss / 1024, 1),
+        pss_mb=round(pss_total / 1024, 1) if pss_total is not None else None,
+    )
+
+
+def available_mb() -> float:
+    """Memory available to new processes on this machine, in MiB."""
+    return round(psutil.virtual_memory().available / _MB, 1)
