@@ -11,10 +11,10 @@ from typing import Any
 
 import psutil
 import pytest
+from tests.conftest import wait_until
 
 from hotsession import Config, Event, Hotsession, Session
 from hotsession.testing.model_server import ModelServer
-from tests.conftest import wait_until
 
 
 async def run(session: Session, prompt: str) -> list[Event]:
@@ -221,9 +221,10 @@ async def test_restart_resumes_with_context(
         assert session.state == "evicted" and session.cli_session_id == cli_id
         events = await run(session, f"two [[marker:{m2}]]")
         assert events[-1].type == "result"
-        assert main_with(model_server, m2)[-1]["n_messages"] > main_with(model_server, m1)[-1][
-            "n_messages"
-        ]
+        assert (
+            main_with(model_server, m2)[-1]["n_messages"]
+            > main_with(model_server, m1)[-1]["n_messages"]
+        )
         replay = [e async for e in session.events(after=0, follow=False)]
         assert [e.seq for e in replay] == list(range(1, len(replay) + 1))
 

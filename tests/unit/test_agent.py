@@ -1,0 +1,203 @@
+"""The transport's edge cases against a scripted fake CLI (a real process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from hotsession.agent import DEATH, AgentProcess
+from hotsession.errors import AgentDied, AgentProtocolError, AgentStartError, AgentTimeout
+from hotsession.supervisor import Supervisor
+
+FAKE = str(Path(__file__).with_name("fake_cli.py"))
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def spawn(
+    tmp_path: Path, mode: str, sup: Supervisor | None = None, **env: str
+) -> AgentProcess:
+    sup = sup or Supervisor(spawn_timeout=5, max_line_bytes=1024 * 1024)
+    return await sup.spawn(
+        [sys.executable, FAKE],
+        cwd=str(tmp_path),
+        env={**os.environ, "FAKE_MODE": mode, **env},
+        label="test",
+    )
+
+
+async def next_message(agent: AgentProcess) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        return await agent.messages.get()
+
+
+async def test_turn_round_trip(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "normal")
+    assert agent.init_response == {"pid": agent.pid}
+    await agent.send_user("hi")
+    assert (await next_message(agent))["type"] == "assistant"
+    res = await next_message(agent)
+    assert res["type"] == "result" and res["result"] == "echo:hi"
+    await agent.close()
+    assert gone(agent.pid)
+
+
+async def test_noise_lines_are_skipped(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "noise")
+    await agent.send_user("x")
+    assert (await next_message(agent))["type"] == "assistant"
+    assert "[stdout] [debug] not json" in agent.stderr_tail()
+    await agent.close()
+
+
+async def test_corrupt_json_kills_with_protocol_error(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "corrupt")
+    await agent.send_user("x")
+    assert await next_message(agent) is DEATH
+    assert isinstance(agent.exit_error, AgentProtocolError)
+    assert gone(agent.pid)
+
+
+async def test_line_over_limit_kills_with_protocol_error(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "bigline", FAKE_BYTES="1500000")
+    await agent.send_user("x")
+    assert await next_message(agent) is DEATH
+    assert isinstance(agent.exit_error, AgentProtocolError)
+    assert "limit" in agent.exit_error.message
+    assert gone(agent.pid)
+
+
+async def test_line_under_limit_passes(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "bigline", FAKE_BYTES="900000")
+    await agent.send_user("x")
+    msg = await next_message(agent)
+    assert len(msg["pad"]) == 900_000
+    await agent.close()
+
+
+async def test_exit_zero_mid_turn_is_a_typed_death(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "exit0")
+    await agent.send_user("x")
+    assert await next_message(agent) is DEATH
+    assert isinstance(agent.exit_error, AgentDied)
+    assert agent.exit_error.exit_code == 0
+    with pytest.raises(AgentDied):
+        await agent.send_user("again")
+
+
+async def test_start_failure_carries_exit_code_and_stderr(tmp_path: Path) -> None:
+    with pytest.raises(AgentStartError) as info:
+        await spawn(tmp_path, "start_crash")
+    assert info.value.exit_code == 7
+    assert "fatal: cannot start" in (info.value.stderr_tail or "")
+
+
+async def test_no_handshake_is_a_start_timeout_and_the_process_is_killed(tmp_path: Path) -> None:
+    sup = Supervisor(spawn_timeout=0.5)
+    with pytest.raises(AgentStartError):
+        await spawn(tmp_path, "nohandshake", sup)
+    assert sup.children == {} or all(not a.alive for a in sup.children.values())
+    for proc in psutil.Process().children(recursive=True):
+        assert FAKE not in " ".join(proc.cmdline()) or proc.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_control_request_times_out_typed(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "deaf")
+    with pytest.raises(AgentTimeout):
+        await agent.request("interrupt", timeout=0.2)
+    await agent.close()
+
+
+async def test_close_escalates_to_sigkill(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "stubborn")
+    began = time.monotonic()
+    await agent.close(step_timeout=0.3)
+    assert gone(agent.pid)
+    assert time.monotonic() - began < 5  # bounded: EOF, TERM (ignored), then KILL
+
+
+async def test_permission_request_is_answered_by_handler(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "permission")
+    seen: list[dict[str, Any]] = []
+
+    async def handler(_agent: AgentProcess, request: dict[str, Any]) -> dict[str, Any]:
+        seen.append(request)
+        return {"behavior": "allow", "updatedInput": {"command": "edited"}}
+
+    agent.control_handler = handler
+    await agent.send_user("rm -rf /")
+    await next_message(agent)  # assistant
+    res = await next_message(agent)
+    assert seen[0]["tool_name"] == "Bash" and seen[0]["input"] == {"command": "rm -rf /"}
+    assert '"edited"' in res["result"]
+    await agent.close()
+
+
+async def test_cancel_request_cancels_handler(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "cancel_permission")
+    cancelled = asyncio.Event()
+    withdrawn: list[str] = []
+
+    async def handler(_agent: AgentProcess, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    agent.control_handler = handler
+    agent.on_cancel = withdrawn.append
+    await agent.send_user("x")
+    async with asyncio.timeout(5):
+        await cancelled.wait()
+    assert withdrawn == ["perm-2"]
+    await agent.close()
+
+
+def test_children_die_with_the_daemon(tmp_path: Path) -> None:
+    """A daemon killed with -9 takes its agent processes with it (parent-death signal).
+
+    The fake ignores stdin EOF and SIGTERM, like a CLI in the middle of a turn.
+    """
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, os, sys
+            from hotsession.supervisor import Supervisor
+            async def main():
+                sup = Supervisor(spawn_timeout=5)
+                agent = await sup.spawn([sys.executable, {FAKE!r}], cwd={str(tmp_path)!r},
+                                        env={{**os.environ, "FAKE_MODE": "stubborn"}}, label="t")
+                print(agent.pid, flush=True)
+                await asyncio.sleep(60)
+            asyncio.run(main())
+            """
+        )
+    )
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    child = int(daemon.stdout.readline())
+    assert psutil.pid_exists(child)
+    daemon.kill()
+    daemon.wait()
+    daemon.stdout.close()
+    deadline = time.monotonic() + 5
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gone(child)

@@ -1,0 +1,85 @@
+"""Session options: validation, profile keys, argv and environment."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hotsession.errors import InvalidRequest
+from hotsession.events import TurnClock
+from hotsession.options import SessionOptions, build_argv, build_env
+
+
+def test_profile_key_is_stable_and_sensitive() -> None:
+    a = SessionOptions.create("/w", model="sonnet", allowed_tools=["Read", "Bash"])
+    b = SessionOptions.from_dict(a.to_dict())
+    assert a == b and a.profile_key() == b.profile_key()
+    assert a.profile_key() != a.replace(model="haiku").profile_key()
+    assert a.profile_key() != a.replace(tenant="other").profile_key()
+    assert a.profile_key() != SessionOptions.create("/w", env={"X": "1"}).profile_key()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"cwd": "relative/path"},
+        {"cwd": "/w", "permission_mode": "yolo"},
+        {"cwd": "/w", "max_turns": 0},
+    ],
+)
+def test_invalid_options_are_typed(kw: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequest):
+        SessionOptions.create(**kw)  # type: ignore[arg-type]
+
+
+def test_argv_new_resume_fork() -> None:
+    opts = SessionOptions.create("/w", model="m", permission_mode="acceptEdits")
+    new = build_argv("claude", opts, session_id="S")
+    assert new[:3] == ["claude", "--output-format", "stream-json"]
+    assert new[4:6] == ["--input-format", "stream-json"]
+    assert "--session-id=S" in new and not any(a.startswith("--resume") for a in new)
+    assert new[new.index("--model") + 1] == "m"
+    assert new[new.index("--permission-prompt-tool") + 1] == "stdio"
+    resume = build_argv("claude", opts, resume="R")
+    assert "--resume=R" in resume and not any(a.startswith("--session-id") for a in resume)
+    fork = build_argv("claude", opts, resume="R", fork=True, session_id="S")
+    assert {"--resume=R", "--fork-session", "--session-id=S"} <= set(fork)
+
+
+def test_system_prompt_default_keeps_claude_codes_own() -> None:
+    assert "--system-prompt" not in build_argv("claude", SessionOptions.create("/w"))
+    argv = build_argv("claude", SessionOptions.create("/w", system_prompt="be terse"))
+    assert argv[argv.index("--system-prompt") + 1] == "be terse"
+
+
+def test_env_profile_overrides_and_claudecode_removed() -> None:
+    opts = SessionOptions.create("/w", env={"ANTHROPIC_BASE_URL": "http://x"})
+    env = build_env(opts, base={"CLAUDECODE": "1", "ANTHROPIC_BASE_URL": "http://y"})
+    assert env["ANTHROPIC_BASE_URL"] == "http://x" and "CLAUDECODE" not in env
+    assert env["PWD"] == "/w"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root-only rule")
+def test_root_bypass_is_explicit() -> None:
+    opts = SessionOptions.create("/w", permission_mode="bypassPermissions")
+    with pytest.raises(InvalidRequest):
+        build_env(opts, base={})
+    assert build_env(opts, base={}, allow_root_bypass=True)["IS_SANDBOX"] == "1"
+    assert "IS_SANDBOX" not in build_env(SessionOptions.create("/w"), base={})
+
+
+def test_turn_clock_splits_ttfe_tools_thinking() -> None:
+    clock = TurnClock(accepted=100.0)
+    clock.started, clock.process_ready, clock.written = 100.5, 100.6, 100.6
+    clock.observe({"type": "system"}, 100.7)
+    tool = {"type": "tool_use", "id": "t1"}
+    clock.observe({"type": "assistant", "message": {"content": [tool]}}, 101.0)
+    res = {"type": "tool_result", "tool_use_id": "t1"}
+    clock.observe({"type": "user", "message": {"content": [res]}}, 103.0)
+    out = clock.breakdown(104.6, {"time_to_request_ms": 12})
+    assert out["queued_ms"] == 500 and out["claim_ms"] == pytest.approx(100)
+    assert out["ttfe_ms"] == pytest.approx(100)
+    assert out["tools_ms"] == pytest.approx(2000) and out["tool_calls"] == 1
+    assert out["thinking_ms"] == pytest.approx(1900)
+    assert out["total_ms"] == pytest.approx(4600) and out["time_to_request_ms"] == 12
