@@ -58,6 +58,7 @@ class Hotsession:
         self._host: LocalHost | None = None
         self.pool: Any = None  # hotsession.pool.Pool when the pool is enabled
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
         self._state_listeners: list[Any] = []
 
     # -- parts -----------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class Hotsession:
             session = Session(
                 self, rec, last_seq=last_seq, last_turn=turns[-1].turn if turns else 0
             )
-            for turn in await self.registry.list_turns(rec.id, limit=5):
+            for turn in await self.registry.list_turns(rec.id, limit=self.config.queue_max + 2):
                 if turn.status in ("queued", "running"):
                     turn.status = "error"
                     turn.error_code = "daemon_restarted"
@@ -147,11 +148,8 @@ class Hotsession:
                     session.emit(
                         None,
                         "error",
-                        {
-                            "turn": turn.turn,
-                            "code": turn.error_code,
-                            "message": turn.error_message,
-                        },
+                        {"turn": turn.turn, "code": turn.error_code, "message": turn.error_message},
+                        turn_no=turn.turn,
                     )
                     await self.registry.put_turn(turn)
             rec.pid = None
@@ -174,6 +172,7 @@ class Hotsession:
         for task in list(self._tasks):
             task.cancel()
         await self.supervisor.close_all()
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
         for session in self.sessions.values():
             with contextlib.suppress(HotsessionError):
                 await self.registry.put_session(session.record)
@@ -300,6 +299,17 @@ class Hotsession:
     async def _after_turn(self, session: Session) -> None:
         if self.pool is not None:
             await self.pool.after_turn(session)
+
+    def registry_task(self, coro: Any) -> None:
+        """Write to the registry in the background (off a turn's hot path); failures are logged."""
+        task = asyncio.create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._registry_done)
+
+    def _registry_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("registry write failed: %s", task.exception())
 
     def spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task the hub keeps a reference to (cancelled at stop)."""

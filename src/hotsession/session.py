@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotsession.agent import DEATH, AgentProcess
 from hotsession.errors import (
+    AgentDied,
     AgentError,
     AgentTimeout,
     Conflict,
@@ -218,10 +219,12 @@ class Session:
 
     # -- events --------------------------------------------------------------------------------
 
-    def emit(self, turn: Turn | None, kind: str, data: dict[str, Any]) -> Event:
+    def emit(
+        self, turn: Turn | None, kind: str, data: dict[str, Any], *, turn_no: int = 0
+    ) -> Event:
         """Number an event and hand it to the log, the turn and the subscribers."""
         self.seq += 1
-        event = Event(self.id, self.seq, turn.number if turn else 0, kind, data)
+        event = Event(self.id, self.seq, turn.number if turn else turn_no, kind, data)
         self.hub.registry.add_events(
             [EventRecord(self.id, event.seq, event.turn, kind, data, event.t)]
         )
@@ -287,6 +290,8 @@ class Session:
         self.last_turn += 1
         turn = Turn(self, self.last_turn, prompt)
         self._queue.put_nowait(turn)
+        # The prompt is durable as soon as it is accepted, even if the daemon dies before it runs.
+        self.hub.registry_task(self.hub.registry.put_turn(turn.record))
         if self.current is not None or self._queue.qsize() > 1:
             self.emit(
                 turn, "queued", {"position": self._queue.qsize(), "prompt_bytes": len(prompt)}
@@ -317,40 +322,52 @@ class Session:
         clock.started = time.monotonic()
         turn.record.status = "running"
         turn.record.started_at = time.time()
-        try:
-            async with self._lock:
-                placement, source = await self._ensure_process()
-        except HotsessionError as exc:
-            self._set_state("failed")
-            self.record.error = exc.message
-            self._end_with_error(turn, exc)
-            return
-        proc = placement.process
-        clock.source = source
-        clock.process_ready = time.monotonic()
-        self.record.turns = max(self.record.turns, turn.number)
-        self.record.last_active_at = time.time()
-        self.record.error = None
-        self._set_state("running")
-        if turn.interrupted:  # interrupted while it waited for its process
-            self._end_with_error(turn, _interrupted())
-            self._set_state("idle")
-            return
-        proc.turns += 1
+        self.hub.registry_task(self.hub.registry.put_turn(turn.record))
         error: HotsessionError | None = None
         result: dict[str, Any] | None = None
-        try:
-            await proc.send_user(turn.prompt)
-            clock.written = time.monotonic()
-            result = await self._pump(turn, proc)
-        except AgentError as exc:
-            error = exc
-        if error is None and result is None:
-            error = proc.exit_error or AgentTimeout("the turn ended without a result")
-        if error is not None:
+        for attempt in range(2):
+            try:
+                async with self._lock:
+                    placement, source = await self._ensure_process()
+            except HotsessionError as exc:
+                self._set_state("failed")
+                self.record.error = exc.message
+                self._end_with_error(turn, exc)
+                return
+            proc = placement.process
+            clock.source = source if attempt == 0 else "resume"
+            clock.process_ready = time.monotonic()
+            self.record.turns = max(self.record.turns, turn.number)
+            self.record.last_active_at = time.time()
+            self.record.error = None
+            self._set_state("running")
+            if turn.interrupted:  # interrupted while it waited for its process
+                self._end_with_error(turn, _interrupted())
+                self._set_state("idle")
+                return
+            proc.turns += 1
+            error = None
+            try:
+                await proc.send_user(turn.prompt)
+                clock.written = time.monotonic()
+                result = await self._pump(turn, proc)
+            except AgentError as exc:
+                error = exc
+            if error is None and result is None:
+                error = proc.exit_error or AgentTimeout("the turn ended without a result")
+            if error is None:
+                break
             if isinstance(error, AgentTimeout) or proc.alive:
                 proc.kill()
             self._lost_process(placement)
+            # A process that died before saying anything about this prompt (killed while idle,
+            # just before the turn began) cost the user nothing yet: resume and send it again.
+            if turn.clock.first_event is not None or turn.interrupted or attempt == 1:
+                break
+            if not isinstance(error, AgentDied) or proc.closing:
+                break
+            log.info("session %s: process died before the turn began; resuming", self.id)
+        if error is not None:
             self._end_with_error(turn, _interrupted() if turn.interrupted else error)
             return
         assert result is not None
@@ -618,9 +635,13 @@ class Session:
         while not self._queue.empty():
             turn = self._queue.get_nowait()
             self._end_with_error(turn, Conflict("the session was closed"))
-        if self.current is not None:
+        running = self.current
+        if running is not None:
             with contextlib.suppress(HotsessionError):
                 await self.interrupt()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(self.hub.config.interrupt_grace_s):
+                    await running.done.wait()
         if self._warming is not None:
             self._warming.cancel()
             with contextlib.suppress(BaseException):
@@ -631,8 +652,8 @@ class Session:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        if self.current is not None and not self.current.done.is_set():
-            self._end_with_error(self.current, _interrupted())
+        if running is not None and not running.done.is_set():
+            self._end_with_error(running, _interrupted())
         if self.placement is not None:
             await self.hub.host.retire(self.placement, busy=True)
             self.placement = None
@@ -647,9 +668,16 @@ class Session:
 
     async def shutdown(self) -> None:
         """Daemon shutdown: end the running turn with an error; keep the session for later."""
-        for turn in [self.current, *list(self._queue._queue)]:  # type: ignore[attr-defined]
-            if turn is not None and not turn.done.is_set():
+        pending = [self.current] if self.current is not None else []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for turn in pending:
+            if not turn.done.is_set():
                 self._end_with_error(turn, ShuttingDown("the service is shutting down"))
+                turn.record.status = "error"
+                turn.record.ended_at = time.time()
+                with contextlib.suppress(HotsessionError):
+                    await self.hub.registry.put_turn(turn.record)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

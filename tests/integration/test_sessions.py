@@ -145,6 +145,23 @@ async def test_kill_mid_turn_errors_that_turn_only(hub: Hotsession, workdir: Pat
     assert (await run(other, "fine?"))[-1].type == "result"
 
 
+async def test_kill_just_before_turn_is_transparent(
+    hub: Hotsession, workdir: Path, model_server: ModelServer
+):
+    session = await hub.open(workdir, permission_mode="bypassPermissions")
+    m1, m2 = mark(), mark()
+    await run(session, f"remember [[marker:{m1}]]")
+    proc = session.process
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)  # no waiting: the turn starts before the death is seen
+    events = await run(session, f"next [[marker:{m2}]] [[say:seamless]]")
+    assert events[-1].type == "result", events[-1].data
+    assert events[-1].data["result"] == "seamless"
+    assert [e for e in events if e.type == "error"] == []
+    before = main_with(model_server, m1)[-1]["n_messages"]
+    assert main_with(model_server, m2)[-1]["n_messages"] > before
+
+
 async def test_output_line_over_one_mib(hub: Hotsession, workdir: Path):
     session = await hub.open(workdir, permission_mode="bypassPermissions")
     events = await run(session, "[[big:3000000]]")
