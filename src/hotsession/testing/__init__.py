@@ -1,0 +1,1 @@
+"""Test instruments for hotsession (never imported by the product)."""
