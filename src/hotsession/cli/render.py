@@ -1,0 +1,209 @@
+"""Terminal rendering for the client commands: the timing line, tool calls, a turn's events.
+
+Output goes to two places on purpose: the assistant's text to **stdout** (so
+``hotsession ask "…" > answer.txt`` keeps only the answer) and everything around it — tool
+calls, the session line, the timing line, warnings — to **stderr** through a rich console.
+``TurnPrinter`` tracks whether stdout is mid-line so the two interleave cleanly on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+# Where the turn's process came from (``timing.source``) → how the line names it.
+POOL_HIT_SOURCES = frozenset({"spare", "hot", "warm"})
+COLD_SOURCES = frozenset({"spawn", "resume"})
+
+# Keys of the tool input that say most about a call, best first.
+_TOOL_SUMMARY_KEYS = (
+    "command",
+    "file_path",
+    "path",
+    "pattern",
+    "url",
+    "query",
+    "prompt",
+    "description",
+)
+
+
+def format_duration(ms: float) -> str:
+    """``850ms``, ``1.2s``, ``2m05s``."""
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def _percent(part: float, total: float) -> str:
+    share = 100 * part / total
+    if 0 < share < 0.5:
+        return "<1%"
+    return f"{share:.0f}%"
+
+
+def _number(timing: Mapping[str, Any], key: str) -> float:
+    value = timing.get(key)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def format_source(source: object) -> str:
+    """``pool hit`` for a process that was already running, ``cold start`` for a spawn/resume."""
+    if source in POOL_HIT_SOURCES:
+        return "pool hit"
+    if source in COLD_SOURCES:
+        return "cold start"
+    return str(source) if source else "unknown source"
+
+
+def format_timing(timing: Mapping[str, Any]) -> str:
+    """The one-line summary of a turn's timing breakdown (the ``result`` event's ``timing``).
+
+    ``⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 6% · pool hit``: shares of ``total_ms``. Time spent
+    queued behind other turns or starting a process shows up only when it is at least 1%.
+    """
+    total = _number(timing, "total_ms")
+    parts = [f"⏱ {format_duration(total)}"]
+    if total > 0:
+        for label, key in (("Queued", "queued_ms"), ("Start", "claim_ms")):
+            value = _number(timing, key)
+            if 100 * value / total >= 1:
+                parts.append(f"{label} {_percent(value, total)}")
+        for label, key in (("TTFE", "ttfe_ms"), ("Thinking", "thinking_ms"), ("Tools", "tools_ms")):
+            parts.append(f"{label} {_percent(_number(timing, key), total)}")
+    parts.append(format_source(timing.get("source")))
+    return " · ".join(parts)
+
+
+def summarize_tool(name: str, tool_input: object, width: int = 100) -> str:
+    """``Bash(ls -la)``: the tool and the most telling field of its input, on one line."""
+    detail = ""
+    if isinstance(tool_input, Mapping):
+        for key in _TOOL_SUMMARY_KEYS:
+            value = tool_input.get(key)
+            if isinstance(value, str) and value:
+                detail = value
+                break
+        else:
+            if tool_input:
+                detail = json.dumps(tool_input, ensure_ascii=False, separators=(",", ":"))
+    detail = " ".join(detail.split())
+    line = f"{name}({detail})"
+    if len(line) > width:
+        line = line[: width - 2] + "…)"
+    return line
+
+
+def _tool_result_text(block: Mapping[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        texts = [c.get("text", "") for c in content if isinstance(c, Mapping)]
+        content = " ".join(t for t in texts if isinstance(t, str))
+    return " ".join(str(content or "").split())
+
+
+class TurnPrinter:
+    """Renders one turn's events as they arrive (see the module docstring for where they go)."""
+
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.midline = False  # stdout holds text not yet ended by a newline
+        self.wrote_text = False  # the turn printed some assistant text
+        self._streamed = False  # text arrived as partial deltas; skip it in the full message
+
+    # -- output primitives -----------------------------------------------------------------
+
+    def text(self, chunk: str) -> None:
+        """Assistant text, to stdout, as it comes."""
+        if not chunk:
+            return
+        click.echo(chunk, nl=False)
+        self.midline = not chunk.endswith("\n")
+        self.wrote_text = True
+
+    def end_line(self) -> None:
+        """Finish a partial stdout line before something else is printed."""
+        if self.midline:
+            click.echo("")
+            self.midline = False
+
+    def note(self, message: str | Text, style: str = "dim") -> None:
+        """A side line on stderr."""
+        self.end_line()
+        if isinstance(message, str):
+            message = Text(message)
+        self.err.print(message, style=style, soft_wrap=True, highlight=False)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def handle(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Render one event of the turn's stream."""
+        if kind == "message":
+            self.message(data)
+        elif kind == "queued":
+            ahead = data.get("ahead", data.get("position"))
+            self.note(f"⧗ queued{f' behind {ahead} turn(s)' if ahead else ''}")
+        elif kind == "permission_resolved":
+            outcome, by = data.get("outcome"), data.get("by")
+            if by not in (None, "client", "user"):
+                self.note(f"  permission {data.get('request_id')}: {outcome} (by {by})")
+        elif kind == "result":
+            self.result(data)
+        elif kind == "session":
+            self.note(f"session {data.get('id')}")
+
+    def message(self, msg: Mapping[str, Any]) -> None:
+        """A Claude Code stream-json message."""
+        kind = msg.get("type")
+        if kind == "stream_event":
+            event = msg.get("event") or {}
+            delta = event.get("delta") or {}
+            if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+                self._streamed = True
+                self.text(str(delta.get("text", "")))
+            return
+        content = (msg.get("message") or {}).get("content")
+        if not isinstance(content, list):
+            return
+        if kind == "assistant":
+            for block in content:
+                if not isinstance(block, Mapping):
+                    continue
+                if block.get("type") == "text" and not self._streamed:
+                    if self.wrote_text and not self.midline:
+                        click.echo("")  # a blank line between separate text blocks
+                    self.text(str(block.get("text", "")).rstrip("\n") + "\n")
+                elif block.get("type") == "tool_use":
+                    name = str(block.get("name", "tool"))
+                    self.note(f"  ⚙ {summarize_tool(name, block.get('input'))}", style="cyan")
+            self._streamed = False
+            self.end_line()
+        elif kind == "user":
+            for block in content:
+                if (
+                    isinstance(block, Mapping)
+                    and block.get("type") == "tool_result"
+                    and block.get("is_error")
+                ):
+                    self.note(f"  ✗ {_tool_result_text(block)[:200]}", style="red")
+
+    def result(self, data: Mapping[str, Any]) -> None:
+        """The end of the turn: the final text if none streamed, then the timing line."""
+        final = data.get("result")
+        if not self.wrote_text and isinstance(final, str) and final:
+            self.text(final.rstrip("\n") + "\n")
+        self.end_line()
+        if data.get("is_error"):
+            self.note(f"the turn ended with {data.get('subtype') or 'an error'}", style="red")
+        timing = data.get("timing")
+        if isinstance(timing, Mapping):
+            self.note(format_timing(timing))
