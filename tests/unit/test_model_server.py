@@ -191,7 +191,7 @@ def test_non_streaming_message(client: httpx.Client) -> None:
     assert msg["usage"]["input_tokens"] > 0 and msg["usage"]["output_tokens"] > 0
 
 
-def test_directives_found_in_any_text_block_and_not_echoed(
+def test_directives_read_from_the_prompt_not_reminders_and_not_echoed(
     client: httpx.Client, server: ModelServer
 ) -> None:
     content = [
@@ -201,9 +201,24 @@ def test_directives_found_in_any_text_block_and_not_echoed(
     events = stream_events(client, body(content))
     assert text_of(events) == "exactly this"
     (entry,) = server.log()
-    assert entry["directives"] == ["marker", "say", "marker"]
-    assert entry["markers"] == ["in-reminder", "m"]
+    assert entry["directives"] == ["say", "marker"]
+    assert entry["markers"] == ["m"]
     assert entry["last_user_text"] == "please [[say:exactly this]] [[marker:m]] thanks"
+
+
+def test_merged_prompts_after_interrupt_use_only_the_newest(
+    client: httpx.Client, server: ModelServer
+) -> None:
+    # After an interrupted turn the CLI merges the consecutive user messages into one.
+    content = [
+        {"type": "text", "text": "[[hang]] [[marker:old]]"},
+        {"type": "text", "text": "[Request interrupted by user]"},
+        {"type": "text", "text": REMINDER},
+        {"type": "text", "text": "[[say:fresh]] [[marker:new]]"},
+    ]
+    events = stream_events(client, body(content))
+    assert text_of(events) == "fresh"
+    assert server.log()[-1]["markers"] == ["new"]
 
 
 def test_default_reply_does_not_echo_prompt(client: httpx.Client) -> None:

@@ -369,7 +369,12 @@ def _is_user_text_message(msg: Any) -> bool:
 
 
 def _user_text(messages: list[Any]) -> tuple[str, str, int]:
-    """Newest user text message: (all its text, its text without reminder blocks, step)."""
+    """Newest user prompt: (its directive text, its text without reminder blocks, step).
+
+    When no assistant reply came between two prompts (an interrupted turn), the CLI merges the
+    consecutive user messages into one; only its last own text block is the newest prompt, so
+    directives are read from that block alone (else ``[[hang]]`` would outlive its interrupt).
+    """
     for idx in range(len(messages) - 1, -1, -1):
         msg = messages[idx]
         if _is_user_text_message(msg):
@@ -382,7 +387,8 @@ def _user_text(messages: list[Any]) -> tuple[str, str, int]:
                 for m in messages[idx + 1 :]
                 if isinstance(m, dict) and m.get("role") == "assistant"
             )
-            return "\n".join(texts), "\n".join(own or texts), step
+            newest = own[-1] if own else "\n".join(texts)
+            return newest, "\n".join(own or texts), step
     return "", "", 0
 
 
