@@ -1,0 +1,234 @@
+"""``hotsession bench``: measure hotsession against every other way of running Claude Code.
+
+hotsession bench --quick                    # about a minute, a first look
+hotsession bench --json out.json --plot out.png
+hotsession bench --transport                # the measurement behind docs/transport.md
+hotsession bench --load --rate 0.5 --duration 60 --memory-budget-mb 2000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hotsession.bench.environment import BenchEnv, BenchError
+from hotsession.bench.memory import measure
+from hotsession.bench.modes import (
+    BareCli,
+    FreshPrint,
+    LeanTransport,
+    Mode,
+    ResumePrint,
+    SdkClient,
+    SdkQuery,
+)
+from hotsession.bench.output import PlotUnavailable, print_result, write_json, write_plot
+from hotsession.bench.runner import Runner, RunResult
+from hotsession.cli.main import main
+
+BASELINES: tuple[type[Mode], ...] = (FreshPrint, ResumePrint, SdkQuery, BareCli)
+TRANSPORTS: tuple[type[Mode], ...] = (BareCli, LeanTransport, SdkClient)
+
+QUICK_ROUNDS = 5
+DEFAULT_ROUNDS = 30
+QUICK_TRANSPORT_ROUNDS = 40
+DEFAULT_TRANSPORT_ROUNDS = 200
+
+
+def _http_modes() -> tuple[type[Mode], ...]:
+    """hotsession's modes through the HTTP API (none in a build without ``hotsession serve``)."""
+    if importlib.util.find_spec("hotsession.cli.serve") is None:
+        return ()
+    from hotsession.bench.http_modes import HTTP_MODES
+
+    return HTTP_MODES
+
+
+def _select(classes: tuple[type[Mode], ...], only: str | None) -> tuple[type[Mode], ...]:
+    if not only:
+        return classes
+    wanted = [w.strip().lower() for w in only.split(",") if w.strip()]
+    picked = tuple(c for c in classes if any(w in c.name.lower() for w in wanted))
+    if not picked:
+        names = ", ".join(c.name for c in classes)
+        raise click.BadParameter(f"no mode matches {only!r}; modes: {names}", param_hint="--only")
+    return picked
+
+
+async def _with_progress(
+    console: Console, total: int, body: Callable[[Callable[[str, int], None]], Awaitable[Any]]
+) -> Any:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+
+        def update(description: str, advance: int) -> None:
+            progress.update(task, description=description, advance=advance)
+
+        return await body(update)
+
+
+async def _run_modes(
+    env: BenchEnv,
+    classes: tuple[type[Mode], ...],
+    *,
+    kind: str,
+    rounds: int,
+    warmup: int,
+    console: Console,
+) -> RunResult:
+    modes = [cls(env) for cls in classes]
+    daemon: Any = None
+    if any(m.group == "hotsession" for m in modes):
+        from hotsession.bench.http_modes import attach_daemon
+
+        console.print("starting hotsession serve …")
+        daemon = await attach_daemon(modes, env)
+
+    async def memory_probe() -> dict[str, Any]:
+        by_role: dict[str, list[int]] = {}
+        for mode in modes:
+            for role, pid in mode.pids().items():
+                by_role.setdefault(role, []).append(pid)
+        for mode in modes:
+            daemon_memory = getattr(mode, "daemon_memory", None)
+            if daemon_memory is not None:
+                for role, pids in (await daemon_memory()).items():
+                    by_role.setdefault(role, []).extend(pids)
+                break
+        return measure(by_role)
+
+    runner = Runner(env, modes, rounds=rounds, warmup=warmup, memory_probe=memory_probe)
+
+    async def body(progress: Callable[[str, int], None]) -> RunResult:
+        runner.progress = progress
+        return await runner.run(kind)
+
+    try:
+        result: RunResult = await _with_progress(console, runner.steps, body)
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+    return result
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A first look in about a minute (few rounds).")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Timed rounds per mode.")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--transport", is_flag=True, help="Compare transports (bare CLI, lean, SDK client).")
+@click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
+@click.option("--rate", type=float, default=0.5, show_default=True, help="--load: arrivals/s.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="--load: seconds.")
+@click.option(
+    "--new-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="--load: share of arrivals that open a new session (the rest are follow-ups).",
+)
+@click.option("--memory-budget-mb", type=float, default=None, help="--load: the daemon's budget.")
+@click.option("--only", default=None, help="Comma-separated substrings of mode names to run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write raw samples.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG figure.")
+@click.option("--cli-path", default=None, help="The Claude Code binary (default: bundled).")
+@click.option(
+    "--permission-mode", default="bypassPermissions", show_default=True, help="For every mode."
+)
+@click.option("--keep-dir", is_flag=True, help="Keep the run's temp dir (logs, state).")
+def bench(
+    quick: bool,
+    rounds: int | None,
+    warmup: int,
+    transport: bool,
+    load: bool,
+    rate: float,
+    duration: float,
+    new_fraction: float,
+    memory_budget_mb: float | None,
+    only: str | None,
+    json_path: str | None,
+    plot_path: str | None,
+    cli_path: str | None,
+    permission_mode: str,
+    keep_dir: bool,
+) -> None:
+    """Benchmark hotsession against `claude -p`, `--resume`, the SDK and the bare CLI."""
+    console = Console(stderr=True)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
+            ) from None
+    if transport and load:
+        raise click.UsageError("--transport and --load are separate runs; pick one")
+    try:
+        env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        env.start()
+        if load:
+            from hotsession.bench.load import run_load
+
+            result = asyncio.run(
+                run_load(
+                    env,
+                    rate=rate,
+                    duration=(min(duration, 30.0) if quick else duration),
+                    new_fraction=new_fraction,
+                    memory_budget_mb=memory_budget_mb,
+                    console=console,
+                )
+            )
+        elif transport:
+            n = rounds or (QUICK_TRANSPORT_ROUNDS if quick else DEFAULT_TRANSPORT_ROUNDS)
+            result = asyncio.run(
+                _run_modes(
+                    env,
+                    _select(TRANSPORTS, only),
+                    kind="transport",
+                    rounds=n,
+                    warmup=warmup,
+                    console=console,
+                )
+            )
+        else:
+            classes = _select(BASELINES + _http_modes(), only)
+            n = rounds or (QUICK_ROUNDS if quick else DEFAULT_ROUNDS)
+            result = asyncio.run(
+                _run_modes(env, classes, kind="modes", rounds=n, warmup=warmup, console=console)
+            )
+            if not _http_modes():
+                console.print(
+                    "[yellow]note:[/] the hotsession HTTP modes are not available in this build"
+                )
+    except BenchError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        env.stop()
+    result.meta["command"] = " ".join(["hotsession", *sys.argv[1:]]) if sys.argv else "bench"
+    print_result(result, Console())
+    if json_path:
+        write_json(result, json_path)
+        console.print(f"raw samples: {json_path}")
+    if plot_path:
+        try:
+            write_plot(result, plot_path)
+        except PlotUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        console.print(f"plot: {plot_path}")

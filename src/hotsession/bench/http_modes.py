@@ -1,0 +1,504 @@
+"""hotsession's modes, measured through its HTTP API exactly as a client sees it.
+
+The bench starts ``hotsession serve`` as a subprocess (own state dir, own port, the CLI env of the
+run) and reads its token from ``<state-dir>/token``. Every timed call is one HTTP request whose
+SSE stream is read until the turn's ``result`` (or ``error``) event; ``t_send`` is stamped just
+before the request is sent, ``t_first`` at the first ``message`` event (the first CLI output).
+
+* ``hs new (spare)``     — ``POST /v1/sessions`` then its first turn, with a ready spare waiting
+  (prepare waits until ``GET /v1/pool`` shows one);
+* ``hs new (miss)``      — the same with a profile no spare has (a unique ``append_system_prompt``):
+  a direct spawn;
+* ``hs follow-up``       — the next turn of a live session;
+* ``hs evicted``         — the next turn of a session whose process was ended (``--resume``);
+* ``hs evicted+warm``    — the same after ``POST /v1/sessions/{id}/warm`` finished;
+* ``hs ask``             — ``POST /v1/ask`` (a quick turn on a pooled session).
+
+Between samples ``prepare`` waits for the daemon to be quiet (no spare being spawned), so a
+background spawn does not steal the CPU from the next measurement on a small machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import psutil
+
+from hotsession.bench.environment import BenchEnv, BenchError, is_root
+from hotsession.bench.memory import cli_children
+from hotsession.bench.modes import Mode
+from hotsession.bench.stats import Sample, SSEDecoder
+
+QUIET_TIMEOUT_S = 30.0
+SPARE_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (the daemon binds it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sum_key(obj: Any, key: str) -> int:
+    """Sum of every integer ``key`` anywhere in a JSON document."""
+    if isinstance(obj, dict):
+        total = 0
+        for k, v in obj.items():
+            if k == key and isinstance(v, int) and not isinstance(v, bool):
+                total += v
+            else:
+                total += _sum_key(v, key)
+        return total
+    if isinstance(obj, list):
+        return sum(_sum_key(v, key) for v in obj)
+    return 0
+
+
+def pool_counts(stats: dict[str, Any]) -> tuple[int, int]:
+    """``(ready, spawning)`` spares over every profile of a ``GET /v1/pool`` document."""
+    ready = _sum_key(stats.get("profiles", stats), "ready")
+    spawning = _sum_key(stats.get("profiles", stats), "spawning")
+    return ready, spawning
+
+
+class Daemon:
+    """``hotsession serve`` as a subprocess, and an HTTP client for it."""
+
+    def __init__(self, env: BenchEnv, *, extra_args: tuple[str, ...] = ()) -> None:
+        self.env = env
+        self.state_dir = env.root / "daemon-state"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.users = 0
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The authenticated client."""
+        assert self.client is not None, "the daemon is not started"
+        return self.client
+
+    async def start(self) -> None:
+        """Start the daemon and wait until it answers with its token."""
+        argv = [
+            sys.executable,
+            "-c",
+            "from hotsession.cli.main import main; main()",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            "--cli-path",
+            self.env.cli_path,
+            *self.extra_args,
+        ]
+        if self.env.permission_mode == "bypassPermissions" and is_root():
+            argv.append("--allow-root-bypass")
+        env = self.env.agent_env()
+        env = {k: v for k, v in env.items() if not k.startswith("HOTSESSION_")}
+        log = (self.env.root / "daemon.log").open("wb")
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=self.env.root, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        token_file = self.state_dir / "token"
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as probe:
+            while True:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"hotsession serve exited: {self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await probe.get("/healthz")).status_code == 200 and token_file.exists():
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"hotsession serve did not start: {self.log_tail()}")
+                await asyncio.sleep(0.1)
+        token = token_file.read_text().strip()
+        self.client = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(180.0, connect=10.0),
+            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
+        )
+
+    def log_tail(self, n: int = 2000) -> str:
+        """The end of the daemon's output."""
+        try:
+            return (self.env.root / "daemon.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        """SIGTERM (graceful), then SIGKILL if it lingers."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+    # -- API helpers -----------------------------------------------------------------------------
+
+    async def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON call; a non-2xx answer raises ``BenchError`` with the body."""
+        resp = await self.http.request(method, path, json=body)
+        if resp.status_code >= 400:
+            raise BenchError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    async def stream(self, path: str, body: dict[str, Any], s: Sample) -> dict[str, Any]:
+        """POST an SSE endpoint and read it to the turn's end; stamps ``s`` (t_send included).
+
+        Returns the ``session`` event's data (``/v1/ask``) or ``{}``.
+        """
+        first: dict[str, Any] = {}
+        decoder = SSEDecoder()
+        s.t_send = time.monotonic()
+        async with self.http.stream("POST", path, json=body) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise BenchError(f"POST {path}: {resp.status_code} {resp.text[:300]}")
+            async for line in resp.aiter_lines():
+                event = decoder.feed(line)
+                if event is None:
+                    continue
+                kind, data, _ = event
+                if kind == "message":
+                    if s.t_first is None:
+                        s.t_first = time.monotonic()
+                elif kind == "result":
+                    s.t_result = time.monotonic()
+                    payload = json.loads(data)
+                    timing = payload.get("timing") or {}
+                    s.extra["source"] = timing.get("source")
+                    if payload.get("is_error"):
+                        s.error = f"result is_error: {str(payload.get('result'))[:200]}"
+                    return first
+                elif kind == "error":
+                    payload = json.loads(data)
+                    s.error = f"{payload.get('code')}: {payload.get('message')}"
+                    return first
+                elif kind == "session":
+                    first = json.loads(data)
+        raise BenchError(f"POST {path}: the stream ended before the turn did")
+
+    async def pool(self) -> dict[str, Any]:
+        """``GET /v1/pool``."""
+        out = await self.json("GET", "/v1/pool")
+        return out if isinstance(out, dict) else {}
+
+    async def wait_quiet(self, timeout: float = QUIET_TIMEOUT_S) -> None:
+        """Until no spare is being spawned (bounded: a busy pool must not stall the run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, spawning = pool_counts(await self.pool())
+            if spawning == 0:
+                return
+            await asyncio.sleep(0.05)
+
+    async def wait_spare(self, timeout: float = SPARE_TIMEOUT_S) -> bool:
+        """Until a spare is ready and nothing spawns; False when none came in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, spawning = pool_counts(await self.pool())
+            if ready > 0 and spawning == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        """``GET /v1/sessions/{id}``."""
+        out = await self.json("GET", f"/v1/sessions/{session_id}")
+        return out if isinstance(out, dict) else {}
+
+    async def close_session(self, session_id: str) -> None:
+        """``DELETE /v1/sessions/{id}`` (errors ignored: the run goes on)."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self.http.delete(f"/v1/sessions/{session_id}")
+
+    async def evict(self, session_id: str) -> int | None:
+        """End a session's process (session kept: its next turn resumes); returns the old pid.
+
+        The API has no evict call, so the bench ends the process the way the pool's eviction
+        does — a graceful end of the CLI — and waits until the daemon has reaped it.
+        """
+        pid = (await self.session(session_id)).get("pid")
+        if not isinstance(pid, int):
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if not psutil.pid_exists(pid):
+                return pid
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    await asyncio.sleep(0.01)
+                    continue
+            await asyncio.sleep(0.02)
+        raise BenchError(f"the process {pid} of {session_id} did not end")
+
+    def cli_pids(self) -> list[int]:
+        """The daemon's CLI child processes."""
+        return cli_children(self.proc.pid, self.env.cli_path) if self.proc else []
+
+    async def wait_resume_ready(self, cli_session_id: str, timeout: float = 30.0) -> None:
+        """Until a ``--resume`` process of that conversation exists and has gone idle."""
+        deadline = time.monotonic() + timeout
+        target: psutil.Process | None = None
+        while target is None:
+            for pid in self.cli_pids():
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    if any(cli_session_id in arg for arg in p.cmdline()):
+                        target = p
+                        break
+            if time.monotonic() > deadline:
+                raise BenchError("the warmed process did not appear")
+            if target is None:
+                await asyncio.sleep(0.02)
+        # Idle = no CPU used over 200 ms: initialize answered, start-up work done.
+        last = -1.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                t = sum(target.cpu_times()[:2])
+                if t == last:
+                    return
+                last = t
+            await asyncio.sleep(0.2)
+
+    async def memory_roles(self) -> dict[str, list[int]]:
+        """CLI pids of the daemon by role: live session processes and idle spares."""
+        sessions = await self.json("GET", "/v1/sessions")
+        items = sessions.get("sessions", sessions) if isinstance(sessions, dict) else sessions
+        live = {s.get("pid") for s in items or [] if isinstance(s, dict)}
+        roles: dict[str, list[int]] = {"hs live session": [], "hs idle spare": []}
+        for pid in self.cli_pids():
+            roles["hs live session" if pid in live else "hs idle spare"].append(pid)
+        return roles
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+class HttpMode(Mode):
+    """A mode that talks to the shared daemon."""
+
+    group: ClassVar[str] = "hotsession"
+    daemon: Daemon | None = None
+
+    def attach(self, daemon: Daemon) -> None:
+        """Share one daemon between all HTTP modes of a run."""
+        self.daemon = daemon
+        daemon.users += 1
+
+    @property
+    def d(self) -> Daemon:
+        """The daemon."""
+        assert self.daemon is not None, "attach() a daemon first"
+        return self.daemon
+
+    def profile(self) -> dict[str, Any]:
+        """The session options every HTTP mode uses (one profile, so spares are shared)."""
+        return {"cwd": str(self.env.workdir), "permission_mode": self.env.permission_mode}
+
+    async def new_session(self, **extra: Any) -> dict[str, Any]:
+        """``POST /v1/sessions``."""
+        out = await self.d.json("POST", "/v1/sessions", {**self.profile(), **extra})
+        assert isinstance(out, dict)
+        return out
+
+    async def turn(self, session_id: str, s: Sample, prompt: str) -> None:
+        """``POST /v1/sessions/{id}/turns`` to its end."""
+        await self.d.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s)
+
+    async def daemon_memory(self) -> dict[str, list[int]]:
+        """Memory roles of the daemon's processes (the runner's memory probe calls this)."""
+        return await self.d.memory_roles()
+
+
+class _OneSession(HttpMode):
+    """Modes that keep one session for the whole run."""
+
+    session_id = ""
+    cli_session_id = ""
+
+    async def setup(self) -> None:
+        """Open the session and run its first turn (untimed)."""
+        created = await self.new_session()
+        self.session_id = str(created["id"])
+        self.cli_session_id = str(created.get("cli_session_id", ""))
+        warm = Sample(self.name, -1, "setup", 0.0)
+        await self.turn(self.session_id, warm, "[[say:setup]]")
+        if warm.error:
+            raise BenchError(f"{self.name}: setup turn failed: {warm.error}")
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """The next turn."""
+        await self.turn(self.session_id, s, prompt)
+
+
+class HsFollowUp(_OneSession):
+    """A follow-up on a live session."""
+
+    name = "hs follow-up"
+    description = "hotsession: next turn of a live session (HTTP + SSE)"
+
+    async def prepare(self) -> None:
+        """Quiet daemon."""
+        await self.d.wait_quiet()
+
+
+class HsEvicted(_OneSession):
+    """The next turn of an evicted session (``--resume`` on demand)."""
+
+    name = "hs evicted"
+    description = "hotsession: next turn of an evicted session (transparent --resume)"
+
+    async def prepare(self) -> None:
+        """End the session's process; quiet daemon."""
+        await self.d.evict(self.session_id)
+        await self.d.wait_quiet()
+
+
+class HsEvictedWarm(_OneSession):
+    """The next turn of an evicted session after ``warm``."""
+
+    name = "hs evicted+warm"
+    description = "hotsession: next turn of an evicted session after POST …/warm"
+
+    async def prepare(self) -> None:
+        """End the process, ask for resume-ahead, wait until the new process is idle."""
+        await self.d.evict(self.session_id)
+        await self.d.json("POST", f"/v1/sessions/{self.session_id}/warm")
+        await self.d.wait_resume_ready(self.cli_session_id)
+        await self.d.wait_quiet()
+
+
+class HsNewSpare(HttpMode):
+    """A new session from a ready spare, and its first turn."""
+
+    name = "hs new (spare)"
+    description = "hotsession: POST /v1/sessions + first turn, a spare ready"
+    _last: str | None = None
+
+    async def prepare(self) -> None:
+        """Close the previous sample's session; wait for a ready spare."""
+        if self._last:
+            await self.d.close_session(self._last)
+            self._last = None
+        await self.d.wait_spare()
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """Create + first turn, timed from the create request."""
+        s.t_send = time.monotonic()
+        t0 = s.t_send
+        created = await self.new_session()
+        self._last = str(created["id"])
+        s.extra["open_source"] = created.get("source") or created.get("open_source")
+        await self.turn(self._last, s, prompt)
+        s.t_send = t0  # the turn request re-stamped it; the clock starts at the create
+
+    async def teardown(self) -> None:
+        """Close the last session."""
+        if self._last:
+            await self.d.close_session(self._last)
+
+
+class HsNewMiss(HsNewSpare):
+    """A new session whose profile has no spare: a direct spawn."""
+
+    name = "hs new (miss)"
+    description = "hotsession: POST /v1/sessions + first turn, no spare (pool miss)"
+
+    async def prepare(self) -> None:
+        """Close the previous sample's session; quiet daemon."""
+        if self._last:
+            await self.d.close_session(self._last)
+            self._last = None
+        await self.d.wait_quiet()
+
+    def profile(self) -> dict[str, Any]:
+        """A profile never seen before: no spare can match it."""
+        return {**super().profile(), "append_system_prompt": f"bench {uuid.uuid4().hex[:8]}"}
+
+
+class HsAsk(HttpMode):
+    """``POST /v1/ask``: a quick turn on a pooled session."""
+
+    name = "hs ask"
+    description = "hotsession: POST /v1/ask (quick turn on a pooled session)"
+    _last: str | None = None
+
+    async def prepare(self) -> None:
+        """Close the previous sample's session; wait for a ready spare."""
+        if self._last:
+            await self.d.close_session(self._last)
+            self._last = None
+        await self.d.wait_spare()
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """One quick turn."""
+        first = await self.d.stream("/v1/ask", {**self.profile(), "prompt": prompt}, s)
+        sid = first.get("id") or first.get("session_id")
+        self._last = str(sid) if sid else None
+        if not sid:
+            s.error = s.error or "no session event"
+
+    async def teardown(self) -> None:
+        """Close the last session."""
+        if self._last:
+            await self.d.close_session(self._last)
+
+
+HTTP_MODES: tuple[type[Mode], ...] = (
+    HsNewSpare,
+    HsNewMiss,
+    HsFollowUp,
+    HsEvicted,
+    HsEvictedWarm,
+    HsAsk,
+)
+
+
+async def attach_daemon(
+    modes: list[Mode], env: BenchEnv, extra_args: tuple[str, ...] = ()
+) -> Daemon | None:
+    """Start one daemon for every HTTP mode of the run (none when there is none)."""
+    http = [m for m in modes if isinstance(m, HttpMode)]
+    if not http:
+        return None
+    daemon = Daemon(env, extra_args=extra_args)
+    await daemon.start()
+    for mode in http:
+        mode.attach(daemon)
+    return daemon
+
+
+def daemon_log_path(env: BenchEnv) -> Path:
+    """Where the daemon's output goes (kept with --keep-dir)."""
+    return env.root / "daemon.log"

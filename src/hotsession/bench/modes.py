@@ -1,0 +1,394 @@
+"""The ways of running a Claude Code turn that the benchmark compares (baselines and transports).
+
+A mode is set up once, then asked for one timed turn at a time (``sample``); between samples the
+runner calls ``prepare`` (untimed: evict a session, wait for a spare). Each mode stamps
+``Sample.t_send`` itself, immediately before the first byte leaves the client, and ``t_first`` /
+``t_result`` as the first CLI message and the result reach it.
+
+Baselines, all with the same CLI binary, env and permission mode:
+
+* ``claude -p``          — a fresh ``claude -p PROMPT`` process per prompt;
+* ``claude -p --resume`` — the same, continuing one conversation (``--resume ID``);
+* ``sdk query()``        — ``claude_agent_sdk.query()`` per prompt (a process per prompt);
+* ``bare CLI (floor)``   — one live stream-json process driven directly over stdin, with the same
+  argv as hotsession's processes: nothing can beat it by more than noise.
+
+Transports (``hotsession bench --transport``, the measurement behind docs/transport.md):
+
+* ``lean transport``     — a follow-up on a ``Hotsession`` library session (hotsession.agent);
+* ``ClaudeSDKClient``    — a follow-up on a connected ``ClaudeSDKClient``
+  (``query`` + ``receive_response``).
+
+The hotsession-through-HTTP modes live in ``bench/http_modes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from typing import Any, ClassVar
+
+from hotsession.bench.environment import BenchEnv, BenchError
+from hotsession.bench.stats import Sample
+from hotsession.options import SessionOptions, build_argv, build_env
+
+_LINE_LIMIT = 64 * 1024 * 1024
+
+
+class Mode:
+    """One way of running a turn."""
+
+    name: ClassVar[str] = ""
+    group: ClassVar[str] = "baseline"
+    description: ClassVar[str] = ""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.env = env
+
+    async def setup(self) -> None:
+        """Start what the mode keeps for the whole run (untimed)."""
+
+    async def prepare(self) -> None:
+        """Untimed work before each sample (evict a session, wait for a spare)."""
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """Run one turn of ``prompt``, stamping ``s``; raise on failure."""
+        raise NotImplementedError
+
+    async def teardown(self) -> None:
+        """Stop what ``setup`` started."""
+
+    def pids(self) -> dict[str, int]:
+        """Live CLI processes of this mode, by role (for the memory report)."""
+        return {}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def stamp(s: Sample, msg: dict[str, Any]) -> bool:
+    """Stamp first-event / result times from one CLI message; True at the result."""
+    now = time.monotonic()
+    if s.t_first is None:
+        s.t_first = now
+    if msg.get("type") == "result":
+        s.t_result = now
+        if msg.get("is_error"):
+            s.error = f"result is_error: {str(msg.get('result'))[:200]}"
+        return True
+    return False
+
+
+async def _read_until_result(stdout: asyncio.StreamReader, s: Sample) -> None:
+    while True:
+        line = await stdout.readline()
+        if not line:
+            raise BenchError("the CLI ended without a result")
+        if line[:1] != b"{":
+            continue
+        msg = json.loads(line)
+        if msg.get("type") in ("control_response", "control_request"):
+            continue
+        if stamp(s, msg):
+            return
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+class FreshPrint(Mode):
+    """A new ``claude -p`` process per prompt."""
+
+    name = "claude -p"
+    description = "fresh `claude -p` process per prompt"
+    extra_args: tuple[str, ...] = ()
+
+    def argv(self, prompt: str) -> list[str]:
+        """The command line of one prompt."""
+        return [
+            self.env.cli_path,
+            "-p",
+            prompt,
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--permission-mode",
+            self.env.permission_mode,
+            *self.extra_args,
+        ]
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """Spawn, read until the result, reap."""
+        argv = self.argv(prompt)
+        env = self.env.agent_env()
+        s.t_send = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.env.workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            limit=_LINE_LIMIT,
+        )
+        try:
+            assert proc.stdout is not None
+            await asyncio.wait_for(_read_until_result(proc.stdout, s), 120)
+            await asyncio.wait_for(proc.wait(), 30)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+class ResumePrint(FreshPrint):
+    """``claude -p --resume ID`` per prompt, continuing one conversation."""
+
+    name = "claude -p --resume"
+    description = "`claude -p --resume ID` process per prompt"
+
+    async def setup(self) -> None:
+        """Create the conversation that every sample resumes."""
+        session_id = str(uuid.uuid4())
+        self.extra_args = (f"--session-id={session_id}",)
+        await self.sample(Sample(self.name, -1, "setup", 0.0), "[[say:setup]]")
+        self.extra_args = (f"--resume={session_id}",)
+
+
+class SdkQuery(Mode):
+    """``claude_agent_sdk.query()`` per prompt."""
+
+    name = "sdk query()"
+    description = "`claude_agent_sdk.query()` per prompt"
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """One ``query()``; first message and ResultMessage stamp the sample."""
+        from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
+
+        options = ClaudeAgentOptions(
+            cli_path=self.env.cli_path,
+            cwd=str(self.env.workdir),
+            env=self.env.agent_vars(),
+            permission_mode=self.env.permission_mode,  # type: ignore[arg-type]
+            max_buffer_size=_LINE_LIMIT,
+        )
+        s.t_send = time.monotonic()
+        async for msg in query(prompt=prompt, options=options):
+            now = time.monotonic()
+            if s.t_first is None:
+                s.t_first = now
+            if isinstance(msg, ResultMessage):
+                s.t_result = now
+                if msg.is_error:
+                    s.error = f"result is_error: {str(msg.result)[:200]}"
+        if s.t_result is None:
+            raise BenchError("query() ended without a result")
+
+
+class BareCli(Mode):
+    """One live stream-json CLI process, driven directly over stdin: the floor."""
+
+    name = "bare CLI (floor)"
+    description = "live stream-json CLI process over stdin (no hotsession)"
+    group = "floor"
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def setup(self) -> None:
+        """Spawn with hotsession's own argv, complete ``initialize``, run one warm-up turn."""
+        options = SessionOptions.create(
+            str(self.env.workdir),
+            permission_mode=self.env.permission_mode,
+        )
+        argv = build_argv(self.env.cli_path, options, session_id=str(uuid.uuid4()))
+        env = build_env(options, base=self.env.agent_env(), allow_root_bypass=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.env.workdir,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            limit=_LINE_LIMIT,
+            start_new_session=True,
+        )
+        await self._write(
+            {
+                "type": "control_request",
+                "request_id": "req_init",
+                "request": {"subtype": "initialize", "hooks": None},
+            }
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(60):
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    raise BenchError("the bare CLI exited during initialize")
+                if b'"control_response"' in line:
+                    break
+        await self.sample(Sample(self.name, -1, "setup", 0.0), "[[say:setup]]")
+
+    async def _write(self, obj: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """Write one user message, read until its result."""
+        assert self.proc is not None and self.proc.stdout is not None
+        line = json.dumps(
+            {
+                "type": "user",
+                "message": {"role": "user", "content": prompt},
+                "parent_tool_use_id": None,
+            },
+            separators=(",", ":"),
+        ).encode()
+        stdin = self.proc.stdin
+        assert stdin is not None
+        s.t_send = time.monotonic()
+        stdin.write(line + b"\n")
+        await stdin.drain()
+        await asyncio.wait_for(_read_until_result(self.proc.stdout, s), 120)
+
+    async def teardown(self) -> None:
+        """Close stdin, then kill if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+
+    def pids(self) -> dict[str, int]:
+        """The live process."""
+        return {"bare CLI": self.proc.pid} if self.proc and self.proc.returncode is None else {}
+
+
+# -- transports -------------------------------------------------------------------------------
+
+
+class LeanTransport(Mode):
+    """A follow-up on a ``Hotsession`` library session (hotsession's own transport)."""
+
+    name = "lean transport"
+    description = "follow-up on a hotsession library session (hotsession.agent.AgentProcess)"
+    group = "transport"
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.hub: Any = None
+        self.session: Any = None
+
+    async def setup(self) -> None:
+        """Start a library instance (no pool) and open one session; one warm-up turn."""
+        from hotsession import Config, Hotsession
+
+        config = Config(
+            state_dir=self.env.root / "lib-state",
+            cli_path=self.env.cli_path,
+            pool_enabled=False,
+            allow_root_bypass=True,
+        )
+        self.hub = await Hotsession(config).start()
+        self.session = await self.hub.open(
+            str(self.env.workdir),
+            permission_mode=self.env.permission_mode,
+            env=self.env.agent_vars(),
+        )
+        await self.sample(Sample(self.name, -1, "setup", 0.0), "[[say:setup]]")
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """One turn; the first ``message`` event and the ``result`` event stamp it."""
+        s.t_send = time.monotonic()
+        async for event in self.session.send(prompt):
+            if event.type == "message":
+                if s.t_first is None:
+                    s.t_first = time.monotonic()
+            elif event.type == "result":
+                s.t_result = time.monotonic()
+                s.extra["source"] = event.data.get("timing", {}).get("source")
+            elif event.type == "error":
+                s.error = f"{event.data.get('code')}: {event.data.get('message')}"
+
+    async def teardown(self) -> None:
+        """Stop the library instance (ends its processes)."""
+        if self.hub is not None:
+            await self.hub.stop()
+            self.hub = None
+
+    def pids(self) -> dict[str, int]:
+        """The session's process."""
+        proc = self.session.process if self.session is not None else None
+        return {"lean transport session": proc.pid} if proc is not None else {}
+
+
+class SdkClient(Mode):
+    """A follow-up on a connected ``ClaudeSDKClient``."""
+
+    name = "ClaudeSDKClient"
+    description = "follow-up on a connected ClaudeSDKClient (query + receive_response)"
+    group = "transport"
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.client: Any = None
+
+    async def setup(self) -> None:
+        """Connect once; one warm-up turn."""
+        from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+        options = ClaudeAgentOptions(
+            cli_path=self.env.cli_path,
+            cwd=str(self.env.workdir),
+            env=self.env.agent_vars(),
+            permission_mode=self.env.permission_mode,  # type: ignore[arg-type]
+            max_buffer_size=_LINE_LIMIT,
+        )
+        self.client = ClaudeSDKClient(options)
+        await self.client.connect()
+        await self.sample(Sample(self.name, -1, "setup", 0.0), "[[say:setup]]")
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """``query`` + ``receive_response``."""
+        from claude_agent_sdk import ResultMessage
+
+        s.t_send = time.monotonic()
+        await self.client.query(prompt)
+        async for msg in self.client.receive_response():
+            now = time.monotonic()
+            if s.t_first is None:
+                s.t_first = now
+            if isinstance(msg, ResultMessage):
+                s.t_result = now
+                if msg.is_error:
+                    s.error = f"result is_error: {str(msg.result)[:200]}"
+        if s.t_result is None:
+            raise BenchError("receive_response() ended without a result")
+
+    async def teardown(self) -> None:
+        """Disconnect."""
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.disconnect()
+            self.client = None
+
+    def pids(self) -> dict[str, int]:
+        """The client's CLI process (private attribute; best effort)."""
+        with contextlib.suppress(AttributeError):
+            pid = self.client._transport._process.pid
+            return {"ClaudeSDKClient": int(pid)}
+        return {}

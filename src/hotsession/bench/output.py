@@ -1,0 +1,149 @@
+"""What a run shows: the terminal table (rich), the JSON file of raw samples, the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hotsession.bench.runner import RunResult
+from hotsession.bench.stats import METRICS, Summary
+
+_LABELS = {"to_model_ms": "to model", "first_event_ms": "first event", "result_ms": "result"}
+
+
+def _fmt_ms(value: float) -> str:
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def _cell(summary: Summary | None) -> str:
+    if summary is None:
+        return "—"
+    return f"{_fmt_ms(summary.median)} / {_fmt_ms(summary.p95)} / {_fmt_ms(summary.min)}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def table(result: RunResult) -> Table:
+    """The summary table: per mode, each metric's median / p95 / min (ms) and the ratios."""
+    t = Table(
+        title=f"hotsession bench ({result.kind}) — ms, median / p95 / min",
+        caption="×floor and ×`claude -p`: ratio of medians, to model · result",
+    )
+    t.add_column("mode", style="bold")
+    t.add_column("n", justify="right")
+    for metric in METRICS:
+        t.add_column(_LABELS[metric], justify="right")
+    t.add_column("×floor", justify="right")
+    t.add_column("×claude -p", justify="right")
+    t.add_column("errors", justify="right")
+    ratios = result.ratios()
+    errors = dict.fromkeys(result.groups, 0)
+    for s in result.samples:
+        if not s.ok:
+            errors[s.mode] = errors.get(s.mode, 0) + 1
+    for mode, by_metric in result.summaries().items():
+        n = max((s.n for s in by_metric.values() if s is not None), default=0)
+        refs = ratios.get(mode, {})
+        cols = []
+        for ref in ("floor", "print"):
+            r = refs.get(ref)
+            cols.append(
+                "—" if r is None else f"{_ratio(r['to_model_ms'])} · {_ratio(r['result_ms'])}"
+            )
+        err = errors.get(mode, 0)
+        t.add_row(
+            mode,
+            str(n),
+            *(_cell(by_metric.get(m)) for m in METRICS),
+            *cols,
+            f"[red]{err}[/]" if err else "0",
+        )
+    return t
+
+
+def memory_table(memory: dict[str, Any]) -> Table | None:
+    """Per-role memory (MiB): anonymous, PSS, RSS."""
+    roles = memory.get("roles") or {}
+    if not roles:
+        return None
+    t = Table(title="memory per process (MiB) — anonymous / PSS / RSS")
+    t.add_column("role", style="bold")
+    t.add_column("n", justify="right")
+    for col in ("anon (mean)", "PSS (mean)", "RSS (mean)", "Σ anon", "Σ PSS", "Σ RSS"):
+        t.add_column(col, justify="right")
+    for role, r in roles.items():
+        t.add_row(
+            role,
+            str(r["n"]),
+            *(f"{r[k]:.0f}" for k in ("anon_mean", "pss_mean", "rss_mean")),
+            *(f"{r[k]:.0f}" for k in ("anon_sum", "pss_sum", "rss_sum")),
+        )
+    return t
+
+
+def print_result(result: RunResult, console: Console | None = None) -> None:
+    """Print the tables (and load / error notes) to the terminal."""
+    console = console or Console()
+    console.print(table(result))
+    mem = memory_table(result.memory)
+    if mem is not None:
+        console.print(mem)
+    if result.load:
+        console.print_json(data=result.load)
+    bad = [s for s in result.samples if not s.ok]
+    for s in bad[:10]:
+        console.print(f"[red]error[/] {s.mode} round {s.round}: {s.error}")
+    if len(bad) > 10:
+        console.print(f"[red]… {len(bad) - 10} more errors (see --json)[/]")
+
+
+def write_json(result: RunResult, path: str | Path) -> None:
+    """Write every raw sample plus the summaries."""
+    Path(path).write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def write_plot(result: RunResult, path: str | Path, metric: str = "result_ms") -> None:
+    """One figure: the distribution of ``metric`` per mode, on a log axis (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailable(
+            "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
+        ) from exc
+    modes = [m for m in result.summaries() if any(s.ms(metric) for s in result.samples)]
+    data = [
+        [v for v in (s.ms(metric) for s in result.samples if s.mode == m) if v is not None]
+        for m in modes
+    ]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(modes), 3) + 1.5))
+    try:
+        if data:
+            ax.boxplot(data, vert=False, whis=(5, 95), showfliers=True)
+            for i, values in enumerate(data, start=1):
+                ax.scatter(values, [i] * len(values), s=6, alpha=0.4)
+            ax.set_yticks(range(1, len(modes) + 1), modes)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{_LABELS.get(metric, metric)} (ms, log scale)")
+        ax.set_title(f"hotsession bench ({result.kind}): time to {_LABELS.get(metric, metric)}")
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,233 @@
+"""Runs modes interleaved, round by round, and gathers samples, summaries and memory.
+
+Order: every mode is set up, then ``warmup`` untimed rounds, then ``rounds`` timed rounds. In a
+round each mode runs one turn, A B C …; the next round runs them in reverse (… C B A) so that no
+mode always follows the same neighbour (a spawn-heavy mode leaves the CPU busy for a moment).
+Each turn's prompt carries a unique ``[[marker:ID]]``; after the run the model server's log gives
+each turn's arrival time at the model (see ``stats.match_model_requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import platform
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from hotsession import __version__
+from hotsession.bench.environment import BenchEnv
+from hotsession.bench.modes import Mode
+from hotsession.bench.stats import (
+    METRICS,
+    Sample,
+    error_counts,
+    match_model_requests,
+    paired_overhead,
+    ratio,
+)
+from hotsession.bench.stats import summarize_samples as _summarize
+
+Progress = Callable[[str, int], None]
+"""``progress(description, advance)``: what runs now, and how many steps just finished."""
+
+SAMPLE_TIMEOUT_S = 180.0
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a run happened on (goes into the JSON and docs/benchmarks.md)."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_mb": round(psutil.virtual_memory().total / 2**20),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced."""
+
+    kind: str
+    samples: list[Sample]
+    meta: dict[str, Any]
+    memory: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """``{mode: {metric: Summary | None}}``."""
+        return _summarize(self.samples)
+
+    def reference(self, kind: str) -> str | None:
+        """The mode that is the floor (``kind="floor"``) or fresh ``claude -p`` (``"print"``)."""
+        for mode, group in self.groups.items():
+            if kind == "floor" and group == "floor":
+                return mode
+        if kind == "print" and "claude -p" in self.groups:
+            return "claude -p"
+        return None
+
+    def ratios(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """``{mode: {"floor"|"print": {metric: median ratio}}}``."""
+        summaries = self.summaries()
+        out: dict[str, dict[str, dict[str, float | None]]] = {}
+        for mode, by_metric in summaries.items():
+            out[mode] = {}
+            for ref_kind in ("floor", "print"):
+                ref = self.reference(ref_kind)
+                if ref is None:
+                    continue
+                out[mode][ref_kind] = {
+                    m: ratio(by_metric.get(m), summaries.get(ref, {}).get(m)) for m in METRICS
+                }
+        return out
+
+    def overheads(self) -> dict[str, dict[str, Any]]:
+        """Per-round paired differences to the floor: ``{mode: {metric: Summary dict}}``."""
+        floor = self.reference("floor")
+        if floor is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for mode in self.summaries():
+            if mode == floor:
+                continue
+            out[mode] = {}
+            for metric in METRICS:
+                summary = paired_overhead(self.samples, mode, floor, metric)
+                out[mode][metric] = summary.to_dict() if summary is not None else None
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: meta, summaries, ratios, memory, load, and every raw sample."""
+        return {
+            "kind": self.kind,
+            "meta": self.meta,
+            "modes": {
+                mode: {
+                    "description": self.descriptions.get(mode, ""),
+                    "group": self.groups.get(mode, ""),
+                    **{
+                        metric: (summary.to_dict() if summary is not None else None)
+                        for metric, summary in by_metric.items()
+                    },
+                }
+                for mode, by_metric in self.summaries().items()
+            },
+            "ratios": self.ratios(),
+            "overhead_vs_floor_ms": self.overheads(),
+            "errors": error_counts(self.samples),
+            "memory": self.memory,
+            "load": self.load,
+            "samples": [s.to_dict() for s in self.samples],
+        }
+
+
+class Runner:
+    """Sets modes up, runs them interleaved, tears them down."""
+
+    def __init__(
+        self,
+        env: BenchEnv,
+        modes: Sequence[Mode],
+        *,
+        rounds: int,
+        warmup: int = 1,
+        progress: Progress | None = None,
+        memory_probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.env = env
+        self.modes = list(modes)
+        self.rounds = rounds
+        self.warmup = warmup
+        self.progress = progress or (lambda _d, _n: None)
+        self.memory_probe = memory_probe
+
+    @property
+    def steps(self) -> int:
+        """Progress steps of a whole run."""
+        return len(self.modes) * (1 + self.warmup + self.rounds)
+
+    async def _one(self, mode: Mode, round_no: int) -> Sample:
+        marker = uuid.uuid4().hex[:12]
+        s = Sample(mode=mode.name, round=round_no, marker=marker, t_send=time.monotonic())
+        try:
+            await asyncio.wait_for(mode.prepare(), SAMPLE_TIMEOUT_S)
+            prompt = f"bench {mode.name} round {round_no} [[marker:{marker}]]"
+            await asyncio.wait_for(mode.sample(s, prompt), SAMPLE_TIMEOUT_S)
+            if s.t_result is None and s.error is None:
+                s.error = "no result"
+        except Exception as exc:  # a failed turn is a result (counted as an error), not a crash
+            s.error = f"{type(exc).__name__}: {exc}"[:500]
+        return s
+
+    async def run(self, kind: str = "modes") -> RunResult:
+        """The whole run; modes are always torn down."""
+        started = time.time()
+        samples: list[Sample] = []
+        memory: dict[str, Any] = {}
+        set_up: list[Mode] = []
+        try:
+            for mode in self.modes:
+                self.progress(f"setting up {mode.name}", 0)
+                await asyncio.wait_for(mode.setup(), SAMPLE_TIMEOUT_S)
+                set_up.append(mode)
+                self.progress(f"set up {mode.name}", 1)
+            for w in range(self.warmup):
+                for mode in self.modes:
+                    self.progress(f"warm-up {w + 1}: {mode.name}", 0)
+                    await self._one(mode, -1 - w)
+                    self.progress(f"warm-up {w + 1}: {mode.name}", 1)
+            for r in range(self.rounds):
+                order = self.modes if r % 2 == 0 else list(reversed(self.modes))
+                for mode in order:
+                    self.progress(f"round {r + 1}/{self.rounds}: {mode.name}", 0)
+                    samples.append(await self._one(mode, r))
+                    self.progress(f"round {r + 1}/{self.rounds}: {mode.name}", 1)
+            if self.memory_probe is not None:
+                self.progress("measuring memory", 0)
+                memory = await self.memory_probe()
+        finally:
+            for mode in reversed(set_up):
+                try:
+                    await asyncio.wait_for(mode.teardown(), 60)
+                except Exception as exc:  # teardown trouble must not hide the results
+                    memory.setdefault("teardown_errors", []).append(f"{mode.name}: {exc}")
+        log = await asyncio.to_thread(self.env.model_log)
+        match_model_requests(samples, log)
+        meta = {
+            "date": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+            "duration_s": round(time.time() - started, 1),
+            "hotsession": __version__,
+            "cli": {"path": self.env.cli_path, "version": self.env.cli_version},
+            "rounds": self.rounds,
+            "warmup": self.warmup,
+            "permission_mode": self.env.permission_mode,
+            "machine": machine_info(),
+        }
+        return RunResult(
+            kind=kind,
+            samples=samples,
+            meta=meta,
+            memory=memory,
+            descriptions={m.name: m.description for m in self.modes},
+            groups={m.name: m.group for m in self.modes},
+        )
