@@ -1,0 +1,934 @@
+// hotsession dashboard: a plain ES module, no build step, no dependencies.
+//
+// Data flow. The token lives in sessionStorage (this tab only, never in a URL). Every call sends
+// `Authorization: Bearer <token>`; EventSource cannot send that header, so SSE is read with
+// fetch() and a small parser (readSSE). Live data comes from the sessions' `/events` streams
+// (replay after a sequence number, then live); the list, the open session's memory and the pool
+// figures are fetched again when an event that changes them arrives (coalesced), never on a timer.
+// Browsers keep at most 6 HTTP/1.1 connections per origin, so at most MAX_STREAMS sessions are
+// followed at once: the open one first, then the most recently active.
+
+const TOKEN_KEY = "hotsession.token";
+const SAMPLES_KEY = "hotsession.memory";
+const MAX_STREAMS = 4;
+const MAX_SAMPLES = 240;
+const LIVE_STATES = new Set(["starting", "idle", "running", "waiting_permission", "evicted"]);
+const BUSY_STATES = new Set(["running", "waiting_permission"]);
+const STATE_LABEL = {
+  starting: "starting",
+  idle: "idle · hot",
+  running: "working",
+  waiting_permission: "needs permission",
+  evicted: "evicted",
+  failed: "failed",
+  closed: "closed",
+};
+const REFRESHING = new Set(["queued", "permission_request", "permission_resolved", "result", "error"]);
+
+const $ = (id) => document.getElementById(id);
+
+/** Tiny element builder: h("div", {class: "x", onclick}, "text", child). */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c != null && c !== false) el.append(c);
+  return el;
+}
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  sessions: new Map(), // id -> snapshot (GET /v1/sessions[/id])
+  selected: null,
+  convs: new Map(), // id -> conversation (see conv())
+  streams: new Map(), // id -> AbortController of its /events stream
+  pool: null,
+  samples: loadSamples(),
+  view: "sessions",
+};
+
+// ---------------------------------------------------------------- HTTP
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function headers(extra) {
+  return { Authorization: `Bearer ${state.token}`, ...extra };
+}
+
+async function failure(res) {
+  let err = {};
+  try {
+    err = (await res.json()).error || {};
+  } catch {
+    /* not JSON */
+  }
+  if (res.status === 401) signOut("The daemon refused the token.");
+  return new ApiError(res.status, err.code || `http_${res.status}`, err.message || res.statusText);
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) init.body = JSON.stringify(body);
+  const res = await fetch(path, init);
+  if (!res.ok) throw await failure(res);
+  return res.status === 204 ? null : res.json();
+}
+
+/** Parse a text/event-stream body; calls onEvent({id, event, data}) per event. */
+async function readSSE(res, onEvent) {
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  let ev = { id: null, event: "message", data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let m;
+    while ((m = /\r\n|\n|\r(?=[^\n])/.exec(buf))) {
+      const line = buf.slice(0, m.index);
+      buf = buf.slice(m.index + m[0].length);
+      if (line === "") {
+        if (ev.data.length) onEvent({ id: ev.id, event: ev.event, data: ev.data.join("\n") });
+        ev = { id: null, event: "message", data: [] };
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const i = line.indexOf(":");
+      const field = i < 0 ? line : line.slice(0, i);
+      let val = i < 0 ? "" : line.slice(i + 1);
+      if (val.startsWith(" ")) val = val.slice(1);
+      if (field === "data") ev.data.push(val);
+      else if (field === "event") ev.event = val;
+      else if (field === "id") ev.id = val;
+    }
+  }
+}
+
+async function stream(method, path, body, signal, onEvent) {
+  const init = {
+    method,
+    signal,
+    headers: headers({ Accept: "text/event-stream", ...(body ? { "Content-Type": "application/json" } : {}) }),
+  };
+  if (body) init.body = JSON.stringify(body);
+  const res = await fetch(path, init);
+  if (!res.ok) throw await failure(res);
+  await readSSE(res, onEvent);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function toast(text, kind = "err") {
+  const el = h("div", { class: `toast ${kind}` }, text);
+  $("toasts").append(el);
+  setTimeout(() => el.remove(), 6000);
+}
+
+// ---------------------------------------------------------------- formatting
+
+const fmtS = (ms) => (ms >= 10000 ? `${(ms / 1000).toFixed(1)}s` : ms >= 1000 ? `${(ms / 1000).toFixed(2)}s` : `${Math.round(ms)}ms`);
+const fmtMB = (mb) => (mb == null ? "–" : mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`);
+/** Long paths keep their end, the part that tells them apart. */
+const tailPath = (p, n = 44) => (p && p.length > n ? `…${p.slice(p.length - n + 1)}` : p || "");
+const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 11)}…` : id);
+const SOURCE = { pool: "pool hit", hot: "hot", spawn: "cold start", cold: "cold start", resume: "resumed" };
+
+function memOf(s) {
+  const m = s && s.memory;
+  if (!m) return null;
+  return m.pss_mb ?? m.rss_mb ?? m.anon_mb ?? null;
+}
+
+/** The "⏱ 40.4s · TTFE 12% · Thinking 87% · Tools 1%" panel, with its bar. */
+function timingBar(t, compact = false) {
+  if (!t) return h("span", { class: "muted" }, "–");
+  const parts = [
+    ["ttfe", "TTFE", t.ttfe_ms || 0],
+    ["think", "Thinking", t.thinking_ms || 0],
+    ["tools", "Tools", t.tools_ms || 0],
+  ];
+  const sum = parts.reduce((a, p) => a + p[2], 0) || 1;
+  const pct = parts.map(([cls, name, ms]) => [cls, name, ms, Math.round((ms / sum) * 100)]);
+  const start = (t.queued_ms || 0) + (t.claim_ms || 0);
+  let text = `${fmtS(t.total_ms || 0)} · ${pct.map(([, n, , p]) => `${n} ${p}%`).join(" · ")}`;
+  if (!compact) {
+    if (t.tool_calls) text += ` · ${t.tool_calls} tool call${t.tool_calls > 1 ? "s" : ""}`;
+    if (start >= 1) text += ` · start ${fmtS(start)}`;
+    if (t.source) text += ` · ${SOURCE[t.source] || t.source}`;
+  }
+  return h(
+    "div",
+    { class: `timing${compact ? " compact" : ""}` },
+    h("span", { class: "timing-text" }, clockIcon(), text),
+    h(
+      "span",
+      { class: "bar", "aria-hidden": "true" },
+      pct.map(([cls, name, ms, p]) => h("span", { class: cls, style: `flex-grow:${ms / sum}`, title: `${name} ${fmtS(ms)} (${p}%)` })),
+    ),
+  );
+}
+
+/** A stopwatch drawn in SVG: the "⏱" glyph is missing from many fonts. */
+function clockIcon() {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", "0 0 16 16");
+  svg.setAttribute("class", "clock");
+  svg.setAttribute("aria-hidden", "true");
+  for (const d of ["M8 3.5a5.5 5.5 0 1 0 0 11a5.5 5.5 0 1 0 0-11z", "M6.5 1h3M8 1v2.5M8 9V6M12.5 4.5l1-1"]) {
+    const path = document.createElementNS(NS, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
+}
+
+function stateChip(s) {
+  const st = s ? s.state : "";
+  return h("span", { class: `state s-${st}` }, STATE_LABEL[st] || st);
+}
+
+// ---------------------------------------------------------------- session list
+
+let refreshTimer = null;
+let refreshPoolToo = false;
+
+/** Coalesce refreshes: many events in a burst cause one round of fetches. */
+function scheduleRefresh(pool = true) {
+  refreshPoolToo ||= pool;
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(async () => {
+    refreshTimer = null;
+    const withPool = refreshPoolToo;
+    refreshPoolToo = false;
+    await Promise.all([refreshSessions(), withPool ? refreshPool() : null]);
+  }, 150);
+}
+
+async function refreshSessions() {
+  if (!state.token) return;
+  let list;
+  try {
+    list = await api("GET", "v1/sessions");
+  } catch (e) {
+    if (e.status !== 401) toast(`Sessions: ${e.message}`);
+    return;
+  }
+  if (!Array.isArray(list)) list = list.sessions || [];
+  const seen = new Set();
+  for (const s of list) {
+    seen.add(s.id);
+    const old = state.sessions.get(s.id);
+    state.sessions.set(s.id, { ...s, memory: s.memory || (old && old.memory) });
+  }
+  for (const id of [...state.sessions.keys()]) if (!seen.has(id)) state.sessions.delete(id);
+  // The listing has no memory figures: ask the sessions that have a live process.
+  const live = list.filter((s) => s.pid && !s.memory).slice(0, 16);
+  await Promise.all(live.map((s) => refreshOne(s.id, false)));
+  renderSessions();
+  syncStreams();
+  if (state.selected) renderDetailHead();
+}
+
+async function refreshOne(id, render = true) {
+  try {
+    const s = await api("GET", `v1/sessions/${encodeURIComponent(id)}`);
+    state.sessions.set(id, s);
+  } catch (e) {
+    if (e.status === 404) state.sessions.delete(id);
+    return;
+  }
+  if (render) {
+    renderSessions();
+    if (state.selected === id) renderDetailHead();
+  }
+}
+
+const rows = new Map(); // id -> <li>
+
+function renderSessions() {
+  const ul = $("sessions");
+  const list = [...state.sessions.values()].sort(
+    (a, b) => (b.last_active_at || b.created_at || 0) - (a.last_active_at || a.created_at || 0),
+  );
+  $("count").textContent = list.length ? String(list.length) : "";
+  $("no-sessions").hidden = list.length > 0;
+  for (const [id, li] of rows) if (!state.sessions.has(id)) (li.remove(), rows.delete(id));
+  list.forEach((s, i) => {
+    let li = rows.get(s.id);
+    if (!li) {
+      li = h("li", { "data-id": s.id });
+      rows.set(s.id, li);
+    }
+    const sel = state.selected === s.id;
+    const link = h(
+      "a",
+      { href: `#/sessions/${encodeURIComponent(s.id)}`, class: "row", "aria-current": sel ? "true" : null },
+      h("span", { class: "row-top" }, stateChip(s), h("span", { class: "sid" }, shortId(s.id)), h("span", { class: "spacer" }),
+        h("span", { class: "muted" }, s.model || "default model")),
+      h("span", { class: "cwd", title: s.cwd || "" }, tailPath(s.cwd)),
+      h("span", { class: "row-meta" },
+        h("span", null, `${s.turns || 0} turn${s.turns === 1 ? "" : "s"}`),
+        h("span", { class: "mem" }, fmtMB(memOf(s))),
+        s.pending_permissions && s.pending_permissions.length ? h("span", { class: "badge" }, `${s.pending_permissions.length} waiting`) : null),
+      timingBar(s.last_timing, true),
+    );
+    li.replaceChildren(link);
+    li.className = sel ? "selected" : "";
+    if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+  });
+}
+
+/** Follow the open session and the most recently active others, up to MAX_STREAMS. */
+function syncStreams() {
+  const want = [];
+  if (state.selected && state.sessions.has(state.selected)) want.push(state.selected);
+  const others = [...state.sessions.values()]
+    .filter((s) => s.id !== state.selected && LIVE_STATES.has(s.state))
+    .sort((a, b) => (BUSY_STATES.has(b.state) - BUSY_STATES.has(a.state)) || (b.last_active_at || 0) - (a.last_active_at || 0));
+  for (const s of others) if (want.length < MAX_STREAMS) want.push(s.id);
+  for (const [id, ctl] of state.streams) if (!want.includes(id)) (ctl.abort(), state.streams.delete(id));
+  for (const id of want) follow(id);
+}
+
+function follow(id) {
+  if (state.streams.has(id)) return;
+  const ctl = new AbortController();
+  state.streams.set(id, ctl);
+  (async () => {
+    let backoff = 250;
+    while (!ctl.signal.aborted && state.token) {
+      const c = conv(id);
+      try {
+        await stream("GET", `v1/sessions/${encodeURIComponent(id)}/events?after=${c.lastSeq}`, null, ctl.signal, (ev) => ingest(id, ev));
+        backoff = 250;
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+        if (e.status === 404 || e.status === 401) break;
+      }
+      const s = state.sessions.get(id);
+      if (!s || s.state === "closed") break;
+      await sleep(backoff); // reconnect (with Last-Event-ID semantics via ?after=)
+      backoff = Math.min(backoff * 2, 8000);
+    }
+    if (state.streams.get(id) === ctl) state.streams.delete(id);
+  })();
+}
+
+// ---------------------------------------------------------------- conversation
+
+/** Per-session conversation: its DOM, the last sequence number seen, open cards. */
+function conv(id, full = state.selected === id) {
+  let c = state.convs.get(id);
+  if (!c) {
+    const s = state.sessions.get(id);
+    c = {
+      id,
+      // A session followed in the background starts at its last event; the open one replays all.
+      full,
+      lastSeq: full ? 0 : (s && s.last_seq) || 0,
+      el: h("div", { class: "turns" }),
+      turnEl: null,
+      turnNo: 0,
+      pending: [], // prompts sent from this tab, waiting for their turn to start
+      tools: new Map(), // tool_use_id -> card
+      perms: new Map(), // request_id -> card
+    };
+    state.convs.set(id, c);
+  }
+  return c;
+}
+
+function ingest(id, ev) {
+  if (ev.event === "session") return;
+  const c = conv(id);
+  const seq = Number(ev.id);
+  if (ev.id != null && Number.isFinite(seq)) {
+    if (seq <= c.lastSeq) return; // already seen (two streams may carry the same event)
+    c.lastSeq = seq;
+  }
+  let data;
+  try {
+    data = JSON.parse(ev.data);
+  } catch {
+    return;
+  }
+  // Accept both a bare payload and an envelope {seq, turn, type, data}.
+  if (data && data.type === ev.event && data.data && typeof data.data === "object") data = data.data;
+  const s = state.sessions.get(id);
+  const live = !s || seq > (s.last_seq || 0);
+  if (c.full) render(c, ev.event, data);
+  if (live) {
+    if (ev.event === "message" && s && !BUSY_STATES.has(s.state)) {
+      s.state = "running";
+      renderSessions();
+      if (state.selected === id) renderDetailHead();
+    }
+    if (REFRESHING.has(ev.event)) {
+      if (s) s.last_seq = Math.max(s.last_seq || 0, seq || 0);
+      scheduleRefresh();
+    }
+  }
+}
+
+function openTurn(c, number) {
+  if (c.turnEl) return c.turnEl;
+  c.turnNo = number || c.turnNo + 1;
+  const prompt = c.pending.shift();
+  c.turnEl = h("article", { class: "turn", "data-turn": String(c.turnNo) },
+    h("div", { class: "turn-no" }, `Turn ${c.turnNo}`),
+    prompt != null ? h("div", { class: "msg user" }, prompt) : null);
+  c.el.append(c.turnEl);
+  return c.turnEl;
+}
+
+function scrollLog(c) {
+  if (state.selected !== c.id) return;
+  const log = $("log");
+  if (log.scrollHeight - log.scrollTop - log.clientHeight < 160) log.scrollTop = log.scrollHeight;
+}
+
+function textBlock(text, cls) {
+  // Fenced code blocks become <pre>; everything else is plain text (never HTML).
+  const el = h("div", { class: `msg ${cls}` });
+  String(text).split(/```[^\n]*\n?/).forEach((part, i) => {
+    if (part) el.append(i % 2 ? h("pre", null, part.replace(/\n$/, "")) : h("span", null, part));
+  });
+  return el;
+}
+
+function toolResultText(content) {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) return content.map((b) => (b.type === "text" ? b.text : `[${b.type}]`)).join("\n");
+  return JSON.stringify(content);
+}
+
+function render(c, type, d) {
+  const turnEl = openTurn(c, d && d.turn);
+  if (type === "message") renderMessage(c, turnEl, d);
+  else if (type === "queued") turnEl.append(h("div", { class: "note" }, `queued (position ${d.position})`));
+  else if (type === "permission_request") renderPermission(c, turnEl, d);
+  else if (type === "permission_resolved") resolvePermission(c, d);
+  else if (type === "result") {
+    if (d.is_error) turnEl.append(h("div", { class: "msg error" }, d.result || d.subtype || "error"));
+    turnEl.append(timingBar(d.timing));
+    c.turnEl = null;
+  } else if (type === "error") {
+    turnEl.append(h("div", { class: "msg error", "data-code": d.code }, h("b", null, d.code || "error"), ` · ${d.message || ""}`));
+    c.turnEl = null;
+  }
+  scrollLog(c);
+}
+
+function renderMessage(c, turnEl, m) {
+  if (m.type === "system" && m.subtype === "init") {
+    const tools = Array.isArray(m.tools) ? ` · ${m.tools.length} tools` : "";
+    turnEl.append(h("div", { class: "note" }, `process ready · ${m.model || "model"}${tools}`));
+    return;
+  }
+  const content = m.message && m.message.content;
+  if (m.type === "assistant" && Array.isArray(content)) {
+    for (const b of content) {
+      if (b.type === "text" && b.text) turnEl.append(textBlock(b.text, "assistant"));
+      else if (b.type === "thinking" && b.thinking) {
+        turnEl.append(h("details", { class: "thinking" }, h("summary", null, "Thinking"), h("div", null, b.thinking)));
+      } else if (b.type === "tool_use") {
+        const card = h("details", { class: "tool", open: true },
+          h("summary", null, h("b", null, b.name), " ", h("span", { class: "muted" }, summarize(b.input))),
+          h("pre", { class: "input" }, JSON.stringify(b.input, null, 2)),
+          h("div", { class: "result pending muted" }, "running…"));
+        c.tools.set(b.id, card);
+        turnEl.append(card);
+      }
+    }
+  } else if (m.type === "user") {
+    if (typeof content === "string") {
+      turnEl.append(h("div", { class: "msg user" }, content));
+      return;
+    }
+    if (!Array.isArray(content)) return;
+    for (const b of content) {
+      if (b.type !== "tool_result") continue;
+      const card = c.tools.get(b.tool_use_id);
+      const text = toolResultText(b.content);
+      const out = h("pre", { class: `result${b.is_error ? " bad" : ""}` }, text || "(no output)");
+      if (card) card.querySelector(".result").replaceWith(out);
+      else turnEl.append(out);
+    }
+  }
+}
+
+function summarize(input) {
+  if (!input || typeof input !== "object") return "";
+  const v = input.command ?? input.file_path ?? input.path ?? input.pattern ?? input.url ?? input.description ?? "";
+  const s = String(v);
+  return s.length > 80 ? `${s.slice(0, 79)}…` : s;
+}
+
+function renderPermission(c, turnEl, d) {
+  const editor = h("textarea", { class: "edit", rows: "4", spellcheck: "false", "aria-label": "Tool input (JSON)", hidden: true },
+    JSON.stringify(d.input, null, 2));
+  const pre = h("pre", { class: "input" }, JSON.stringify(d.input, null, 2));
+  const err = h("p", { class: "err", role: "alert" });
+  const answer = async (behavior) => {
+    const body = { behavior };
+    if (behavior === "allow" && !editor.hidden) {
+      try {
+        body.updated_input = JSON.parse(editor.value);
+      } catch {
+        err.textContent = "The edited input is not valid JSON.";
+        editor.focus();
+        return;
+      }
+    }
+    if (behavior === "deny") body.message = "Denied from the hotsession dashboard.";
+    for (const b of card.querySelectorAll("button")) b.disabled = true;
+    try {
+      await api("POST", `v1/sessions/${encodeURIComponent(c.id)}/permissions/${encodeURIComponent(d.request_id)}`, body);
+    } catch (e) {
+      err.textContent = e.message;
+      for (const b of card.querySelectorAll("button")) b.disabled = false;
+    }
+  };
+  const card = h("div", { class: "perm", "data-request": d.request_id, role: "group", "aria-label": `Permission request: ${d.tool_name}` },
+    h("div", { class: "perm-head" }, h("b", null, "Permission: "), h("code", null, d.tool_name), d.title ? ` · ${d.title}` : "",
+      d.decision_reason ? h("span", { class: "muted" }, ` · ${d.decision_reason}`) : null),
+    d.description ? h("p", { class: "muted" }, d.description) : null,
+    pre, editor, err,
+    h("div", { class: "perm-actions" },
+      h("button", { type: "button", class: "ok", onclick: () => answer("allow") }, "Approve"),
+      h("button", { type: "button", class: "danger", onclick: () => answer("deny") }, "Deny"),
+      h("button", { type: "button", class: "ghost", onclick: (e) => {
+        editor.hidden = !editor.hidden;
+        pre.hidden = !editor.hidden;
+        e.target.textContent = editor.hidden ? "Edit input" : "Use original";
+        if (!editor.hidden) editor.focus();
+      } }, "Edit input")));
+  c.perms.set(d.request_id, card);
+  turnEl.append(card);
+  if (state.selected === c.id) card.querySelector("button.ok").focus({ preventScroll: true });
+}
+
+function resolvePermission(c, d) {
+  const card = c.perms.get(d.request_id);
+  if (!card) return;
+  const out = { allow: "approved", deny: "denied", cancelled: "withdrawn" }[d.outcome] || d.outcome;
+  const by = d.by && d.by !== "client" ? ` (${d.by})` : "";
+  card.querySelector(".perm-actions").replaceChildren(h("span", { class: `outcome o-${d.outcome}` }, `${out}${by}`));
+  card.querySelector(".edit").hidden = true;
+  card.classList.add("resolved");
+}
+
+// ---------------------------------------------------------------- detail pane
+
+function select(id) {
+  if (state.selected === id) return;
+  state.selected = id;
+  if (id) {
+    let c = state.convs.get(id);
+    if (c && !c.full) {
+      // Followed in the background from its last event: replay its whole history now.
+      const ctl = state.streams.get(id);
+      if (ctl) (ctl.abort(), state.streams.delete(id));
+      state.convs.delete(id);
+      c = null;
+    }
+    c = conv(id, true);
+    $("log").replaceChildren(c.el);
+    $("log").scrollTop = $("log").scrollHeight;
+    $("prompt").value = "";
+  }
+  $("detail").hidden = !id;
+  $("no-detail").hidden = !!id;
+  document.body.classList.toggle("has-detail", !!id);
+  renderSessions();
+  if (id) {
+    renderDetailHead();
+    refreshOne(id);
+  }
+  syncStreams();
+}
+
+function renderDetailHead() {
+  const s = state.sessions.get(state.selected);
+  if (!s) return;
+  $("d-state").replaceWith(Object.assign(stateChip(s), { id: "d-state" }));
+  $("d-id").textContent = s.id;
+  const m = s.memory || {};
+  const facts = [
+    ["cwd", s.cwd],
+    ["model", s.model || "default"],
+    ["permissions", s.permission_mode || "default"],
+    ["turns", String(s.turns || 0)],
+    ["pid", s.pid ? String(s.pid) : "none", "wide"],
+    ["memory", s.memory ? `${fmtMB(m.pss_mb ?? m.rss_mb)} pss · ${fmtMB(m.rss_mb)} rss · ${fmtMB(m.anon_mb)} anon` : "–"],
+    ["CLI session", s.cli_session_id, "wide"],
+  ];
+  $("d-facts").replaceChildren(
+    ...facts.map(([k, v, cls]) => h("div", { class: cls }, h("dt", null, k), h("dd", { title: v || "" }, v || "–"))),
+  );
+  const busy = BUSY_STATES.has(s.state);
+  $("interrupt").disabled = !busy;
+  $("d-close").disabled = s.state === "closed";
+  $("send").disabled = s.state === "closed" || s.state === "failed";
+}
+
+async function sendPrompt() {
+  const id = state.selected;
+  const text = $("prompt").value;
+  if (!id || !text.trim()) return;
+  $("prompt").value = "";
+  const c = conv(id);
+  const s = state.sessions.get(id);
+  if (c.turnEl || (s && BUSY_STATES.has(s.state))) c.pending.push(text);
+  else {
+    c.pending.push(text);
+    openTurn(c);
+  }
+  scrollLog(c);
+  if (s && !BUSY_STATES.has(s.state)) {
+    s.state = "running";
+    renderDetailHead();
+    renderSessions();
+  }
+  try {
+    await stream("POST", `v1/sessions/${encodeURIComponent(id)}/turns`, { prompt: text }, undefined, (ev) => ingest(id, ev));
+  } catch (e) {
+    const el = c.turnEl || openTurn(c);
+    el.append(h("div", { class: "msg error" }, h("b", null, e.code || "error"), ` · ${e.message}`));
+    c.turnEl = null;
+    scheduleRefresh(false);
+  }
+}
+
+// ---------------------------------------------------------------- forms
+
+function fillOpts(form) {
+  form.querySelector(".opts").replaceChildren($("opts-tpl").content.cloneNode(true));
+  form.querySelector(".dialog-actions .ghost").addEventListener("click", () => form.closest("dialog").close());
+}
+
+function optsOf(form) {
+  const out = {};
+  for (const name of ["cwd", "model", "permission_mode"]) {
+    const v = form.elements[name].value.trim();
+    if (v) out[name] = v;
+  }
+  return out;
+}
+
+async function createSession(e) {
+  e.preventDefault();
+  const form = e.target;
+  const err = form.querySelector(".err");
+  err.textContent = "";
+  form.querySelector("button[type=submit]").disabled = true;
+  try {
+    const s = await api("POST", "v1/sessions", optsOf(form));
+    state.sessions.set(s.id, s);
+    form.closest("dialog").close();
+    location.hash = `#/sessions/${encodeURIComponent(s.id)}`;
+    scheduleRefresh();
+    setTimeout(() => $("prompt").focus(), 0);
+  } catch (ex) {
+    err.textContent = ex.message;
+  } finally {
+    form.querySelector("button[type=submit]").disabled = false;
+  }
+}
+
+async function quickTurn(e) {
+  e.preventDefault();
+  const form = e.target;
+  const err = form.querySelector(".err");
+  const prompt = form.elements.prompt.value;
+  if (!prompt.trim()) return;
+  err.textContent = "";
+  const btn = form.querySelector("button[type=submit]");
+  btn.disabled = true;
+  let id = null;
+  try {
+    await stream("POST", "v1/ask", { prompt, ...optsOf(form) }, undefined, (ev) => {
+      if (ev.event === "session") {
+        const info = JSON.parse(ev.data);
+        id = info.id;
+        if (!state.sessions.has(id)) state.sessions.set(id, { id, state: "running", cli_session_id: info.cli_session_id, turns: 0 });
+        state.convs.delete(id);
+        conv(id, true).pending.push(prompt); // the open session replays from its first event
+
+        form.elements.prompt.value = "";
+        form.closest("dialog").close();
+        location.hash = `#/sessions/${encodeURIComponent(id)}`;
+        route();
+        scheduleRefresh();
+        return;
+      }
+      if (id) ingest(id, ev);
+    });
+  } catch (ex) {
+    if (!id) err.textContent = ex.message;
+    else toast(ex.message);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- pool
+
+async function refreshPool() {
+  if (!state.token) return;
+  try {
+    state.pool = await api("GET", "v1/pool");
+  } catch (e) {
+    if (e.status !== 401) $("poolsum").textContent = "";
+    return;
+  }
+  const p = state.pool;
+  if (p && p.memory) {
+    const last = state.samples[state.samples.length - 1];
+    const sample = { t: Date.now(), used: p.memory.used_mb, budget: p.memory.budget_mb };
+    if (!last || last.used !== sample.used || last.budget !== sample.budget || sample.t - last.t > 5000) {
+      state.samples.push(sample);
+      if (state.samples.length > MAX_SAMPLES) state.samples.splice(0, state.samples.length - MAX_SAMPLES);
+      sessionStorage.setItem(SAMPLES_KEY, JSON.stringify(state.samples));
+    }
+  }
+  renderPool();
+}
+
+function loadSamples() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SAMPLES_KEY)) || [];
+  } catch {
+    return [];
+  }
+}
+
+function renderPool() {
+  const p = state.pool;
+  const on = p && p.enabled !== false && Array.isArray(p.profiles);
+  $("pool-off").hidden = !!on;
+  $("pool-on").hidden = !on;
+  if (!on) {
+    $("poolsum").textContent = "";
+    return;
+  }
+  const ready = p.profiles.reduce((a, x) => a + (x.ready || 0), 0);
+  const spawning = p.profiles.reduce((a, x) => a + (x.spawning || 0), 0);
+  const m = p.memory || {};
+  $("poolsum").textContent = `${ready} ready${spawning ? ` · ${spawning} spawning` : ""} · ${fmtMB(m.used_mb)} / ${fmtMB(m.budget_mb)}`;
+  $("p-used").textContent = `${fmtMB(m.used_mb)} / ${fmtMB(m.budget_mb)}`;
+  $("p-spares").textContent = fmtMB(m.spares_mb);
+  $("p-sessions").textContent = fmtMB(m.sessions_mb);
+  $("p-spawned").textContent = String(p.spawned_total ?? "–");
+  $("profiles").replaceChildren(
+    ...p.profiles.map((x) =>
+      h("tr", { class: x.failing ? "failing" : null, "data-profile": x.profile },
+        h("th", { scope: "row" }, h("span", { class: "cwd", title: x.profile }, tailPath(x.cwd || x.profile, 60)),
+          h("span", { class: "muted small" }, [x.tenant, x.model || "default model", x.permission_mode || "default"].filter(Boolean).join(" · ")),
+          x.failing ? h("span", { class: "badge" }, "failing") : null),
+        h("td", { class: "num", "data-k": "spares" }, `${x.ready ?? 0} ready`, x.spawning ? h("span", { class: "muted" }, ` +${x.spawning}`) : null),
+        h("td", { class: "num", "data-k": "live" }, String(x.live_sessions ?? 0)),
+        h("td", { class: "num", "data-k": "hits" }, `${Math.round((x.hit_rate || 0) * 100)}%`,
+          h("span", { class: "muted small" }, `${x.hits ?? 0} hit · ${x.misses ?? 0} miss`)),
+        h("td", { class: "num" }, String(x.target ?? "–"), h("span", { class: "muted small" }, `${x.min ?? 0}–${x.max ?? "∞"}`)),
+        h("td", { class: "num" }, `${((x.lambda_per_s || 0) * 60).toFixed(2)}/min`, x.tau_s != null ? h("span", { class: "muted small" }, `τ ${Number(x.tau_s).toFixed(1)}s`) : null),
+        h("td", { class: "num" }, fmtMB(x.memory_mb)),
+      ),
+    ),
+  );
+  if (!p.profiles.length) $("profiles").append(h("tr", null, h("td", { colspan: "7", class: "muted" }, "No profiles yet.")));
+  const reasons = (el, obj) => {
+    const entries = Object.entries(obj || {}).sort((a, b) => b[1] - a[1]);
+    $(el).replaceChildren(...(entries.length ? entries.flatMap(([k, v]) => [h("dt", null, k), h("dd", null, String(v))]) : [h("dd", { class: "muted" }, "none")]));
+  };
+  reasons("evictions", p.evictions);
+  reasons("recycles", p.recycles);
+  renderChart();
+}
+
+/** Memory used (area) against the budget (dashed line), over the samples of this tab. */
+function renderChart() {
+  const pts = state.samples;
+  const box = $("chart");
+  if (pts.length === 0) return box.replaceChildren(h("p", { class: "muted" }, "No samples yet."));
+  const W = 600, H = 160, P = 4;
+  const t0 = pts[0].t, t1 = Math.max(pts[pts.length - 1].t, t0 + 1);
+  const top = Math.max(...pts.map((p) => Math.max(p.used || 0, p.budget || 0)), 1) * 1.05;
+  const x = (t) => P + ((t - t0) / (t1 - t0)) * (W - 2 * P);
+  const y = (v) => H - P - ((v || 0) / top) * (H - 2 * P);
+  let line = "", budget = "";
+  pts.forEach((p, i) => {
+    // Step lines: a figure holds until the next sample.
+    line += i ? ` H${x(p.t).toFixed(1)} V${y(p.used).toFixed(1)}` : `M${x(p.t).toFixed(1)} ${y(p.used).toFixed(1)}`;
+    budget += i ? ` H${x(p.t).toFixed(1)} V${y(p.budget).toFixed(1)}` : `M${x(p.t).toFixed(1)} ${y(p.budget).toFixed(1)}`;
+  });
+  if (pts.length === 1) {
+    line += ` H${W - P}`;
+    budget += ` H${W - P}`;
+  }
+  const area = `${line} V${H - P} H${P} Z`;
+  const last = pts[pts.length - 1];
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Memory used ${fmtMB(last.used)} of a ${fmtMB(last.budget)} budget`);
+  for (const [d, cls] of [[area, "area"], [line, "used"], [budget, "budget"]]) {
+    const path = document.createElementNS(NS, "path");
+    path.setAttribute("d", d);
+    path.setAttribute("class", cls);
+    path.setAttribute("vector-effect", "non-scaling-stroke");
+    svg.append(path);
+  }
+  const span = (t1 - t0) / 1000;
+  box.replaceChildren(
+    h("div", { class: "plot" }, svg, h("span", { class: "y-top muted" }, fmtMB(top)), h("span", { class: "y-zero muted" }, "0")),
+    h("div", { class: "chart-legend" },
+      h("span", { class: "k-used" }, `used ${fmtMB(last.used)}`),
+      h("span", { class: "k-budget" }, `budget ${fmtMB(last.budget)}`),
+      h("span", { class: "muted" }, `${pts.length} sample${pts.length > 1 ? "s" : ""}${span >= 1 ? ` over ${fmtS(span * 1000)}` : ""}`)),
+  );
+}
+
+// ---------------------------------------------------------------- routing, login, keys
+
+function route() {
+  const hash = location.hash || "#/";
+  const m = /^#\/sessions\/(.+)$/.exec(hash);
+  state.view = hash === "#/pool" ? "pool" : "sessions";
+  if (!state.token) return showLogin();
+  for (const v of ["login", "sessions", "pool"]) $(`${v}-view`).hidden = v !== state.view;
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (a.dataset.view === state.view) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  if (state.view === "sessions") select(m ? decodeURIComponent(m[1]) : null);
+  if (state.view === "pool") renderPool();
+}
+
+function showLogin(message) {
+  for (const v of ["sessions", "pool"]) $(`${v}-view`).hidden = true;
+  $("login-view").hidden = false;
+  $("nav").hidden = true;
+  $("logout").hidden = true;
+  $("poolsum").textContent = "";
+  $("login-error").textContent = message || "";
+  $("token").focus();
+}
+
+function signOut(message) {
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  for (const ctl of state.streams.values()) ctl.abort();
+  state.streams.clear();
+  state.sessions.clear();
+  state.convs.clear();
+  state.selected = null;
+  showLogin(message);
+}
+
+async function signIn(e) {
+  e.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  const res = await fetch("v1/sessions", { headers: { Authorization: `Bearer ${token}` } });
+  if (!res.ok) {
+    $("login-error").textContent = res.status === 401 ? "That token was refused." : `The daemon answered ${res.status}.`;
+    return;
+  }
+  state.token = token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  start();
+}
+
+function start() {
+  $("login-view").hidden = true;
+  $("nav").hidden = false;
+  $("logout").hidden = false;
+  route();
+  refreshSessions();
+  refreshPool();
+}
+
+function onKey(e) {
+  const t = e.target;
+  const typing = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
+  if (t === $("prompt")) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("prompt-form").requestSubmit();
+    } else if (e.key === "Escape" && !$("interrupt").disabled) {
+      e.preventDefault();
+      $("interrupt").click();
+    }
+    return;
+  }
+  if (typing || e.ctrlKey || e.metaKey || e.altKey || !state.token || document.querySelector("dialog[open]")) return;
+  if (e.key === "n") (e.preventDefault(), openDialog("new-dialog"));
+  else if (e.key === "q") (e.preventDefault(), openDialog("ask-dialog"));
+  else if (e.key === "/" && state.selected) (e.preventDefault(), $("prompt").focus());
+  else if (e.key === "p") location.hash = "#/pool";
+  else if (e.key === "s") location.hash = state.selected ? `#/sessions/${encodeURIComponent(state.selected)}` : "#/";
+}
+
+function openDialog(id) {
+  if (state.view !== "sessions") location.hash = "#/";
+  const dlg = $(id);
+  dlg.querySelector(".err").textContent = "";
+  dlg.showModal();
+}
+
+function init() {
+  fillOpts($("new-form"));
+  fillOpts($("ask-form"));
+  $("login-form").addEventListener("submit", signIn);
+  $("logout").addEventListener("click", () => signOut());
+  $("new-btn").addEventListener("click", () => openDialog("new-dialog"));
+  $("ask-btn").addEventListener("click", () => openDialog("ask-dialog"));
+  $("new-form").addEventListener("submit", createSession);
+  $("ask-form").addEventListener("submit", quickTurn);
+  $("prompt-form").addEventListener("submit", (e) => (e.preventDefault(), sendPrompt()));
+  $("interrupt").addEventListener("click", async () => {
+    const id = state.selected;
+    try {
+      await api("POST", `v1/sessions/${encodeURIComponent(id)}/interrupt`);
+    } catch (e) {
+      toast(e.message);
+    }
+  });
+  $("d-close").addEventListener("click", async () => {
+    const id = state.selected;
+    if (!confirm(`Close session ${id}? Its process ends.`)) return;
+    try {
+      await api("DELETE", `v1/sessions/${encodeURIComponent(id)}`);
+    } catch (e) {
+      toast(e.message);
+    }
+    scheduleRefresh();
+  });
+  document.addEventListener("keydown", onKey);
+  addEventListener("hashchange", route);
+  // Coming back to the tab: catch up once (streams were live meanwhile, the list may not be).
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && scheduleRefresh());
+  fetch("healthz").then((r) => r.json()).then((hz) => {
+    document.querySelector(".brand").title = `hotsession ${hz.version || ""} · Claude Code ${(hz.cli && hz.cli.version) || ""}`;
+  }).catch(() => {});
+  if (state.token) start();
+  else showLogin();
+}
+
+init();
