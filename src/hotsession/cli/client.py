@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import click
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hotsession.cli.main import main
@@ -523,11 +524,16 @@ def chat(
 def _age(ts: object) -> str:
     if not isinstance(ts, (int, float)):
         return "—"
-    return format_duration(max(0.0, time.time() - ts) * 1000) + " ago"
+    seconds = int(max(0.0, time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def _dash(value: object) -> str:
-    return "—" if value is None or value == "" else str(value)
+    """The value for a rich cell (markup escaped), or a dash."""
+    return "—" if value is None or value == "" else escape(str(value))
 
 
 @main.command()
@@ -572,6 +578,10 @@ def sessions(as_json: bool, url: str, token: str | None, state_dir: Path | None)
     _stdout().print(table)
 
 
+def _fmt(value: object, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "—"
+
+
 def _mb(value: object) -> str:
     return f"{value:,.0f} MB" if isinstance(value, (int, float)) else "—"
 
@@ -590,42 +600,33 @@ def pool(as_json: bool, url: str, token: str | None, state_dir: Path | None) -> 
     if not isinstance(stats, dict) or stats.get("enabled") is False:
         out.print("the pool is disabled")
         return
+    # Eight narrow columns so the table fits 80 columns; the profile cell takes two lines.
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in (
-        ("Profile", "left"),
-        ("Tenant", "left"),
-        ("Ready", "right"),
-        ("Spawning", "right"),
-        ("Live", "right"),
-        ("Hits", "right"),
-        ("Hit rate", "right"),
-        ("λ/s", "right"),
-        ("τ s", "right"),
-        ("Target", "right"),
-        ("Memory", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("Profile", overflow="fold")
+    for name in ("Ready", "Target", "Live", "Hit rate", "λ/s", "τ s", "Mem MB"):
+        table.add_column(name, justify="right", no_wrap=True)
     for p in stats.get("profiles", []):
         profile = (
-            f"{_dash(p.get('cwd'))}\n"
-            f"{p.get('model') or 'default'} · {p.get('permission_mode') or 'default'}"
+            f"{_dash(p.get('cwd'))}\n[dim]{_dash(p.get('tenant'))} · "
+            f"{_dash(p.get('model') or 'default')} · "
+            f"{_dash(p.get('permission_mode') or 'default')}[/]"
         )
         ready = _dash(p.get("ready"))
+        if p.get("spawning"):
+            ready += f" +{p['spawning']}"
         if p.get("failing"):
             ready = f"[red]failing[/] {ready}"
         hit_rate = p.get("hit_rate")
+        hits = f"{_dash(p.get('hits'))}/{_dash(p.get('misses'))}"
         table.add_row(
             profile,
-            _dash(p.get("tenant")),
             ready,
-            _dash(p.get("spawning")),
+            f"{_dash(p.get('target'))} [{_dash(p.get('min'))}–{_dash(p.get('max'))}]",
             _dash(p.get("live_sessions")),
-            f"{_dash(p.get('hits'))}/{_dash(p.get('misses'))}",
-            f"{hit_rate:.0%}" if isinstance(hit_rate, (int, float)) else "—",
-            f"{p['lambda_per_s']:.2f}" if isinstance(p.get("lambda_per_s"), (int, float)) else "—",
-            f"{p['tau_s']:.0f}" if isinstance(p.get("tau_s"), (int, float)) else "—",
-            f"{_dash(p.get('target'))} ({_dash(p.get('min'))}–{_dash(p.get('max'))})",
-            _mb(p.get("memory_mb")),
+            f"{hit_rate:.0%} {hits}" if isinstance(hit_rate, (int, float)) else hits,
+            _fmt(p.get("lambda_per_s"), ".2f"),
+            _fmt(p.get("tau_s"), ".0f"),
+            _fmt(p.get("memory_mb"), ",.0f"),
         )
     if stats.get("profiles"):
         out.print(table)
