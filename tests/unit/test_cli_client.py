@@ -100,6 +100,7 @@ class FakeDaemon:
         self.log: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
         self.answers: dict[str, dict[str, Any]] = {}
         self.interrupted: set[str] = set()
+        self.ask_source, self.turn_source = "spare", "spare"
         self.main_thread = threading.main_thread().ident
         self.app = Starlette(
             routes=[
@@ -125,6 +126,7 @@ class FakeDaemon:
         self.log.clear()
         self.answers.clear()
         self.interrupted.clear()
+        self.ask_source, self.turn_source = "spare", "spare"
 
     def paths(self, method: str | None = None) -> list[str]:
         return [p for m, p, _ in self.requests if method is None or m == method]
@@ -151,6 +153,7 @@ class FakeDaemon:
         sid = f"s{len(self.sessions) + 1}"
         info = {
             "id": sid,
+            "source": self.ask_source,
             "cli_session_id": f"cli-{sid}",
             "state": "idle",
             "cwd": "/srv/work",
@@ -221,7 +224,10 @@ class FakeDaemon:
                 },
             ),
             ("message", _assistant({"type": "text", "text": "done."})),
-            ("result", _result(f"echo: {prompt}\n\ndone.", turn)),
+            (
+                "result",
+                _result(f"echo: {prompt}\n\ndone.", turn, {**TIMING, "source": self.turn_source}),
+            ),
         ]
         for kind, data in rest:
             chunk = self._emit(sid, kind, data)
@@ -245,7 +251,11 @@ class FakeDaemon:
         info = self._new_session()
 
         async def gen() -> AsyncIterator[str]:
-            data = {"id": info["id"], "cli_session_id": info["cli_session_id"], "source": "spare"}
+            data = {
+                "id": info["id"],
+                "cli_session_id": info["cli_session_id"],
+                "source": self.ask_source,
+            }
             yield f"event: session\ndata: {json.dumps(data)}\n\n"
             async for chunk in self._turn(info["id"], body["prompt"]):
                 yield chunk
@@ -404,7 +414,7 @@ def test_sse_parser_handles_comments_multiline_data_and_ids() -> None:
     events = list(iter_sse(lines))
     assert [(e.id, e.event, e.data) for e in events] == [
         ("7", "message", {"a": 1}),
-        ("7", "result", {"b": 2}),
+        (None, "result", {"b": 2}),
     ]
 
 
@@ -420,6 +430,14 @@ def test_ask_streams_text_tools_and_the_timing_line(hs: Any, daemon: FakeDaemon)
     assert "  ⚙ Bash(ls -la)" in err
     assert err[-1] == "⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 6% · pool hit"
     assert daemon.requests[0] == ("POST", "/v1/ask", {"prompt": "hello there"})
+
+
+def test_ask_names_a_spawned_session_a_cold_start(hs: Any, daemon: FakeDaemon) -> None:
+    # /v1/ask opened the session by spawning; its first turn then found the process "hot".
+    daemon.ask_source, daemon.turn_source = "spawn", "hot"
+    result = hs("ask", "hello there")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1].endswith("· cold start")
 
 
 def test_ask_sends_session_options(hs: Any, daemon: FakeDaemon, tmp_path: Path) -> None:
@@ -607,6 +625,16 @@ def test_chat_two_prompts_then_eof(hs: Any, daemon: FakeDaemon) -> None:
     assert "allow Bash(rm -rf x)?" in result.stderr
     assert result.stderr.count("⏱ 1.2s") == 2
     assert "stays open" in result.stderr
+
+
+def test_chat_names_a_spawned_session_a_cold_start_on_its_first_turn(
+    hs: Any, daemon: FakeDaemon
+) -> None:
+    daemon.ask_source, daemon.turn_source = "spawn", "hot"
+    result = hs("chat", input="one\ntwo\n")
+    assert result.exit_code == 0, result.output
+    timing_lines = [line for line in result.stderr.splitlines() if line.startswith("⏱")]
+    assert [line.rsplit(" · ", 1)[1] for line in timing_lines] == ["cold start", "pool hit"]
 
 
 def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(

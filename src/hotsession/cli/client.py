@@ -101,7 +101,9 @@ def iter_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
         if not line:
             if data:
                 yield SseEvent(event_id, kind, _parse_data("\n".join(data)))
-            kind, data = "message", []
+            # Unlike a browser's EventSource, an event without its own ``id:`` gets None: the
+            # daemon's untracked frames (``session``, the shutdown ``error``) are not in the log.
+            event_id, kind, data = None, "message", []
             continue
         if line.startswith(":"):
             continue  # a comment: keep-alive
@@ -473,10 +475,12 @@ def chat(
         raise click.UsageError("--cwd, --model and --permission-mode apply to new sessions only")
     err = _stderr()
     with connect(url, token, state_dir) as api:
+        opened: str | None = None  # how a new session got its process, for its first turn
         if session_id:
             info = api.request("GET", f"/v1/sessions/{session_id}")
         else:
             info = api.request("POST", "/v1/sessions", options)
+            opened = str(info.get("source") or "") or None
         session_id = str(info.get("id") or session_id)
         cwd_note = f" · {info['cwd']}" if info.get("cwd") else ""
         err.print(
@@ -497,6 +501,7 @@ def chat(
             if prompt.strip() in ("/exit", "/quit"):
                 break
             printer = TurnPrinter(err)
+            printer.session_source, opened = opened, None
             run = TurnRun(api, printer, answer, session_id)
             try:
                 end = run.drive("POST", f"/v1/sessions/{session_id}/turns", {"prompt": prompt})

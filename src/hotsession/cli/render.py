@@ -119,6 +119,7 @@ class TurnPrinter:
         self.midline = False  # stdout holds text not yet ended by a newline
         self.wrote_text = False  # the turn printed some assistant text
         self._streamed = False  # text arrived as partial deltas; skip it in the full message
+        self.session_source: str | None = None  # how /v1/ask got its session (its first event)
 
     # -- output primitives -----------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class TurnPrinter:
         elif kind == "result":
             self.result(data)
         elif kind == "session":
+            self.session_source = str(data.get("source") or "") or None
             self.note(f"session {data.get('id')}")
 
     def message(self, msg: Mapping[str, Any]) -> None:
@@ -206,4 +208,8 @@ class TurnPrinter:
             self.note(f"the turn ended with {data.get('subtype') or 'an error'}", style="red")
         timing = data.get("timing")
         if isinstance(timing, Mapping):
+            if timing.get("source") == "hot" and self.session_source:
+                # /v1/ask opens the session before the turn, so the turn finds its process "hot";
+                # where that process came from (spare or spawn) is what the user waited on.
+                timing = {**timing, "source": self.session_source}
             self.note(format_timing(timing))
