@@ -222,7 +222,7 @@ def bench(
     finally:
         env.stop()
     result.meta["command"] = " ".join(["hotsession", *sys.argv[1:]]) if sys.argv else "bench"
-    print_result(result, Console())
+    print_result(result)
     if json_path:
         write_json(result, json_path)
         console.print(f"raw samples: {json_path}")

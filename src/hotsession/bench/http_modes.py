@@ -224,7 +224,10 @@ class Daemon:
         """Until a spare is ready and nothing spawns; False when none came in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, spawning = pool_counts(await self.pool())
+            stats = await self.pool()
+            if stats.get("enabled") is False:
+                return False
+            ready, spawning = pool_counts(stats)
             if ready > 0 and spawning == 0:
                 return True
             await asyncio.sleep(0.05)

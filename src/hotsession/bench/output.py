@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def table(result: RunResult) -> Table:
         title=f"hotsession bench ({result.kind}) — ms, median / p95 / min",
         caption="×floor and ×`claude -p`: ratio of medians, to model · result",
     )
-    t.add_column("mode", style="bold")
+    t.add_column("mode", style="bold", no_wrap=True)
     t.add_column("n", justify="right")
     for metric in METRICS:
         t.add_column(_LABELS[metric], justify="right")
@@ -77,7 +78,7 @@ def memory_table(memory: dict[str, Any]) -> Table | None:
     if not roles:
         return None
     t = Table(title="memory per process (MiB) — anonymous / PSS / RSS")
-    t.add_column("role", style="bold")
+    t.add_column("role", style="bold", no_wrap=True)
     t.add_column("n", justify="right")
     for col in ("anon (mean)", "PSS (mean)", "RSS (mean)", "Σ anon", "Σ PSS", "Σ RSS"):
         t.add_column(col, justify="right")
@@ -93,7 +94,8 @@ def memory_table(memory: dict[str, Any]) -> Table | None:
 
 def print_result(result: RunResult, console: Console | None = None) -> None:
     """Print the tables (and load / error notes) to the terminal."""
-    console = console or Console()
+    # Piped output (a file, CI) would wrap the table at 80 columns; keep it readable there.
+    console = console or Console(width=None if sys.stdout.isatty() else 170)
     console.print(table(result))
     mem = memory_table(result.memory)
     if mem is not None:
@@ -135,7 +137,7 @@ def write_plot(result: RunResult, path: str | Path, metric: str = "result_ms") -
     fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(modes), 3) + 1.5))
     try:
         if data:
-            ax.boxplot(data, vert=False, whis=(5, 95), showfliers=True)
+            ax.boxplot(data, orientation="horizontal", whis=(5, 95), showfliers=True)
             for i, values in enumerate(data, start=1):
                 ax.scatter(values, [i] * len(values), s=6, alpha=0.4)
             ax.set_yticks(range(1, len(modes) + 1), modes)
