@@ -1,0 +1,285 @@
+"""The HTTP application: ``create_app(hub, settings)``.
+
+Design
+======
+One edge middleware (pure ASGI, so it adds no task or copy per request) runs before any routing
+or body parsing: during shutdown it answers 503; for ``/v1/*`` and ``/metrics`` it maps the bearer
+token to a tenant (401 otherwise) and stores it in the scope; it refuses bodies over the cap
+(413) before they are parsed — by ``Content-Length`` when given, by counting when chunked. Then
+FastAPI routes (``sessions.py``) validate bodies with pydantic.
+
+Errors. Every failure is JSON ``{"error": {"code", "message", ...}}``: ``HotsessionError`` with
+its own status and code; pydantic errors 422 ``invalid_request`` (with the failing fields);
+malformed JSON 400 ``malformed``; unknown routes 404 ``not_found``; wrong methods 405; anything
+unexpected 500 ``internal`` (logged; it would be a bug).
+
+Public without a token: ``/healthz``, the dashboard's HTML and assets (``/``, ``/static/``; the
+data they show is loaded from ``/v1`` with a token), and the OpenAPI document and its viewers
+(``/openapi.json``, ``/docs``, ``/redoc``: no data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hotsession import __version__
+from hotsession.api import sessions
+from hotsession.api.auth import Authenticator
+from hotsession.api.deps import Api, ApiState, CurrentTenant
+from hotsession.api.metrics import CONTENT_TYPE, Metrics
+from hotsession.errors import HotsessionError, ShuttingDown, Unauthorized
+from hotsession.hub import Hotsession
+from hotsession.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard" / "static"
+_HTTP_CODES = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+
+
+def error_body(code: str, message: str, **details: Any) -> bytes:
+    """The JSON body of every error."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    err.update({k: v for k, v in details.items() if v is not None})
+    return json.dumps({"error": err}, default=str).encode()
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+    """An error as a response."""
+    return Response(
+        error_body(code, message, **details), status_code=status, media_type="application/json"
+    )
+
+
+class EdgeMiddleware:
+    """Shutdown gate, authentication and the body cap, before routing (see module docstring)."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        state = self.state
+        if state.is_closing and path != "/healthz":
+            await _send_error(send, ShuttingDown("the service is shutting down"))
+            return
+        authorization = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        if path == "/metrics" or path == "/v1" or path.startswith("/v1/"):
+            try:
+                scope["hotsession.tenant"] = state.auth.authenticate(authorization)
+            except Unauthorized as exc:
+                await _send_error(send, exc, {"www-authenticate": "Bearer"})
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                _force_json(scope)
+        cap = state.settings.max_body_bytes
+        if length is not None:
+            try:
+                too_big = int(length) > cap
+            except ValueError:
+                await _send_error(send, None, status=400, message="bad Content-Length")
+                return
+            if too_big:
+                await _send_too_large(send, cap)
+                return
+        elif scope["method"] in ("POST", "PUT", "PATCH"):
+            # No length given (chunked): read the body here, counting, then replay it.
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                body = message.get("body", b"")
+                size += len(body)
+                if size > cap:
+                    await _send_too_large(send, cap)
+                    return
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+            receive = _replay(b"".join(chunks), receive)
+        await self.app(scope, receive, send)
+
+
+def _force_json(scope: Scope) -> None:
+    """API bodies are JSON whatever the Content-Type says (``curl -d`` sends a form type), so a
+    bad body is reported as malformed JSON rather than as a wrongly typed one."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    headers.append((b"content-type", b"application/json"))
+    scope["headers"] = headers
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _send_error(
+    send: Send,
+    exc: HotsessionError | None,
+    headers: dict[str, str] | None = None,
+    *,
+    status: int = 400,
+    message: str = "",
+) -> None:
+    if exc is not None:
+        status, body = exc.status, error_body(**exc.to_dict())
+    else:
+        body = error_body(_HTTP_CODES.get(status, "http_error"), message)
+    if status == 413:
+        body = error_body("body_too_large", message)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_too_large(send: Send, cap: int) -> None:
+    await _send_error(
+        send, None, status=413, message=f"the request body is over the {cap} byte limit"
+    )
+
+
+def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
+    """The FastAPI app serving ``hub`` to ``settings.tenants``.
+
+    The app starts the hub on startup if nobody did (and then stops it on shutdown); the daemon
+    starts and stops the hub itself, around the server.
+    """
+    owns_hub = False
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal owns_hub
+        if not hub.started:
+            await hub.start()
+            owns_hub = True
+        state.cli = await asyncio.to_thread(hub.cli_info)
+        try:
+            yield
+        finally:
+            state.begin_shutdown()
+            if owns_hub:
+                await hub.stop()
+
+    app = FastAPI(
+        title="hotsession",
+        version=__version__,
+        summary="Claude Code sessions that answer instantly.",
+        lifespan=lifespan,
+    )
+    state = ApiState(
+        hub=hub, settings=settings, auth=Authenticator(settings.tenants), metrics=Metrics(hub)
+    )
+    app.state.api = state
+    app.add_middleware(EdgeMiddleware, state=state)
+    _add_error_handlers(app)
+    app.include_router(sessions.router)
+
+    @app.get("/healthz", summary="Liveness (no token)")
+    async def healthz(api: Api) -> JSONResponse:
+        """`status`, the version, and the Claude Code CLI in use."""
+        cli: dict[str, str | None] = dict(api.cli) or {"path": None, "version": None}
+        return JSONResponse({"status": "ok", "version": __version__, "cli": cli})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(api: Api, tenant: CurrentTenant) -> Response:
+        """The exposition format."""
+        return Response(api.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = DASHBOARD_DIR / "index.html"
+        if page.is_file():
+            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(
+            "<!doctype html><title>hotsession</title><p>hotsession is running; "
+            'the dashboard is not installed. API: <a href="/docs">/docs</a>.</p>'
+        )
+
+    if DASHBOARD_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HotsessionError)
+    async def _hotsession_error(request: Request, exc: HotsessionError) -> Response:
+        if exc.status >= 500 and not isinstance(exc, ShuttingDown):
+            log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.message, exc.code)
+        return Response(
+            error_body(**exc.to_dict()), status_code=exc.status, media_type="application/json"
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed", "the request body is not valid JSON")
+        fields = [
+            {
+                "loc": [str(part) for part in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in errors
+        ]
+        first = fields[0] if fields else {"loc": [], "msg": "invalid request"}
+        where = ".".join(p for p in first["loc"] if p != "body") or "body"
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}", errors=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return Response(
+            error_body(code, message),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error (a bug; see the daemon log)")

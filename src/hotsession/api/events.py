@@ -1,0 +1,100 @@
+"""Server-sent events: framing, and the one generator behind every stream of the API.
+
+Design
+======
+Framing is hand-written (three lines per event) rather than taken from ``sse-starlette``: each
+event is serialised once with :mod:`json` straight into bytes (``id:`` = the session's seq,
+``event:`` = its type, ``data:`` = one JSON line; JSON escapes newlines, so one ``data:`` line
+is always enough), with no per-event object or validation, and the generator needs its own race
+between the next event, the keep-alive timer and the daemon's shutdown anyway.
+
+The source of a stream is an async iterator of :class:`~hotsession.events.Event` — a ``Turn``
+(whose run never depends on the stream: the session's runner feeds the turn's queue whether or
+not anybody reads it) or ``Session.events(after)`` (replay from the registry, then live). The
+generator ends on whichever comes first:
+
+* the source ends (after a turn's ``result``/``error``, or a closed session);
+* the client disconnects (Starlette cancels the generator; the pending read is cancelled and the
+  source closed, which unsubscribes it);
+* the daemon shuts down (``closing`` resolves): a final ``error`` event with code
+  ``shutting_down`` (no ``id:``, it is not one of the session's events) ends the stream.
+
+While the source is idle a ``: keep-alive`` comment goes out every ``keepalive_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from typing import Any
+
+from hotsession.errors import HotsessionError
+from hotsession.events import Event
+
+KEEPALIVE = b": keep-alive\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def frame(event: Event) -> bytes:
+    """One session event as an SSE frame."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.seq,
+        event.type.encode(),
+        _dumps(event.data).encode(),
+    )
+
+
+def frame_untracked(kind: str, data: dict[str, Any]) -> bytes:
+    """A frame that is not one of the session's events (no ``id:``, replay does not repeat it)."""
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), _dumps(data).encode())
+
+
+SHUTDOWN_FRAME = frame_untracked(
+    "error", {"code": "shutting_down", "message": "the service is shutting down"}
+)
+
+
+async def stream(
+    source: AsyncIterable[Event],
+    closing: asyncio.Future[None],
+    *,
+    keepalive_s: float,
+    head: bytes = b"",
+) -> AsyncIterator[bytes]:
+    """SSE bytes of ``source`` (see the module docstring for when it ends)."""
+    it: AsyncGenerator[Event, None] = source.__aiter__()  # type: ignore[assignment]
+    getter: asyncio.Future[Event] | None = None
+    try:
+        if head:
+            yield head
+        while True:
+            if getter is None:
+                getter = asyncio.ensure_future(it.__anext__())
+            if not getter.done():
+                await asyncio.wait(
+                    (getter, closing), timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            if getter.done():
+                done, getter = getter, None
+                try:
+                    event = done.result()
+                except StopAsyncIteration:
+                    return
+                except HotsessionError as exc:  # e.g. the store failed during a replay
+                    yield frame_untracked("error", exc.to_dict())
+                    return
+                yield frame(event)
+            elif closing.done():
+                yield SHUTDOWN_FRAME
+                return
+            else:
+                yield KEEPALIVE
+    finally:
+        if getter is not None:
+            getter.cancel()  # cancels the read inside the source, which closes it
+        else:
+            with contextlib.suppress(Exception):
+                await it.aclose()

@@ -1,0 +1,363 @@
+"""Routes under ``/v1``: sessions, turns, events, permissions, quick turns, the pool.
+
+Every lookup goes through the caller's tenant, so another tenant's session answers 404 exactly
+like an unknown id. Errors are raised as :class:`~hotsession.errors.HotsessionError` and
+rendered by the app's handler; a request that starts a stream is fully checked first (closed
+session 409, prompt too large 413, queue full 429), so a stream, once started, only carries
+events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from hotsession import memory
+from hotsession.api import events as sse
+from hotsession.api.auth import resolve_cwd
+from hotsession.api.deps import Api, ApiState, CurrentTenant
+from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
+from hotsession.errors import Conflict, InvalidRequest, NotFound, PromptTooLarge
+from hotsession.registry import SessionRecord
+from hotsession.session import Session
+from hotsession.settings import Tenant
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1")
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: `id:` seq, `event:` type, `data:` JSON.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def session_view(session: Session, *, with_memory: bool = False) -> dict[str, Any]:
+    """A live session as the API shows it."""
+    out = session.snapshot()
+    out["source"] = session.open_source
+    out["closed_at"] = None
+    if with_memory:
+        pid = out.get("pid")
+        sample = memory.sample(pid) if pid else None
+        out["memory"] = sample.to_dict() if sample is not None else None
+    return out
+
+
+def record_view(rec: SessionRecord) -> dict[str, Any]:
+    """A session known only from the registry (closed), in the same shape."""
+    return {
+        "id": rec.id,
+        "tenant": rec.tenant,
+        "cli_session_id": rec.cli_session_id,
+        "state": rec.state,
+        "cwd": rec.cwd,
+        "model": rec.options.get("model"),
+        "permission_mode": rec.options.get("permission_mode"),
+        "profile": rec.profile_key,
+        "pid": None,
+        "turns": rec.turns,
+        "queued": 0,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+        "last_active_at": rec.last_active_at,
+        "last_timing": rec.last_timing,
+        "pending_permissions": [],
+        "metadata": rec.metadata,
+        "error": rec.error,
+        "source": None,
+        "closed_at": rec.closed_at,
+    }
+
+
+async def live_session(api: ApiState, session_id: str, tenant: Tenant) -> Session:
+    """The tenant's open session; 409 when it is closed, 404 when unknown or someone else's."""
+    try:
+        return api.hub.get(session_id, tenant=tenant.name)
+    except NotFound:
+        await api.hub.record(session_id, tenant=tenant.name)  # raises NotFound if unknown
+        raise Conflict("the session is closed", session_id=session_id) from None
+
+
+def check_prompt(api: ApiState, prompt: str) -> None:
+    """The checks ``Session.send`` makes, done before a session is opened for a quick turn."""
+    if not prompt.strip():
+        raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
+    limit = api.hub.config.prompt_limit_bytes
+    if len(prompt.encode("utf-8", errors="surrogatepass")) > limit:
+        raise PromptTooLarge(f"the prompt is over the {limit} byte limit", limit=limit)
+
+
+async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) -> Session:
+    """Open a session for ``tenant`` with the body's options (cwd checked against its roots)."""
+    if body.fork and not body.resume:
+        raise InvalidRequest("fork needs resume", field="fork")
+    cwd = resolve_cwd(tenant, body.cwd)
+    session = await api.hub.open(
+        cwd,
+        tenant=tenant.name,
+        env=tenant.env(),
+        resume=body.resume,
+        fork=body.fork,
+        metadata=body.metadata,
+        **body.option_fields(),
+    )
+    api.metrics.sessions_created.labels(session.open_source).inc()
+    _prewarm(api, session)
+    return session
+
+
+def _prewarm(api: ApiState, session: Session) -> None:
+    """Tell the pool a session of this profile was opened (it may keep a spare ready)."""
+    prewarm = getattr(api.hub.pool, "prewarm", None)
+    if prewarm is None:
+        return
+    try:
+        result = prewarm(session.options, 1)
+        if inspect.isawaitable(result):
+            api.hub.spawn_task(result, name=f"prewarm-{session.id}")
+    except Exception:  # the pool's hint must never fail the request
+        log.exception("pool prewarm failed")
+
+
+def sse_response(api: ApiState, body: Any) -> StreamingResponse:
+    """A ``text/event-stream`` response around one of ``sse.stream``'s generators."""
+    return StreamingResponse(body, media_type="text/event-stream", headers=sse.SSE_HEADERS)
+
+
+async def _counted(api: ApiState, body: Any) -> Any:
+    api.metrics.streams.inc()
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        api.metrics.streams.dec()
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+@router.post("/sessions", status_code=201, summary="Open a session")
+async def create_session(
+    api: Api, tenant: CurrentTenant, body: Annotated[SessionOptionsIn | None, Body()] = None
+) -> JSONResponse:
+    """Open a session (a warm spare of its profile when one is ready). `source` says how its
+    process came: `spare`, `spawn` or `resume`. An empty body takes every default."""
+    session = await open_session(api, tenant, body or SessionOptionsIn())
+    return JSONResponse(session_view(session), status_code=201)
+
+
+@router.get("/sessions", summary="List sessions")
+async def list_sessions(
+    api: Api,
+    tenant: CurrentTenant,
+    include_closed: Annotated[bool, Query(description="Closed sessions too.")] = False,
+) -> JSONResponse:
+    """The tenant's open sessions, newest first (closed ones too with `include_closed`)."""
+    out = [session_view(s) for s in api.hub.list(tenant=tenant.name)]
+    if include_closed:
+        live = {s["id"] for s in out}
+        for rec in await api.hub.registry.list_sessions(tenant.name, include_closed=True):
+            if rec.id not in live and rec.state == "closed":
+                out.append(record_view(rec))
+        out.sort(key=lambda s: s["created_at"], reverse=True)
+    return JSONResponse({"sessions": out})
+
+
+@router.get("/sessions/{session_id}", summary="One session")
+async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """State, pid, memory, turns (the recent ones with their timing), last timing."""
+    session = api.hub.sessions.get(session_id)
+    if session is not None and session.record.tenant == tenant.name:
+        out = session_view(session, with_memory=True)
+    else:
+        out = record_view(await api.hub.record(session_id, tenant=tenant.name))
+        out["memory"] = None
+    recent = await api.hub.registry.list_turns(session_id, limit=20)
+    out["recent_turns"] = [
+        {
+            "turn": t.turn,
+            "status": t.status,
+            "prompt": t.prompt[:200],
+            "queued_at": t.queued_at,
+            "started_at": t.started_at,
+            "ended_at": t.ended_at,
+            "timing": t.timing,
+            "error_code": t.error_code,
+            "error_message": t.error_message,
+        }
+        for t in recent
+    ]
+    return JSONResponse(out)
+
+
+@router.delete("/sessions/{session_id}", summary="Close a session")
+async def delete_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """End its process; queued prompts fail, a running turn is interrupted. History stays."""
+    session = await live_session(api, session_id, tenant)
+    await api.hub.close_session(session.id, tenant=tenant.name)
+    return JSONResponse(session_view(session))
+
+
+# -- turns and events ---------------------------------------------------------------------------
+
+
+@router.post(
+    "/sessions/{session_id}/turns",
+    summary="Send a prompt (SSE)",
+    response_class=StreamingResponse,
+    responses=_SSE_DOC,
+)
+async def post_turn(
+    session_id: str, body: TurnIn, api: Api, tenant: CurrentTenant
+) -> StreamingResponse:
+    """Stream the turn's events; ends after its `result` or `error`. The turn runs on even if
+    the client goes away (reconnect to `/events` with `Last-Event-ID`)."""
+    session = await live_session(api, session_id, tenant)
+    turn = session.send(body.prompt)
+    api.metrics.turns.labels("turns").inc()
+    gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s)
+    return sse_response(api, _counted(api, gen))
+
+
+@router.get(
+    "/sessions/{session_id}/events",
+    summary="Replay and follow events (SSE)",
+    response_class=StreamingResponse,
+    responses=_SSE_DOC,
+)
+async def get_events(
+    session_id: str,
+    api: Api,
+    tenant: CurrentTenant,
+    after: Annotated[int | None, Query(ge=0, description="Replay events after this seq.")] = None,
+    follow: Annotated[bool, Query(description="Keep streaming live events.")] = True,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> StreamingResponse:
+    """Every event after `Last-Event-ID` (or `after`) exactly once, then live ones."""
+    if after is None:
+        after = 0
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                after = int(last_event_id.strip())
+            except ValueError:
+                raise InvalidRequest(
+                    "Last-Event-ID must be an event seq (an integer)", field="Last-Event-ID"
+                ) from None
+            if after < 0:
+                raise InvalidRequest("Last-Event-ID must not be negative", field="Last-Event-ID")
+    session = api.hub.sessions.get(session_id)
+    if session is not None and session.record.tenant == tenant.name:
+        source = session.events(after, follow=follow and not session.closed)
+    else:
+        await api.hub.record(session_id, tenant=tenant.name)  # 404 unless a closed one of ours
+        source = _replay(api, session_id, after)
+    gen = sse.stream(source, api.closing, keepalive_s=api.settings.sse_keepalive_s)
+    return sse_response(api, _counted(api, gen))
+
+
+async def _replay(api: ApiState, session_id: str, after: int) -> Any:
+    """The stored events of a session that is no longer open."""
+    from hotsession.events import Event
+
+    last = after
+    while True:
+        batch = await api.hub.registry.events_after(session_id, last, limit=1000)
+        for rec in batch:
+            last = rec.seq
+            yield Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
+        if len(batch) < 1000:
+            return
+
+
+@router.post("/sessions/{session_id}/interrupt", summary="Interrupt the running turn")
+async def interrupt(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """`interrupted` is false when no turn was running."""
+    session = await live_session(api, session_id, tenant)
+    return JSONResponse({"id": session.id, "interrupted": await session.interrupt()})
+
+
+@router.post("/sessions/{session_id}/warm", summary="Resume-ahead")
+async def warm(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """Start the session's process now so its next turn is hot; `warming` is false when there
+    was nothing to do (already hot, or busy)."""
+    session = await live_session(api, session_id, tenant)
+    return JSONResponse({"id": session.id, "warming": await session.warm()})
+
+
+@router.post(
+    "/sessions/{session_id}/permissions/{request_id}", summary="Answer a permission request"
+)
+async def answer_permission(
+    session_id: str,
+    request_id: str,
+    body: PermissionAnswerIn,
+    api: Api,
+    tenant: CurrentTenant,
+) -> JSONResponse:
+    """Allow (optionally with an edited `updated_input`) or deny (with a `message` for the
+    model) a tool call of a `permission_request` event. 409 once it was resolved."""
+    session = await live_session(api, session_id, tenant)
+    session.answer_permission(
+        request_id, body.behavior, updated_input=body.updated_input, message=body.message
+    )
+    return JSONResponse({"request_id": request_id, "behavior": body.behavior})
+
+
+# -- quick turns and the pool -------------------------------------------------------------------
+
+
+@router.post(
+    "/ask", summary="Quick turn (SSE)", response_class=StreamingResponse, responses=_SSE_DOC
+)
+async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
+    """Open a session (from the pool when a spare is ready) and run one turn. The first event,
+    `session`, names it (`id`, `cli_session_id`, `source`); it stays open for follow-ups."""
+    check_prompt(api, body.prompt)
+    session = await open_session(api, tenant, body)
+    try:
+        turn = session.send(body.prompt)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await api.hub.close_session(session.id)
+        raise
+    api.metrics.turns.labels("ask").inc()
+    head = sse.frame_untracked(
+        "session",
+        {"id": session.id, "cli_session_id": session.cli_session_id, "source": session.open_source},
+    )
+    gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s, head=head)
+    return sse_response(api, _counted(api, gen))
+
+
+@router.get("/pool", summary="Warm pool statistics")
+async def pool(api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """The pool's per-profile stats, memory, evictions and recycles."""
+    hub = api.hub
+    if hub.pool is not None:
+        out = dict(hub.pool.stats())
+        out.setdefault("enabled", True)
+        # Other tenants' profiles (their cwds) are not this tenant's business.
+        out["profiles"] = [p for p in out.get("profiles", []) if p.get("tenant") == tenant.name]
+        return JSONResponse(out, headers={"Cache-Control": "no-store"})
+    host = hub.host.stats()
+    return JSONResponse(
+        {
+            "enabled": False,
+            "profiles": [],
+            "memory": None,
+            "evictions": dict(hub.evictions),
+            "recycles": dict(hub.recycles),
+            "spawned_total": host["spawned_total"],
+        }
+    )

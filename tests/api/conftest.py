@@ -1,0 +1,219 @@
+"""The API tier: the real daemon (uvicorn on a free port) driving the real CLI, over real HTTP.
+
+``start_daemon(**config)`` runs a :class:`hotsession.daemon.Daemon` on the test's loop with two
+tenants from a TOML file (``alice`` and ``bob``, each with its own root; bob with his own Claude
+config dir), and returns a handle with an httpx client per tenant. SSE is read with
+:func:`read_sse` from a streaming httpx response (in-process transports do not stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hotsession.cli_binary import bundled_cli_path
+from hotsession.daemon import Daemon, bind
+from hotsession.settings import Settings, load_settings
+from hotsession.testing.model_server import ModelServer
+
+CLI = bundled_cli_path()
+ALICE_TOKEN = "alice-token-0123456789abcdef"
+BOB_TOKEN = "bob-token-0123456789abcdef"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/api" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+            if CLI is None:
+                item.add_marker(pytest.mark.skip(reason="the bundled Claude Code CLI is missing"))
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[ModelServer]:
+    with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def agent_env(
+    tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Every CLI the daemon starts talks to the model server, with a private config and home."""
+    env = {
+        "ANTHROPIC_BASE_URL": model_server.url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config"),
+        "HOME": str(tmp_path / "home"),
+    }
+    (tmp_path / "home").mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CLAUDECODE", raising=False)
+    for key in list(os.environ):
+        if key.startswith("HOTSESSION_"):
+            monkeypatch.delenv(key)
+    return env
+
+
+@dataclass
+class Event:
+    """One SSE event as a client sees it."""
+
+    type: str
+    data: dict[str, Any]
+    id: int | None = None
+
+
+@dataclass
+class Running:
+    """A daemon under test."""
+
+    daemon: Daemon
+    task: asyncio.Task[None]
+    url: str
+    settings: Settings
+    alice_root: Path
+    bob_root: Path
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def client(self, token: str | None = ALICE_TOKEN) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
+        self.clients.append(c)
+        return c
+
+    @property
+    def alice(self) -> httpx.AsyncClient:
+        return self.client(ALICE_TOKEN)
+
+    @property
+    def bob(self) -> httpx.AsyncClient:
+        return self.client(BOB_TOKEN)
+
+
+def write_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path, Path]:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    lines += [
+        "[[tenants]]",
+        'name = "alice"',
+        f'token = "{ALICE_TOKEN}"',
+        f"roots = [{json.dumps(str(alice))}]",
+        "[[tenants]]",
+        'name = "bob"',
+        f'token_sha256 = "{_sha(BOB_TOKEN)}"',
+        f"roots = [{json.dumps(str(bob))}]",
+        f"claude_config_dir = {json.dumps(str(tmp_path / 'bob-claude'))}",
+    ]
+    path = tmp_path / "hotsession.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, alice, bob
+
+
+def _sha(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "pool_enabled": False,
+    "allow_root_bypass": True,
+    "watchdog_s": 60.0,
+    "spawn_timeout_s": 60.0,
+}
+
+
+@pytest.fixture
+async def start_daemon(
+    tmp_path: Path, agent_env: dict[str, str]
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    running: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        n = len(running)
+        base = tmp_path / f"d{n}"
+        base.mkdir()
+        path, alice, bob = write_config(base)
+        values = {**BASE_CONFIG, "state_dir": str(base / "state"), **overrides}
+        settings = load_settings(path, values)
+        sock = bind("127.0.0.1", 0)
+        daemon = Daemon(settings, install_signals=False)
+        task = asyncio.create_task(daemon.run(sock))
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()
+        assert daemon.url is not None
+        r = Running(daemon, task, daemon.url, settings, alice, bob)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        for c in r.clients:
+            await c.aclose()
+        r.daemon.request_shutdown()
+        await asyncio.wait_for(r.task, 30)
+
+
+async def read_sse(
+    response: httpx.Response, *, limit: int | None = None, comments: list[str] | None = None
+) -> list[Event]:
+    """Parse an SSE response until it ends (or ``limit`` events were read)."""
+    out: list[Event] = []
+    kind, data, eid = "message", "", None
+    lines = response.extensions.get("sse_lines")
+    if lines is None:  # resumable: a later call goes on where this one stopped
+        lines = response.extensions["sse_lines"] = response.aiter_lines()
+    async for line in lines:
+        if line == "":
+            if data:
+                out.append(Event(kind, json.loads(data), eid))
+                if limit is not None and len(out) >= limit:
+                    return out
+            kind, data, eid = "message", "", None
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]
+        elif line.startswith("id: "):
+            eid = int(line[4:])
+    return out
+
+
+async def stream_post(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], **kw: Any
+) -> list[Event]:
+    """POST and read the whole SSE answer (asserts a 200 event stream)."""
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            raise AssertionError(f"{r.status_code}: {r.text}")
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return await read_sse(r, **kw)
+
+
+async def new_session(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    body.setdefault("permission_mode", "bypassPermissions")
+    r = await client.post("/v1/sessions", json=body)
+    assert r.status_code == 201, r.text
+    out: dict[str, Any] = r.json()
+    return out
