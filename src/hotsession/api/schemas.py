@@ -30,17 +30,23 @@ class SessionOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cwd: str | None = Field(
-        None, description="Working directory; the tenant's first root if omitted."
+        default=None, description="Working directory; the tenant's first root if omitted."
     )
-    model: str | None = Field(None, min_length=1, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
     permission_mode: PermissionModeName | None = None
-    allowed_tools: list[str] | None = Field(None, max_length=500)
-    disallowed_tools: list[str] | None = Field(None, max_length=500)
-    system_prompt: str | None = Field(None, description="Replaces Claude Code's system prompt.")
+    allowed_tools: list[str] | None = Field(default=None, max_length=500)
+    disallowed_tools: list[str] | None = Field(default=None, max_length=500)
+    system_prompt: str | None = Field(
+        default=None, description="Replaces Claude Code's system prompt."
+    )
     append_system_prompt: str | None = None
-    resume: str | None = Field(None, description="A Claude Code session id (UUID) to continue.")
-    fork: bool = Field(False, description="With resume: continue a copy under a new id.")
-    metadata: dict[str, Any] | None = Field(None, description="Free-form, kept with the session.")
+    resume: str | None = Field(
+        default=None, description="A Claude Code session id (UUID) to continue."
+    )
+    fork: bool = Field(default=False, description="With resume: continue a copy under a new id.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form, kept with the session."
+    )
 
     @field_validator("allowed_tools", "disallowed_tools")
     @classmethod
@@ -77,7 +83,7 @@ class SessionOptionsIn(BaseModel):
 class AskIn(SessionOptionsIn):
     """A quick turn: a new session's options plus the first prompt."""
 
-    prompt: str = Field(..., description="The prompt of the turn.")
+    prompt: str = Field(description="The prompt of the turn.")
 
 
 class TurnIn(BaseModel):
@@ -95,6 +101,6 @@ class PermissionAnswerIn(BaseModel):
 
     behavior: Literal["allow", "deny"]
     updated_input: dict[str, Any] | None = Field(
-        None, description="allow only: the tool input to use instead of the requested one."
+        default=None, description="allow only: the tool input to use instead of the requested one."
     )
-    message: str | None = Field(None, description="deny only: told to the model.")
+    message: str | None = Field(default=None, description="deny only: told to the model.")
