@@ -568,7 +568,7 @@ def test_sessions_table(hs: Any, daemon: FakeDaemon) -> None:
         "Active",
     ]
     assert row.split()[:6] == ["s1", "idle", "1", "default", "/srv/work", "4242"]
-    assert "1.2s pool hit" in row and "2h ago" in row
+    assert "1.2s spare" in row and "2h ago" in row
     raw = hs("sessions", "--json")
     assert json.loads(raw.stdout)[0]["id"] == "s1"
 

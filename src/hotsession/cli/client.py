@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hotsession.cli.main import main
-from hotsession.cli.render import TurnPrinter, format_duration, format_source
+from hotsession.cli.render import TurnPrinter, format_duration
 from hotsession.config import default_state_dir
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -569,7 +569,7 @@ def sessions(as_json: bool, url: str, token: str | None, state_dir: Path | None)
         last = "—"
         if timing:
             took = format_duration(float(timing.get("total_ms", 0)))
-            last = f"{took} {format_source(timing.get('source'))}"
+            last = f"{took} {_dash(timing.get('source'))}"
         table.add_row(
             _dash(row.get("id")),
             _dash(row.get("state")),
