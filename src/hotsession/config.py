@@ -42,6 +42,16 @@ class Config:
     agent_max_turns: int | None = None
     agent_max_age_s: float | None = None
     max_concurrent_spawns: int = 2
+    # Pool tuning (hotsession.pool / hotsession.sizing; docs/pool.md).
+    pool_refill_per_s: float = 2.0  # token bucket of spare spawns
+    pool_tick_s: float = 0.5  # the pool's control loop period
+    pool_default_tau_s: float = 1.0  # cold start assumed until one is measured
+    pool_failing_after: int = 3  # consecutive spawn failures that mark a profile failing
+    pool_failing_retry_s: float = 60.0  # a failing profile is tried again after this
+    pool_spare_max_age_s: float = 1800.0  # an idle spare older than this is replaced
+    pool_deep_warmup: bool = True  # run hotsession.warmup on each spare before it is ready
+    memory_budget_fraction: float = 0.5  # budget = this x available memory at start (if unset)
+    agent_recycle_jitter: float = 0.1  # max turns / age limits get up to +10 % per process
 
     @property
     def db_path(self) -> Path:

@@ -94,3 +94,36 @@ def sample(pid: int, *, pss: bool = False, tree: bool = True) -> Memory | None:
 def available_mb() -> float:
     """Memory available to new processes on this machine, in MiB."""
     return round(psutil.virtual_memory().available / _MB, 1)
+
+
+def sample_many(pids: list[int], *, tree: bool = True) -> dict[int, Memory]:
+    """``sample`` for many processes at once; the process tree is read in one pass.
+
+    ``sample(tree=True)`` walks ``/proc`` once per process, which is quadratic for a pool of
+    hundreds; here children are found from a single ``ppid`` map.
+    """
+    children: dict[int, list[int]] = {}
+    if tree:
+        for proc in psutil.process_iter(["pid", "ppid"]):
+            info = proc.info
+            children.setdefault(info["ppid"], []).append(info["pid"])
+    out: dict[int, Memory] = {}
+    for pid in pids:
+        group = [pid]
+        i = 0
+        while i < len(group):
+            group.extend(children.get(group[i], ()))
+            i += 1
+        anon = rss = 0
+        found = False
+        for p in group:
+            a = _status_kb(p, "RssAnon:")
+            r = _status_kb(p, "VmRSS:")
+            if a is None or r is None:
+                continue
+            found = True
+            anon += a
+            rss += r
+        if found:
+            out[pid] = Memory(anon_mb=round(anon / 1024, 1), rss_mb=round(rss / 1024, 1))
+    return out
