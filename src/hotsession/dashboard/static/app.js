@@ -142,7 +142,7 @@ const fmtMB = (mb) => (mb == null ? "–" : mb >= 1024 ? `${(mb / 1024).toFixed(
 /** Long paths keep their end, the part that tells them apart. */
 const tailPath = (p, n = 44) => (p && p.length > n ? `…${p.slice(p.length - n + 1)}` : p || "");
 const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 11)}…` : id);
-const SOURCE = { pool: "pool hit", hot: "hot", spawn: "cold start", cold: "cold start", resume: "resumed" };
+const SOURCE = { spare: "pool hit", pool: "pool hit", hot: "hot", spawn: "cold start", resume: "resumed" };
 
 function memOf(s) {
   const m = s && s.memory;
@@ -230,7 +230,7 @@ async function refreshSessions() {
   for (const s of list) {
     seen.add(s.id);
     const old = state.sessions.get(s.id);
-    state.sessions.set(s.id, { ...s, memory: s.memory || (old && old.memory) });
+    state.sessions.set(s.id, { ...s, memory: s.memory || (old && old.memory), recent_turns: old && old.recent_turns });
   }
   for (const id of [...state.sessions.keys()]) if (!seen.has(id)) state.sessions.delete(id);
   // The listing has no memory figures: ask the sessions that have a live process.
@@ -245,6 +245,8 @@ async function refreshOne(id, render = true) {
   try {
     const s = await api("GET", `v1/sessions/${encodeURIComponent(id)}`);
     state.sessions.set(id, s);
+    const c = state.convs.get(id);
+    if (c && c.full) fillPrompts(c);
   } catch (e) {
     if (e.status === 404) state.sessions.delete(id);
     return;
@@ -383,14 +385,37 @@ function ingest(id, ev) {
 }
 
 function openTurn(c, number) {
-  if (c.turnEl) return c.turnEl;
-  c.turnNo = number || c.turnNo + 1;
+  if (c.turnEl) {
+    if (number && number !== c.turnNo) numberTurn(c, c.turnEl, number);
+    return c.turnEl;
+  }
   const prompt = c.pending.shift();
-  c.turnEl = h("article", { class: "turn", "data-turn": String(c.turnNo) },
-    h("div", { class: "turn-no" }, `Turn ${c.turnNo}`),
+  c.turnEl = h("article", { class: "turn" }, h("div", { class: "turn-no" }),
     prompt != null ? h("div", { class: "msg user" }, prompt) : null);
+  numberTurn(c, c.turnEl, number || c.turnNo + 1);
   c.el.append(c.turnEl);
   return c.turnEl;
+}
+
+/** Label a turn; events other than result/error/permission_request carry no turn number. */
+function numberTurn(c, el, n) {
+  c.turnNo = n;
+  el.dataset.turn = String(n);
+  el.querySelector(".turn-no").textContent = `Turn ${n}`;
+  fillPrompts(c);
+}
+
+/** Prompts the daemon keeps (recent_turns of GET /v1/sessions/{id}) for turns sent elsewhere. */
+function fillPrompts(c) {
+  const s = state.sessions.get(c.id);
+  if (!s || !Array.isArray(s.recent_turns)) return;
+  for (const t of s.recent_turns) {
+    const el = c.el.querySelector(`.turn[data-turn="${t.turn}"]`);
+    if (el && t.prompt && !el.querySelector(".msg.user")) {
+      const text = t.prompt.length >= 200 ? `${t.prompt}…` : t.prompt;
+      el.querySelector(".turn-no").after(h("div", { class: "msg user" }, text));
+    }
+  }
 }
 
 function scrollLog(c) {
@@ -433,8 +458,12 @@ function render(c, type, d) {
 
 function renderMessage(c, turnEl, m) {
   if (m.type === "system" && m.subtype === "init") {
-    const tools = Array.isArray(m.tools) ? ` · ${m.tools.length} tools` : "";
-    turnEl.append(h("div", { class: "note" }, `process ready · ${m.model || "model"}${tools}`));
+    // The CLI says init at every turn: note it once, and again when the model changes.
+    if (c.model !== m.model) {
+      const tools = Array.isArray(m.tools) ? ` · ${m.tools.length} tools` : "";
+      turnEl.append(h("div", { class: "note" }, `${m.model || "model"}${tools}`));
+      c.model = m.model;
+    }
     return;
   }
   const content = m.message && m.message.content;
@@ -717,9 +746,17 @@ function loadSamples() {
 
 function renderPool() {
   const p = state.pool;
-  const on = p && p.enabled !== false && Array.isArray(p.profiles);
-  $("pool-off").hidden = !!on;
-  $("pool-on").hidden = !on;
+  if (!p) return;
+  const on = p.enabled !== false && Array.isArray(p.profiles);
+  $("pool-off").hidden = on;
+  for (const el of document.querySelectorAll(".pool-only")) el.hidden = !on || !p.memory;
+  $("p-spawned").textContent = String(p.spawned_total ?? "–");
+  const reasons = (el, obj) => {
+    const entries = Object.entries(obj || {}).sort((a, b) => b[1] - a[1]);
+    $(el).replaceChildren(...(entries.length ? entries.flatMap(([k, v]) => [h("dt", null, k), h("dd", null, String(v))]) : [h("dd", { class: "muted" }, "none")]));
+  };
+  reasons("evictions", p.evictions);
+  reasons("recycles", p.recycles);
   if (!on) {
     $("poolsum").textContent = "";
     return;
@@ -731,7 +768,6 @@ function renderPool() {
   $("p-used").textContent = `${fmtMB(m.used_mb)} / ${fmtMB(m.budget_mb)}`;
   $("p-spares").textContent = fmtMB(m.spares_mb);
   $("p-sessions").textContent = fmtMB(m.sessions_mb);
-  $("p-spawned").textContent = String(p.spawned_total ?? "–");
   $("profiles").replaceChildren(
     ...p.profiles.map((x) =>
       h("tr", { class: x.failing ? "failing" : null, "data-profile": x.profile },
@@ -749,12 +785,6 @@ function renderPool() {
     ),
   );
   if (!p.profiles.length) $("profiles").append(h("tr", null, h("td", { colspan: "7", class: "muted" }, "No profiles yet.")));
-  const reasons = (el, obj) => {
-    const entries = Object.entries(obj || {}).sort((a, b) => b[1] - a[1]);
-    $(el).replaceChildren(...(entries.length ? entries.flatMap(([k, v]) => [h("dt", null, k), h("dd", null, String(v))]) : [h("dd", { class: "muted" }, "none")]));
-  };
-  reasons("evictions", p.evictions);
-  reasons("recycles", p.recycles);
   renderChart();
 }
 

@@ -1,0 +1,211 @@
+"""The dashboard end to end: real Chromium, real daemon, real Claude Code CLI, scripted model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dashboard_harness import Daemon
+from playwright.async_api import expect
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.browser
+
+
+async def login(page: Any, daemon: Daemon) -> None:
+    await page.goto(daemon.url + "/")
+    await page.fill("#token", daemon.token)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#sessions-view")).to_be_visible()
+
+
+async def new_session(page: Any, cwd: Path, permission_mode: str = "acceptEdits") -> str:
+    """Start a session from the "New session" form; returns its id (shown in the detail pane)."""
+    await page.click("#new-btn")
+    await page.fill("#new-form [name=cwd]", str(cwd))
+    await page.select_option("#new-form [name=permission_mode]", permission_mode)
+    await page.click("#new-form button[type=submit]")
+    await expect(page.locator("#detail")).to_be_visible()
+    await expect(page.locator("#d-id")).to_have_text(re.compile(r"^hs_"))
+    return str(await page.locator("#d-id").text_content())
+
+
+async def send(page: Any, prompt: str) -> None:
+    await page.fill("#prompt", prompt)
+    await page.press("#prompt", "Enter")
+
+
+async def test_login_keeps_the_token_in_the_tab_only(page: Any, daemon: Daemon) -> None:
+    await page.goto(daemon.url + "/")
+    await expect(page.locator("#login-view")).to_be_visible()
+    await page.fill("#token", "not-the-token")
+    await page.press("#token", "Enter")
+    await expect(page.locator("#login-error")).to_contain_text("refused")
+    await expect(page.locator("#sessions-view")).to_be_hidden()
+
+    await page.fill("#token", daemon.token)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#sessions-view")).to_be_visible()
+    assert daemon.token not in page.url
+    stored = await page.evaluate("sessionStorage.getItem('hotsession.token')")
+    assert stored == daemon.token
+    assert await page.evaluate("localStorage.length") == 0
+    assert daemon.token not in await page.evaluate("document.cookie")
+
+    await page.reload()  # the tab keeps its session
+    await expect(page.locator("#sessions-view")).to_be_visible()
+    await page.click("#logout")
+    await expect(page.locator("#login-view")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('hotsession.token')") is None
+
+
+async def test_prompt_streams_the_answer_and_its_timing(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    await login(page, daemon)
+    sid = await new_session(page, workdir)
+    row = page.locator(f'#sessions li[data-id="{sid}"]')
+    await expect(row.locator(".cwd")).to_have_attribute("title", str(workdir))
+
+    # A slow first byte: the session shows as working while the turn runs.
+    await send(page, "[[delay:1500]][[say:Hello from the scripted model]]")
+    await expect(page.locator("#log .msg.user")).to_have_text(
+        "[[delay:1500]][[say:Hello from the scripted model]]"
+    )
+    await expect(page.locator("#d-state")).to_have_text("working")
+    await expect(row.locator(".state")).to_have_text("working")
+    await expect(page.locator("#interrupt")).to_be_enabled()
+    await expect(page.locator("#log .msg.assistant")).to_have_text("Hello from the scripted model")
+
+    timing = page.locator("#log .turn .timing")
+    await expect(timing).to_contain_text(
+        re.compile(r"\d.*s · TTFE \d+% · Thinking \d+% · Tools \d+%")
+    )
+    assert await timing.locator(".bar > span").count() == 3
+    # The list row shows the state and the last turn's timing, live.
+    await expect(row.locator(".state")).to_have_text("idle · hot")
+    await expect(row.locator(".timing")).to_contain_text("TTFE")
+    await expect(row).to_contain_text("1 turn")
+    await expect(page.locator("#interrupt")).to_be_disabled()
+    await expect(page.locator("#d-facts")).to_contain_text(re.compile(r"\d+ MB pss"))
+
+    # A turn sent by another client shows up live (SSE), without a reload.
+    async with httpx.AsyncClient(
+        base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}, timeout=60
+    ) as client:
+        async with client.stream(
+            "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "[[say:sent from elsewhere]]"}
+        ) as res:
+            assert res.status_code == 200
+            body = "".join([chunk async for chunk in res.aiter_text()])
+    assert "event: result" in body
+    await expect(page.locator("#log .msg.assistant").nth(1)).to_have_text("sent from elsewhere")
+    # Its prompt comes from the daemon's record of the turn.
+    await expect(page.locator('#log .turn[data-turn="2"] .msg.user')).to_have_text(
+        "[[say:sent from elsewhere]]"
+    )
+    await expect(row).to_contain_text("2 turns")
+    await expect(page.locator("#log .turn .timing")).to_have_count(2)
+
+
+async def test_permission_request_approve_and_deny(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    await login(page, daemon)
+    sid = await new_session(page, workdir, permission_mode="default")
+    row = page.locator(f'#sessions li[data-id="{sid}"]')
+
+    await send(page, "[[bash:echo approved > ok.txt]][[say:the file is written]]")
+    card = page.locator("#log .perm").first
+    await expect(card).to_contain_text("Bash")
+    await expect(card.locator("pre.input")).to_contain_text("echo approved > ok.txt")
+    await expect(page.locator("#d-state")).to_have_text("needs permission")
+    await expect(row.locator(".state")).to_have_text("needs permission")
+    assert not (workdir / "ok.txt").exists()
+
+    await card.get_by_role("button", name="Approve").click()
+    await expect(card.locator(".outcome")).to_have_text("approved")
+    await wait_until(lambda: (workdir / "ok.txt").exists(), timeout=30)
+    assert (workdir / "ok.txt").read_text() == "approved\n"
+    await expect(page.locator("#log .msg.assistant")).to_have_text("the file is written")
+    await expect(page.locator("#log .turn .timing")).to_contain_text("1 tool call")
+    await expect(row.locator(".state")).to_have_text("idle · hot")
+
+    await send(page, "[[bash:echo no > denied.txt]][[say:carried on after the denial]]")
+    card = page.locator("#log .perm").nth(1)
+    await card.get_by_role("button", name="Deny").click()
+    await expect(card.locator(".outcome")).to_have_text("denied")
+    await expect(page.locator("#log .msg.assistant").nth(1)).to_have_text(
+        "carried on after the denial"
+    )
+    assert not (workdir / "denied.txt").exists()
+
+
+async def test_interrupt_a_turn(page: Any, daemon: Daemon, workdir: Path) -> None:
+    await login(page, daemon)
+    await new_session(page, workdir)
+    await send(page, "[[hang]]")
+    await expect(page.locator("#d-state")).to_have_text("working")
+    await page.click("#interrupt")
+    error = page.locator("#log .msg.error")
+    await expect(error).to_contain_text("interrupted")
+    await expect(error).to_have_attribute("data-code", "interrupted")
+    await expect(page.locator("#d-state")).not_to_have_text("working")
+    await expect(page.locator("#interrupt")).to_be_disabled()
+
+    # The session takes the next prompt (keyboard only: "/" focuses the prompt box).
+    await page.locator("#log").click()
+    await page.keyboard.press("/")
+    await page.keyboard.type("[[say:still here]]")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#log .msg.assistant")).to_have_text("still here")
+
+
+async def test_quick_turn_and_pool_figures_change(page: Any, daemon: Daemon, workdir: Path) -> None:
+    await login(page, daemon)
+    await page.click('#nav a[data-view="pool"]')
+    await expect(page.locator("#pool-view")).to_be_visible()
+    spawned = page.locator("#p-spawned")
+    await expect(spawned).to_have_text(re.compile(r"^\d+$"))
+    before = int(str(await spawned.text_content()))
+
+    # Keyboard: "q" opens the quick-turn form.
+    await page.keyboard.press("q")
+    await expect(page.locator("#ask-dialog")).to_be_visible()
+    await page.fill("#ask-prompt", "[[say:a quick answer]]")
+    await page.fill("#ask-form [name=cwd]", str(workdir))
+    await page.click("#ask-form button[type=submit]")
+    await expect(page.locator("#detail")).to_be_visible()
+    await expect(page.locator("#log .msg.user")).to_have_text("[[say:a quick answer]]")
+    await expect(page.locator("#log .msg.assistant")).to_have_text("a quick answer")
+
+    await page.click('#nav a[data-view="pool"]')
+    await expect(spawned).not_to_have_text(str(before))
+    assert int(str(await spawned.text_content())) > before
+    pool = httpx.get(
+        f"{daemon.url}/v1/pool", headers={"Authorization": f"Bearer {daemon.token}"}
+    ).json()
+    if pool.get("enabled") is not False:
+        # A pool: its profile for this cwd, and the memory chart with samples.
+        await expect(page.locator("#profiles")).to_contain_text(workdir.name)
+        await expect(page.locator("#chart svg path.used")).to_have_count(1)
+    else:
+        await expect(page.locator("#pool-off")).to_be_visible()
+
+
+async def test_phone_width_list_then_detail(page: Any, daemon: Daemon, workdir: Path) -> None:
+    await page.set_viewport_size({"width": 390, "height": 800})
+    await login(page, daemon)
+    sid = await new_session(page, workdir)
+    # On a phone the open session takes the screen; the back link returns to the list.
+    await expect(page.locator(".list-pane")).to_be_hidden()
+    await page.click("#back")
+    await expect(page.locator(".list-pane")).to_be_visible()
+    await expect(page.locator("#detail")).to_be_hidden()
+    await page.locator(f'#sessions li[data-id="{sid}"] a').click()
+    await expect(page.locator("#detail")).to_be_visible()
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390
