@@ -38,7 +38,10 @@ def table(result: RunResult) -> Table:
     """The summary table: per mode, each metric's median / p95 / min (ms) and the ratios."""
     t = Table(
         title=f"hotsession bench ({result.kind}) — ms, median / p95 / min",
-        caption="×floor and ×`claude -p`: ratio of medians, to model · result",
+        caption=(
+            "×floor and ×`claude -p`: ratio of medians, to model · result; "
+            "+floor ms: median of per-round differences to the floor, to model · result"
+        ),
     )
     t.add_column("mode", style="bold", no_wrap=True)
     t.add_column("n", justify="right")
@@ -46,8 +49,10 @@ def table(result: RunResult) -> Table:
         t.add_column(_LABELS[metric], justify="right")
     t.add_column("×floor", justify="right")
     t.add_column("×claude -p", justify="right")
+    t.add_column("+floor ms", justify="right")
     t.add_column("errors", justify="right")
     ratios = result.ratios()
+    overheads = result.overheads()
     errors = dict.fromkeys(result.groups, 0)
     for s in result.samples:
         if not s.ok:
@@ -61,6 +66,12 @@ def table(result: RunResult) -> Table:
             cols.append(
                 "—" if r is None else f"{_ratio(r['to_model_ms'])} · {_ratio(r['result_ms'])}"
             )
+        over = overheads.get(mode)
+        cols.append(
+            "—"
+            if not over or not over.get("to_model_ms") or not over.get("result_ms")
+            else f"{over['to_model_ms']['median']:+.1f} · {over['result_ms']['median']:+.1f}"
+        )
         err = errors.get(mode, 0)
         t.add_row(
             mode,

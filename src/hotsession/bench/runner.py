@@ -1,8 +1,10 @@
 """Runs modes interleaved, round by round, and gathers samples, summaries and memory.
 
 Order: every mode is set up, then ``warmup`` untimed rounds, then ``rounds`` timed rounds. In a
-round each mode runs one turn, A B C …; the next round runs them in reverse (… C B A) so that no
-mode always follows the same neighbour (a spawn-heavy mode leaves the CPU busy for a moment).
+round each mode runs one turn, in an order shuffled per round (seeded, so a run is repeatable):
+a fixed order gives every mode the same neighbour each round, and a CLI process is still busy for
+a moment after its result (it writes the transcript), which a fixed order charges to whichever
+mode always comes next.
 Each turn's prompt carries a unique ``[[marker:ID]]``; after the run the model server's log gives
 each turn's arrival time at the model (see ``stats.match_model_requests``).
 """
@@ -13,6 +15,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,8 +77,11 @@ class RunResult:
     groups: dict[str, str] = field(default_factory=dict)
 
     def summaries(self) -> dict[str, dict[str, Any]]:
-        """``{mode: {metric: Summary | None}}``."""
-        return _summarize(self.samples)
+        """``{mode: {metric: Summary | None}}``, in the order the modes were given."""
+        found = _summarize(self.samples)
+        ordered = {m: found[m] for m in self.groups if m in found}
+        ordered.update({m: v for m, v in found.items() if m not in ordered})
+        return ordered
 
     def reference(self, kind: str) -> str | None:
         """The mode that is the floor (``kind="floor"``) or fresh ``claude -p`` (``"print"``)."""
@@ -153,6 +159,7 @@ class Runner:
         warmup: int = 1,
         progress: Progress | None = None,
         memory_probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        seed: int = 1,
     ) -> None:
         self.env = env
         self.modes = list(modes)
@@ -160,6 +167,7 @@ class Runner:
         self.warmup = warmup
         self.progress = progress or (lambda _d, _n: None)
         self.memory_probe = memory_probe
+        self.rng = random.Random(seed)
 
     @property
     def steps(self) -> int:
@@ -197,7 +205,8 @@ class Runner:
                     await self._one(mode, -1 - w)
                     self.progress(f"warm-up {w + 1}: {mode.name}", 1)
             for r in range(self.rounds):
-                order = self.modes if r % 2 == 0 else list(reversed(self.modes))
+                order = list(self.modes)
+                self.rng.shuffle(order)
                 for mode in order:
                     self.progress(f"round {r + 1}/{self.rounds}: {mode.name}", 0)
                     samples.append(await self._one(mode, r))
@@ -220,6 +229,7 @@ class Runner:
             "cli": {"path": self.env.cli_path, "version": self.env.cli_version},
             "rounds": self.rounds,
             "warmup": self.warmup,
+            "order": "shuffled per round (seeded)",
             "permission_mode": self.env.permission_mode,
             "machine": machine_info(),
         }
