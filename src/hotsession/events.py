@@ -48,6 +48,7 @@ class TurnClock:
     __slots__ = (
         "_open_tools",
         "accepted",
+        "claim_offset",
         "first_event",
         "process_ready",
         "source",
@@ -66,6 +67,7 @@ class TurnClock:
         self.tool_calls = 0
         self.tools_s = 0.0
         self.source = "hot"
+        self.claim_offset = 0.0  # process obtained before the turn began (an /v1/ask's open)
         self._open_tools: dict[str, float] = {}
 
     def observe(self, msg: dict[str, Any], now: float) -> None:
@@ -99,8 +101,8 @@ class TurnClock:
         ttfe = (self.first_event - self.written) if self.first_event is not None else run
         tools = self.tools_s
         out: dict[str, Any] = {
-            "queued_ms": ms(self.started - self.accepted),
-            "claim_ms": ms(self.process_ready - self.started),
+            "queued_ms": ms(self.started - self.accepted - self.claim_offset),
+            "claim_ms": ms(self.process_ready - self.started + self.claim_offset),
             "ttfe_ms": ms(ttfe),
             "thinking_ms": ms(run - ttfe - tools),
             "tools_ms": ms(tools),

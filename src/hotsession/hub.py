@@ -238,6 +238,7 @@ class Hotsession:
             metadata=dict(metadata or {}),
         )
         session = Session(self, rec)
+        began = time.monotonic()
         async with session._lock:
             if origin == "new":
                 placement = await self.host.start_new(options, session_id=rec.id)
@@ -245,7 +246,8 @@ class Hotsession:
             else:
                 placement = await session._start_process()
             session._adopt(placement)
-            session.open_source = placement.source
+        session.open_source = placement.source
+        session.open_ms = (time.monotonic() - began) * 1000
         rec.state = "idle"
         self.sessions[rec.id] = session
         await self.registry.put_session(rec)

@@ -26,6 +26,7 @@ the process; the clock is paused while a permission request waits for a human.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -85,11 +86,14 @@ class PermissionRequest:
 class Turn:
     """One prompt's run; iterate it for its events (ends after ``result`` or ``error``)."""
 
-    def __init__(self, session: Session, number: int, prompt: str) -> None:
+    def __init__(
+        self, session: Session, number: int, prompt: str, *, since: float | None = None
+    ) -> None:
         self.session = session
         self.number = number
         self.prompt = prompt
-        self.clock = TurnClock(time.monotonic())
+        self.since = since
+        self.clock = TurnClock(since if since is not None else time.monotonic())
         self.record = TurnRecord(session_id=session.id, turn=number, prompt=prompt)
         self.done = asyncio.Event()
         self.interrupted = False
@@ -163,6 +167,8 @@ class Session:
         self.placement: Placement | None = None
         self.seq = last_seq
         self.permissions: dict[str, PermissionRequest] = {}
+        # Recently resolved request ids → outcome, so a late answer is a conflict, not unknown.
+        self._resolved: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.current: Turn | None = None
         self._queue: asyncio.Queue[Turn] = asyncio.Queue(maxsize=hub.config.queue_max)
         self._runner: asyncio.Task[None] | None = None
@@ -170,7 +176,10 @@ class Session:
         self._warming: asyncio.Task[Placement] | None = None
         self._watchdog: asyncio.Timeout | None = None
         self._closed = False
-        self.open_source = "spawn"
+        # How the process obtained at open came (spare / spawn / resume) and how long it took:
+        # the first turn reports them, since it is the one a user waited for.
+        self.open_source: str | None = None
+        self.open_ms = 0.0
         self._lock = asyncio.Lock()  # serialises process changes (turn start, warm, evict)
 
     # -- identity and state --------------------------------------------------------------------
@@ -267,8 +276,12 @@ class Session:
 
     # -- turns ---------------------------------------------------------------------------------
 
-    def send(self, prompt: str) -> Turn:
+    def send(self, prompt: str, *, since: float | None = None) -> Turn:
         """Queue a prompt; iterate the returned turn for its events.
+
+        ``since`` (a ``time.monotonic()`` reading) is when the caller's request began, for a
+        request that opened the session and sends its first prompt in one go (``/v1/ask``): the
+        opening then counts as the turn's claim time.
 
         Raises at once (not on iteration) for a closed session, an oversized prompt or a full
         queue, so a caller can answer 409 / 413 / 429 before streaming anything.
@@ -288,7 +301,7 @@ class Session:
                 limit=self._queue.maxsize,
             )
         self.last_turn += 1
-        turn = Turn(self, self.last_turn, prompt)
+        turn = Turn(self, self.last_turn, prompt, since=since)
         self._queue.put_nowait(turn)
         # The prompt is durable as soon as it is accepted, even if the daemon dies before it runs.
         self.hub.registry_task(self.hub.registry.put_turn(turn.record))
@@ -337,6 +350,12 @@ class Session:
             proc = placement.process
             clock.source = source if attempt == 0 else "resume"
             clock.process_ready = time.monotonic()
+            if self.open_source is not None:
+                if source == "hot":
+                    clock.source = self.open_source
+                    if turn.since is not None:
+                        clock.claim_offset = self.open_ms / 1000
+                self.open_source = None
             self.record.turns = max(self.record.turns, turn.number)
             self.record.last_active_at = time.time()
             self.record.error = None
@@ -597,6 +616,9 @@ class Session:
         self, turn: Turn | None, request_id: str, outcome: str, *, by: str
     ) -> None:
         self.permissions.pop(request_id, None)
+        self._resolved[request_id] = outcome
+        while len(self._resolved) > 1000:
+            self._resolved.popitem(last=False)
         self.emit(
             turn, "permission_resolved", {"request_id": request_id, "outcome": outcome, "by": by}
         )
@@ -617,7 +639,13 @@ class Session:
     ) -> None:
         """Allow or deny a pending tool call (``updated_input`` edits what the tool gets)."""
         pending = self.permissions.get(request_id)
-        if pending is None or pending.future.done():
+        if request_id in self._resolved or (pending is not None and pending.future.done()):
+            raise Conflict(
+                "that permission request was already resolved",
+                request_id=request_id,
+                outcome=self._resolved.get(request_id),
+            )
+        if pending is None:
             raise NotFound("no pending permission request with that id", request_id=request_id)
         if behavior == "allow":
             answer: dict[str, Any] = {"behavior": "allow", "updatedInput": updated_input}

@@ -36,7 +36,8 @@ async def test_follow_ups_keep_context(hub: Hotsession, workdir: Path, model_ser
     first = await run(session, f"first [[marker:{m1}]] [[say:alpha]]")
     assert first[-1].type == "result", first[-1]
     assert first[-1].data["result"] == "alpha"
-    await run(session, f"second [[marker:{m2}]]")
+    second = await run(session, f"second [[marker:{m2}]]")
+    assert second[-1].data["timing"]["source"] == "hot"
     await run(session, f"third [[marker:{m3}]]")
     counts = [main_with(model_server, m)[-1]["n_messages"] for m in (m1, m2, m3)]
     assert counts[0] < counts[1] < counts[2], counts  # the conversation grows at the model
@@ -46,6 +47,8 @@ async def test_follow_ups_keep_context(hub: Hotsession, workdir: Path, model_ser
     timing = first[-1].data["timing"]
     for key in ("queued_ms", "claim_ms", "ttfe_ms", "thinking_ms", "tools_ms", "total_ms"):
         assert key in timing
+    assert timing["source"] == "spawn"  # the process this first turn waited for was spawned
+    assert "time_to_request_ms" in timing
     assert first[-1].data["cli_session_id"] == session.cli_session_id
 
 

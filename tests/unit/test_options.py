@@ -83,3 +83,12 @@ def test_turn_clock_splits_ttfe_tools_thinking() -> None:
     assert out["tools_ms"] == pytest.approx(2000) and out["tool_calls"] == 1
     assert out["thinking_ms"] == pytest.approx(1900)
     assert out["total_ms"] == pytest.approx(4600) and out["time_to_request_ms"] == 12
+
+
+def test_turn_clock_counts_an_open_as_claim_time() -> None:
+    clock = TurnClock(accepted=10.0)  # the /v1/ask request arrived at 10.0
+    clock.claim_offset = 0.4  # opening the session (spawn) took 400 ms of it
+    clock.started, clock.process_ready, clock.written = 10.41, 10.41, 10.41
+    out = clock.breakdown(11.0)
+    assert out["claim_ms"] == pytest.approx(400) and out["queued_ms"] == pytest.approx(10)
+    assert out["total_ms"] == pytest.approx(1000)
