@@ -24,6 +24,9 @@ class ApiState:
     auth: Authenticator
     metrics: Metrics
     cli: dict[str, str] = field(default_factory=dict)
+    # How each session opened here got its process ("spare" / "spawn" / "resume"); sessions
+    # of an earlier daemon run are not in it.
+    sources: dict[str, str] = field(default_factory=dict)
     _closing: asyncio.Future[None] | None = None
 
     @property

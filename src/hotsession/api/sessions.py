@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query
@@ -42,10 +43,10 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def session_view(session: Session, *, with_memory: bool = False) -> dict[str, Any]:
+def session_view(api: ApiState, session: Session, *, with_memory: bool = False) -> dict[str, Any]:
     """A live session as the API shows it."""
     out = session.snapshot()
-    out["source"] = session.open_source
+    out["source"] = api.sources.get(session.id)
     out["closed_at"] = None
     if with_memory:
         pid = out.get("pid")
@@ -112,7 +113,9 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
         metadata=body.metadata,
         **body.option_fields(),
     )
-    api.metrics.sessions_created.labels(session.open_source).inc()
+    source = str(session.open_source or "spawn")
+    api.sources[session.id] = source
+    api.metrics.sessions_created.labels(source).inc()
     _prewarm(api, session)
     return session
 
@@ -154,7 +157,7 @@ async def create_session(
     """Open a session (a warm spare of its profile when one is ready). `source` says how its
     process came: `spare`, `spawn` or `resume`. An empty body takes every default."""
     session = await open_session(api, tenant, body or SessionOptionsIn())
-    return JSONResponse(session_view(session), status_code=201)
+    return JSONResponse(session_view(api, session), status_code=201)
 
 
 @router.get("/sessions", summary="List sessions")
@@ -164,7 +167,7 @@ async def list_sessions(
     include_closed: Annotated[bool, Query(description="Closed sessions too.")] = False,
 ) -> JSONResponse:
     """The tenant's open sessions, newest first (closed ones too with `include_closed`)."""
-    out = [session_view(s) for s in api.hub.list(tenant=tenant.name)]
+    out = [session_view(api, s) for s in api.hub.list(tenant=tenant.name)]
     if include_closed:
         live = {s["id"] for s in out}
         for rec in await api.hub.registry.list_sessions(tenant.name, include_closed=True):
@@ -179,7 +182,7 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
     """State, pid, memory, turns (the recent ones with their timing), last timing."""
     session = api.hub.sessions.get(session_id)
     if session is not None and session.record.tenant == tenant.name:
-        out = session_view(session, with_memory=True)
+        out = session_view(api, session, with_memory=True)
     else:
         out = record_view(await api.hub.record(session_id, tenant=tenant.name))
         out["memory"] = None
@@ -206,7 +209,9 @@ async def delete_session(session_id: str, api: Api, tenant: CurrentTenant) -> JS
     """End its process; queued prompts fail, a running turn is interrupted. History stays."""
     session = await live_session(api, session_id, tenant)
     await api.hub.close_session(session.id, tenant=tenant.name)
-    return JSONResponse(session_view(session))
+    out = session_view(api, session)
+    api.sources.pop(session.id, None)
+    return JSONResponse(out)
 
 
 # -- turns and events ---------------------------------------------------------------------------
@@ -323,10 +328,11 @@ async def answer_permission(
 async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
     """Open a session (from the pool when a spare is ready) and run one turn. The first event,
     `session`, names it (`id`, `cli_session_id`, `source`); it stays open for follow-ups."""
+    began = time.monotonic()
     check_prompt(api, body.prompt)
     session = await open_session(api, tenant, body)
     try:
-        turn = session.send(body.prompt)
+        turn = session.send(body.prompt, since=began)
     except Exception:
         with contextlib.suppress(Exception):
             await api.hub.close_session(session.id)
@@ -334,7 +340,11 @@ async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse
     api.metrics.turns.labels("ask").inc()
     head = sse.frame_untracked(
         "session",
-        {"id": session.id, "cli_session_id": session.cli_session_id, "source": session.open_source},
+        {
+            "id": session.id,
+            "cli_session_id": session.cli_session_id,
+            "source": api.sources.get(session.id),
+        },
     )
     gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s, head=head)
     return sse_response(api, _counted(api, gen))
