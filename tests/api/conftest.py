@@ -211,6 +211,20 @@ async def stream_post(
         return await read_sse(r, **kw)
 
 
+async def poll(check: Callable[[], Awaitable[object]], timeout: float = 20.0) -> None:
+    """Await ``check()`` until it is truthy (for conditions only the HTTP API can tell)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def state_is(client: httpx.AsyncClient, sid: str, *states: str) -> bool:
+    """True when the session's state is one of ``states``."""
+    return (await client.get(f"/v1/sessions/{sid}")).json()["state"] in states
+
+
 async def new_session(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     body.setdefault("permission_mode", "bypassPermissions")
     r = await client.post("/v1/sessions", json=body)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
-from tests.api.conftest import Running, new_session, read_sse, stream_post
+from tests.api.conftest import Running, new_session, poll, read_sse, state_is, stream_post
 from tests.conftest import wait_until
 
 from hotsession.testing.model_server import ModelServer
@@ -132,7 +131,7 @@ async def test_queue_full_and_interrupt(start_daemon):
         "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "[[delay:60000]]"}
     ) as running:
         assert running.status_code == 200
-        await wait_until_state(c, sid, "running")
+        await poll(lambda: state_is(c, sid, "running"))
         async with c.stream(
             "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "queued"}
         ) as queued:
@@ -147,14 +146,6 @@ async def test_queue_full_and_interrupt(start_daemon):
             assert events[-1].type == "error" and events[-1].data["code"] == "interrupted"
             rest = await read_sse(queued)
             assert rest[-1].type == "result"  # the queued prompt ran after the interrupt
-
-
-async def wait_until_state(c, sid: str, state: str) -> None:
-    for _ in range(500):
-        if (await c.get(f"/v1/sessions/{sid}")).json()["state"] == state:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"session never reached {state}")
 
 
 async def test_warm_resumes_ahead(start_daemon, model_server):
