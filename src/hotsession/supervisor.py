@@ -13,6 +13,13 @@ alive at a normal interpreter exit (uvicorn's forced exit skips lifespan teardow
 every child is recorded in the registry with its start time; a restarted daemon kills recorded
 processes that are still alive (``sweep_orphans``) — the start time guards against pid reuse.
 
+Tools outlive a crashed CLI. The CLI runs each Bash command in a session of its own, so ending the
+CLI's process group does not reach them; when a CLI dies by ``kill -9`` its running tools are
+re-parented to init and go on (writing in the cwd). Every child therefore gets a unique tag in its
+environment (``HOTSESSION_AGENT=<daemon pid>:<random>``), which its tools inherit; when a child
+exits, the processes carrying its tag are killed, and at start-up ``sweep_orphans`` kills tagged
+processes whose daemon is gone.
+
 Spawn readiness. ``spawn`` returns only after the control protocol's ``initialize`` is answered,
 and raises ``AgentStartError`` (with the stderr tail) if the process dies or does not answer in
 time; a half-started process is always killed.
@@ -26,9 +33,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 
@@ -39,6 +47,7 @@ from hotsession.registry import ProcessRecord, Registry
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+AGENT_TAG_ENV = "HOTSESSION_AGENT"
 _ALL_CHILDREN: set[int] = set()  # pids, for the atexit reaper (all supervisors of the process)
 
 
@@ -74,6 +83,7 @@ class Supervisor:
         self.spawned_total = 0
         self.spawn_failures_total = 0
         self._watchers: set[asyncio.Task[None]] = set()
+        self._tags: dict[int, str] = {}  # pid -> the HOTSESSION_AGENT tag its tools inherit
 
     async def spawn(
         self,
@@ -89,6 +99,7 @@ class Supervisor:
         """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure."""
         if not os.path.isdir(cwd):
             raise AgentStartError(f"working directory does not exist: {cwd}")
+        tag = f"{os.getpid()}:{secrets.token_hex(8)}"
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -96,7 +107,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=cwd,
-                env=dict(env),
+                env={**env, AGENT_TAG_ENV: tag},
                 limit=self.max_line_bytes,
                 start_new_session=True,
                 preexec_fn=_set_pdeathsig,
@@ -105,6 +116,7 @@ class Supervisor:
             self.spawn_failures_total += 1
             raise AgentStartError(f"cannot start the Claude Code CLI: {exc}") from exc
         agent = AgentProcess(proc, label=label, max_line_bytes=self.max_line_bytes)
+        self._tags[agent.pid] = tag
         self._adopt(agent)
         self.spawned_total += 1
         if self.registry is not None:
@@ -149,6 +161,11 @@ class Supervisor:
         await agent.exited.wait()
         self.children.pop(agent.pid, None)
         _ALL_CHILDREN.discard(agent.pid)
+        tag = self._tags.pop(agent.pid, None)
+        if tag is not None:
+            tools = await asyncio.to_thread(_kill_tagged, tag.__eq__)
+            if tools:
+                log.warning("agent %s left %d tool process(es) running: killed", agent.pid, tools)
         if self.registry is not None:
             with contextlib.suppress(Exception):
                 await self.registry.forget_process(agent.pid)
@@ -170,6 +187,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(rec.pid, signal.SIGKILL)
             await self.registry.forget_process(rec.pid)
+        killed += await asyncio.to_thread(_kill_tagged, _daemon_gone)
         if killed:
             log.warning("killed %d orphaned agent process(es) of a previous daemon", killed)
         return killed
@@ -185,6 +203,25 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(step_timeout):
                     await task
+
+
+def _kill_tagged(match: Callable[[str], bool]) -> int:
+    """SIGKILL every process whose ``HOTSESSION_AGENT`` tag matches; returns how many."""
+    killed = 0
+    for p in psutil.process_iter():
+        try:
+            tag = p.environ().get(AGENT_TAG_ENV)
+            if tag is not None and match(tag):
+                p.kill()
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    return killed
+
+
+def _daemon_gone(tag: str) -> bool:
+    daemon_pid = tag.partition(":")[0]
+    return daemon_pid.isdigit() and not psutil.pid_exists(int(daemon_pid))
 
 
 def _create_time(pid: int) -> float:
