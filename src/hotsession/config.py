@@ -46,6 +46,7 @@ class Config:
     pool_refill_per_s: float = 2.0  # token bucket of spare spawns
     pool_tick_s: float = 0.5  # the pool's control loop period
     pool_default_tau_s: float = 1.0  # cold start assumed until one is measured
+    pool_rate_window_s: float = 60.0  # λ's stable window (the panic window is 10 % of it)
     pool_failing_after: int = 3  # consecutive spawn failures that mark a profile failing
     pool_failing_retry_s: float = 60.0  # a failing profile is tried again after this
     pool_spare_max_age_s: float = 1800.0  # an idle spare older than this is replaced

@@ -1,0 +1,157 @@
+"""A fake Claude Code CLI for unit tests of pool logic at scale (a test instrument, not a product).
+
+A real, tiny process speaking the CLI's stream-json + control protocol: it answers
+``initialize`` (and any other control request with an empty success), and answers each user
+prompt with ``system/init``, one ``assistant`` message and a ``result``. It starts in a few
+milliseconds (run it with ``python -S``; it imports only the standard library), so a test can run
+hundreds of them on a small machine.
+
+Conversation state is real enough for recycling tests: with ``FAKE_AGENT_DIR`` set, every prompt
+is appended to ``<dir>/<session id>.jsonl`` and ``--resume <id>`` reads it back, so ``num_turns``
+in the result counts the whole conversation (it keeps growing across a recycle).
+
+Behaviour switches (environment of the process):
+
+* ``FAKE_AGENT_STARTUP_DELAY_MS`` — sleep before reading stdin (a slow cold start).
+* ``FAKE_AGENT_EXIT=<code>`` — exit at once with that code (writes a line to stderr first).
+* ``FAKE_AGENT_BALLAST_MB`` — hold that much anonymous memory from the start.
+* ``FAKE_AGENT_STRAY=1`` — write an unsolicited message right after ``initialize``;
+  ``FAKE_AGENT_STRAY_AFTER_MS=N`` — write one N ms after ``initialize`` instead.
+
+Prompt directives: ``[[crash]]`` (exit 3 mid-turn), ``[[grow:MB]]`` (allocate and keep MB more
+memory), ``[[say:TEXT]]`` (the reply text; default: ``echo: <prompt>``).
+
+``write_launcher(path)`` writes an executable copy of this file with a ``python -S`` shebang, to
+use as ``Config.cli_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+_BALLAST: list[bytearray] = []
+
+
+def _out(obj: dict) -> None:  # type: ignore[type-arg]
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _grow(mb: float) -> None:
+    if mb > 0:
+        block = bytearray(int(mb * 1024 * 1024))
+        for i in range(0, len(block), 4096):  # touch every page so it is resident
+            block[i] = 1
+        _BALLAST.append(block)
+
+
+def _arg(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """Run the fake agent until stdin closes."""
+    if os.environ.get("FAKE_AGENT_EXIT"):
+        sys.stderr.write("fake agent: configured to fail at start-up\n")
+        return int(os.environ["FAKE_AGENT_EXIT"])
+    delay = float(os.environ.get("FAKE_AGENT_STARTUP_DELAY_MS") or 0)
+    if delay:
+        time.sleep(delay / 1000)
+    _grow(float(os.environ.get("FAKE_AGENT_BALLAST_MB") or 0))
+    resume = _arg(argv, "--resume")
+    session_id = resume or _arg(argv, "--session-id") or "fake-session"
+    store = os.environ.get("FAKE_AGENT_DIR")
+    path = os.path.join(store, session_id + ".jsonl") if store else None
+    turns = 0
+    if resume and path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            turns = sum(1 for _ in f)
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        kind = msg.get("type")
+        if kind == "control_request":
+            req = msg.get("request") or {}
+            response: dict = {}  # type: ignore[type-arg]
+            if req.get("subtype") == "initialize":
+                response = {"commands": [], "models": [], "pid": os.getpid()}
+            _out(
+                {
+                    "type": "control_response",
+                    "response": {
+                        "subtype": "success",
+                        "request_id": msg.get("request_id"),
+                        "response": response,
+                    },
+                }
+            )
+            if req.get("subtype") == "initialize" and os.environ.get("FAKE_AGENT_STRAY"):
+                _out({"type": "system", "subtype": "stray", "session_id": session_id})
+            later = float(os.environ.get("FAKE_AGENT_STRAY_AFTER_MS") or 0)
+            if req.get("subtype") == "initialize" and later:
+                import threading
+
+                stray = {"type": "system", "subtype": "stray", "session_id": session_id}
+                threading.Timer(later / 1000, _out, (stray,)).start()
+            continue
+        if kind != "user":
+            continue
+        content = (msg.get("message") or {}).get("content")
+        prompt = content if isinstance(content, str) else json.dumps(content)
+        if "[[crash]]" in prompt:
+            sys.stderr.write("fake agent: crashed on request\n")
+            return 3
+        for mb in re.findall(r"\[\[grow:(\d+(?:\.\d+)?)\]\]", prompt):
+            _grow(float(mb))
+        said = re.search(r"\[\[say:(.*?)\]\]", prompt)
+        text = said.group(1) if said else "echo: " + prompt
+        turns += 1
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"prompt": prompt}) + "\n")
+        _out({"type": "system", "subtype": "init", "session_id": session_id})
+        _out(
+            {
+                "type": "assistant",
+                "session_id": session_id,
+                "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+            }
+        )
+        _out(
+            {
+                "type": "result",
+                "subtype": "success",
+                "is_error": False,
+                "result": text,
+                "session_id": session_id,
+                "num_turns": turns,
+                "usage": {},
+            }
+        )
+    return 0
+
+
+def write_launcher(path: str | os.PathLike[str], python: str | None = None) -> str:
+    """Write an executable fake CLI at ``path`` (this file behind a ``python -S`` shebang)."""
+    with open(__file__, encoding="utf-8") as f:
+        source = f.read()
+    target = os.fspath(path)
+    with open(target, "w", encoding="utf-8") as f:
+        f.write(f"#!{python or sys.executable} -S\n{source}")
+    os.chmod(target, 0o755)
+    return target
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
