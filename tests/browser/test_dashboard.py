@@ -121,7 +121,10 @@ async def test_permission_request_approve_and_deny(
     await send(page, "[[bash:echo approved > ok.txt]][[say:the file is written]]")
     card = page.locator("#log .perm").first
     await expect(card).to_contain_text("Bash")
-    await expect(card.locator("pre.input")).to_contain_text("echo approved > ok.txt")
+    # Inside the card of its tool call, which shows the input.
+    await expect(page.locator("#log .tool:has(.perm) > pre.input")).to_contain_text(
+        "echo approved > ok.txt"
+    )
     await expect(page.locator("#d-state")).to_have_text("needs permission")
     await expect(row.locator(".state")).to_have_text("needs permission")
     assert not (workdir / "ok.txt").exists()

@@ -540,13 +540,25 @@ function renderPermission(c, turnEl, d) {
       h("button", { type: "button", class: "danger", onclick: () => answer("deny") }, "Deny"),
       h("button", { type: "button", class: "ghost", onclick: (e) => {
         editor.hidden = !editor.hidden;
-        pre.hidden = !editor.hidden;
+        pre.hidden = nested || !editor.hidden;
         e.target.textContent = editor.hidden ? "Edit input" : "Use original";
         if (!editor.hidden) editor.focus();
       } }, "Edit input")));
   c.perms.set(d.request_id, card);
-  turnEl.append(card);
-  if (state.selected === c.id) card.querySelector("button.ok").focus({ preventScroll: true });
+  // Inside its tool call's card when there is one (which already shows the input).
+  const tool = d.tool_use_id ? c.tools.get(d.tool_use_id) : null;
+  const nested = !!tool;
+  if (tool) {
+    pre.hidden = true;
+    tool.open = true;
+    const pending = tool.querySelector(".result.pending");
+    if (pending) pending.before(card);
+    else tool.append(card);
+  } else turnEl.append(card);
+  if (state.selected === c.id && !card.classList.contains("resolved")) {
+    card.scrollIntoView({ block: "nearest" });
+    card.querySelector("button.ok").focus({ preventScroll: true });
+  }
 }
 
 function resolvePermission(c, d) {
@@ -563,6 +575,8 @@ function resolvePermission(c, d) {
 
 function select(id) {
   if (state.selected === id) return;
+  const prev = state.selected && state.convs.get(state.selected);
+  if (prev) prev.draft = $("prompt").value; // each session keeps its unsent prompt
   state.selected = id;
   if (id) {
     let c = state.convs.get(id);
@@ -576,7 +590,7 @@ function select(id) {
     c = conv(id, true);
     $("log").replaceChildren(c.el);
     $("log").scrollTop = $("log").scrollHeight;
-    $("prompt").value = "";
+    $("prompt").value = c.draft || "";
   }
   $("detail").hidden = !id;
   $("no-detail").hidden = !!id;
@@ -668,8 +682,9 @@ async function createSession(e) {
     state.sessions.set(s.id, s);
     form.closest("dialog").close();
     location.hash = `#/sessions/${encodeURIComponent(s.id)}`;
+    route(); // now, not at the hashchange event: the prompt box is this session's at once
     scheduleRefresh();
-    setTimeout(() => $("prompt").focus(), 0);
+    $("prompt").focus();
   } catch (ex) {
     err.textContent = ex.message;
   } finally {
@@ -772,15 +787,15 @@ function renderPool() {
     ...p.profiles.map((x) =>
       h("tr", { class: x.failing ? "failing" : null, "data-profile": x.profile },
         h("th", { scope: "row" }, h("span", { class: "cwd", title: x.profile }, tailPath(x.cwd || x.profile, 60)),
-          h("span", { class: "muted small" }, [x.tenant, x.model || "default model", x.permission_mode || "default"].filter(Boolean).join(" · ")),
+          h("span", { class: "muted small" }, [x.tenant, x.model || "default model", `${x.permission_mode || "no"} permission mode`].filter(Boolean).join(" · ")),
           x.failing ? h("span", { class: "badge" }, "failing") : null),
-        h("td", { class: "num", "data-k": "spares" }, `${x.ready ?? 0} ready`, x.spawning ? h("span", { class: "muted" }, ` +${x.spawning}`) : null),
-        h("td", { class: "num", "data-k": "live" }, String(x.live_sessions ?? 0)),
-        h("td", { class: "num", "data-k": "hits" }, `${Math.round((x.hit_rate || 0) * 100)}%`,
+        h("td", { class: "num", "data-k": "spares", "data-label": "Spares" }, `${x.ready ?? 0} ready`, x.spawning ? h("span", { class: "muted" }, ` +${x.spawning}`) : null),
+        h("td", { class: "num", "data-k": "live", "data-label": "Live" }, String(x.live_sessions ?? 0)),
+        h("td", { class: "num", "data-k": "hits", "data-label": "Hit rate" }, `${Math.round((x.hit_rate || 0) * 100)}%`,
           h("span", { class: "muted small" }, `${x.hits ?? 0} hit · ${x.misses ?? 0} miss`)),
-        h("td", { class: "num" }, String(x.target ?? "–"), h("span", { class: "muted small" }, `${x.min ?? 0}–${x.max ?? "∞"}`)),
-        h("td", { class: "num" }, `${((x.lambda_per_s || 0) * 60).toFixed(2)}/min`, x.tau_s != null ? h("span", { class: "muted small" }, `τ ${Number(x.tau_s).toFixed(1)}s`) : null),
-        h("td", { class: "num" }, fmtMB(x.memory_mb)),
+        h("td", { class: "num", "data-label": "Target" }, String(x.target ?? "–"), h("span", { class: "muted small" }, `${x.min ?? 0}–${x.max ?? "∞"}`)),
+        h("td", { class: "num", "data-label": "Rate λ" }, `${((x.lambda_per_s || 0) * 60).toFixed(2)}/min`, x.tau_s != null ? h("span", { class: "muted small" }, `τ ${Number(x.tau_s).toFixed(1)}s`) : null),
+        h("td", { class: "num", "data-label": "Memory" }, fmtMB(x.memory_mb)),
       ),
     ),
   );
