@@ -192,8 +192,13 @@ async def test_quick_turn_and_pool_figures_change(page: Any, daemon: Daemon, wor
         f"{daemon.url}/v1/pool", headers={"Authorization": f"Bearer {daemon.token}"}
     ).json()
     if pool.get("enabled") is not False:
-        # A pool: its profile for this cwd, and the memory chart with samples.
-        await expect(page.locator("#profiles")).to_contain_text(workdir.name)
+        # A pool: the row of this cwd's profile counts the session, and the memory chart.
+        (profile,) = [p for p in pool["profiles"] if p["cwd"] == str(workdir)]
+        row = page.locator(f'#profiles tr[data-profile="{profile["profile"]}"]')
+        await expect(row.locator('[data-k="live"]')).to_have_text("1")
+        await expect(row.locator('[data-k="hits"]')).to_contain_text(
+            re.compile(r"1 hit · 0 miss|0 hit · 1 miss")
+        )
         await expect(page.locator("#chart svg path.used")).to_have_count(1)
     else:
         await expect(page.locator("#pool-off")).to_be_visible()
