@@ -26,7 +26,7 @@ from typing import Any
 
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.config import Config
-from hotsession.errors import Conflict, HotsessionError, NotFound, ShuttingDown
+from hotsession.errors import Conflict, HotsessionError, NotFound, RegistryError, ShuttingDown
 from hotsession.host import LocalHost
 from hotsession.options import SessionOptions
 from hotsession.registry import Registry, SessionRecord
@@ -60,6 +60,9 @@ class Hotsession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Task[Any]] = set()
         self._state_listeners: list[Any] = []
+        # The last failed write to the store, until a write succeeds again: prompts are refused
+        # meanwhile (a turn nobody can record would be lost if the daemon died).
+        self.registry_failure: RegistryError | None = None
 
     # -- parts -----------------------------------------------------------------------------------
 
@@ -250,7 +253,15 @@ class Hotsession:
         session.open_ms = (time.monotonic() - began) * 1000
         rec.state = "idle"
         self.sessions[rec.id] = session
-        await self.registry.put_session(rec)
+        try:
+            await self.registry.put_session(rec)
+        except HotsessionError as exc:
+            # The caller gets the error and no id: leave no process or session behind.
+            self.sessions.pop(rec.id, None)
+            self.note_registry(exc)
+            with contextlib.suppress(HotsessionError):
+                await session.close()
+            raise
         self._state_changed(session)
         return session
 
@@ -312,6 +323,32 @@ class Hotsession:
         self._writes.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("registry write failed: %s", task.exception())
+            self.note_registry(task.exception())
+
+    def note_registry(self, failure: BaseException | None) -> None:
+        """Record the outcome of a write to the store (None: it succeeded)."""
+        if failure is None:
+            if self.registry_failure is not None:
+                log.info("registry writable again")
+            self.registry_failure = None
+        elif isinstance(failure, RegistryError):
+            self.registry_failure = failure
+
+    def check_registry(self, session: Session) -> None:
+        """Raise ``RegistryError`` while the store cannot be written; probe it in the background."""
+        failure = self.registry_failure
+        if failure is None:
+            return
+        self.registry_task(self._probe_registry(session))
+        raise RegistryError(
+            f"prompts are refused until the store can be written again ({failure.message})",
+            cause=failure.details.get("cause"),
+        )
+
+    async def _probe_registry(self, session: Session) -> None:
+        await self.registry.flush()
+        await self.registry.put_session(session.record)
+        self.note_registry(None)
 
     def spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run a background task the hub keeps a reference to (cancelled at stop)."""

@@ -290,6 +290,7 @@ class Session:
             raise Conflict("the session is closed", session_id=self.id)
         if self.hub.shutting_down:
             raise ShuttingDown("the service is shutting down")
+        self.hub.check_registry(self)
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
         limit = self.hub.config.prompt_limit_bytes
@@ -459,6 +460,9 @@ class Session:
             await self.hub.registry.put_session(self.record)
         except HotsessionError as exc:
             log.error("session %s: cannot record turn %d: %s", self.id, turn.number, exc)
+            self.hub.note_registry(exc)
+        else:
+            self.hub.note_registry(None)
         await self.hub._after_turn(self)
 
     def _lost_process(self, placement: Placement) -> None:
