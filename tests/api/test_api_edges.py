@@ -93,8 +93,29 @@ async def test_error_statuses_without_agents(start_daemon):
     err(await c.post("/v1/ask", json={}), 422, "invalid_request")  # prompt missing
     err(await c.post("/v1/ask", json={"prompt": "   "}), 422, "invalid_request")
     err(await c.get("/v1/sessions/hs_x/events?after=-1"), 422, "invalid_request")
+    err(await c.get(f"/v1/sessions/hs_x/events?after={2**64}"), 422, "invalid_request")
+    for bad in ("x", "-1", str(2**64)):
+        r = await c.get("/v1/sessions/hs_x/events", headers={"Last-Event-ID": bad})
+        err(r, 422, "invalid_request")
     r = await c.post("/v1/sessions/x/permissions/r", json={"behavior": "maybe"})
     err(r, 422, "invalid_request")
+
+
+async def test_invalid_unicode_is_refused(start_daemon):
+    d: Running = await start_daemon()
+    c = d.alice
+    lone = b'"x\\ud800"'  # JSON for a lone surrogate: Python keeps it, UTF-8 cannot
+    for path, body in [
+        ("/v1/sessions", b'{"system_prompt": %s}' % lone),
+        ("/v1/sessions", b'{"allowed_tools": [%s]}' % lone),
+        ("/v1/sessions", b'{"metadata": {"k": [%s]}}' % lone),
+        ("/v1/sessions", b'{"metadata": {%s: 1}}' % lone),
+        ("/v1/ask", b'{"prompt": %s}' % lone),
+        ("/v1/sessions/hs_x/turns", b'{"prompt": %s}' % lone),
+        ("/v1/sessions/hs_x/permissions/r", b'{"behavior": "deny", "message": %s}' % lone),
+    ]:
+        err(await c.post(path, content=body), 422, "invalid_request")
+    assert (await c.get("/v1/sessions")).json()["sessions"] == []
 
 
 async def test_size_limits(start_daemon):

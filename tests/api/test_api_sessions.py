@@ -203,3 +203,29 @@ async def test_tenants_are_isolated(start_daemon, tmp_path: Path):
     events = await stream_post(bob, f"/v1/sessions/{b['id']}/turns", {"prompt": "[[say:bob]]"})
     assert events[-1].data["result"] == "bob"
     assert list((tmp_path / "d0" / "bob-claude").rglob(f"{b['cli_session_id']}.jsonl"))
+
+
+async def test_pool_over_http(start_daemon):
+    d: Running = await start_daemon(pool_enabled=True, pool_max=2)
+    c, bob = d.alice, d.bob
+    first = await new_session(c)
+    assert first["source"] == "spawn"  # nothing was warm yet
+
+    async def spare_ready() -> bool:
+        pool = (await c.get("/v1/pool")).json()
+        return any(p["ready"] >= 1 for p in pool["profiles"])
+
+    await poll(spare_ready, timeout=60)  # opening a session asks the pool to keep one warm
+    second = await new_session(c)
+    assert second["source"] == "spare" and second["pid"] != first["pid"]
+    events = await stream_post(c, f"/v1/sessions/{second['id']}/turns", {"prompt": "[[say:s]]"})
+    assert events[-1].data["result"] == "s"
+    pool = (await c.get("/v1/pool")).json()
+    assert pool["enabled"] is True
+    (profile,) = pool["profiles"]
+    assert profile["tenant"] == "alice" and profile["hits"] >= 1 and profile["misses"] >= 1
+    assert {"used_mb", "budget_mb", "spares_mb", "sessions_mb"} <= set(pool["memory"])
+    assert (await bob.get("/v1/pool")).json()["profiles"] == []  # not bob's business
+    metrics = (await c.get("/metrics")).text
+    assert 'hotsession_api_sessions_created_total{source="spare"} 1.0' in metrics
+    assert "hotsession_pool_ready{" in metrics

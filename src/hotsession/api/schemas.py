@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PermissionModeName = Literal[
     "default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"
@@ -24,10 +24,37 @@ def _check_tool(rule: str) -> str:
     return rule
 
 
-class SessionOptionsIn(BaseModel):
-    """Options of a new session (its profile)."""
+def _check_text(value: Any, where: str) -> None:
+    # JSON may carry lone surrogates ("\ud800"): Python keeps them in str, but they cannot be
+    # encoded as UTF-8 for the CLI's argv, its stdin or the registry; refuse them here (422).
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+
+
+class Strict(BaseModel):
+    """Unknown fields refused; every string valid Unicode."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_text(self) -> Strict:
+        for name, value in self.__dict__.items():
+            _check_text(value, name)
+        return self
+
+
+class SessionOptionsIn(Strict):
+    """Options of a new session (its profile)."""
 
     cwd: str | None = Field(
         default=None, description="Working directory; the tenant's first root if omitted."
@@ -86,18 +113,14 @@ class AskIn(SessionOptionsIn):
     prompt: str = Field(description="The prompt of the turn.")
 
 
-class TurnIn(BaseModel):
+class TurnIn(Strict):
     """A prompt for an open session."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str
 
 
-class PermissionAnswerIn(BaseModel):
+class PermissionAnswerIn(Strict):
     """The answer to a ``permission_request`` event."""
-
-    model_config = ConfigDict(extra="forbid")
 
     behavior: Literal["allow", "deny"]
     updated_input: dict[str, Any] | None = Field(

@@ -31,6 +31,7 @@ from hotsession.settings import Tenant
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
+_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -245,7 +246,9 @@ async def get_events(
     session_id: str,
     api: Api,
     tenant: CurrentTenant,
-    after: Annotated[int | None, Query(ge=0, description="Replay events after this seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=_MAX_SEQ, description="Replay events after this seq.")
+    ] = None,
     follow: Annotated[bool, Query(description="Keep streaming live events.")] = True,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
@@ -259,8 +262,8 @@ async def get_events(
                 raise InvalidRequest(
                     "Last-Event-ID must be an event seq (an integer)", field="Last-Event-ID"
                 ) from None
-            if after < 0:
-                raise InvalidRequest("Last-Event-ID must not be negative", field="Last-Event-ID")
+            if not 0 <= after <= _MAX_SEQ:
+                raise InvalidRequest("Last-Event-ID is out of range", field="Last-Event-ID")
     session = api.hub.sessions.get(session_id)
     if session is not None and session.record.tenant == tenant.name:
         source = session.events(after, follow=follow and not session.closed)
