@@ -197,7 +197,10 @@ class Daemon:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (``port`` 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on connections whose socket says
+    # proto == IPPROTO_TCP, and accepted sockets inherit the listener's proto (0 by default).
+    # Without it Nagle holds each SSE frame until the previous one is ACKed (+10-30 ms a turn).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)

@@ -52,12 +52,15 @@ class ApiState:
 _bearer = HTTPBearer(auto_error=False, description="A tenant's token.")
 
 
-def _state(request: Request) -> ApiState:
+# Both dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its
+# thread pool, and those two thread hops per request cost ~10 ms on a loaded 2-core machine
+# (measured by ``hotsession bench``; see docs/benchmarks.md).
+async def _state(request: Request) -> ApiState:
     state: ApiState = request.app.state.api
     return state
 
 
-def _tenant(
+async def _tenant(
     request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Tenant:
     tenant: Tenant = request.scope["hotsession.tenant"]
