@@ -47,3 +47,24 @@ def test_tiny_run_covers_every_mode_and_writes_json_and_png(tmp_path: Path):
     png = out_png.read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 5000
     assert "hs follow-up" in result.output  # the table
+
+
+def test_tiny_concurrency_run_pairs_every_slot(tmp_path: Path):
+    out_json = tmp_path / "concurrency.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--concurrency", "2", "--rounds", "1", "--warmup", "0", "--json", str(out_json)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    assert data["kind"] == "concurrency" and data["meta"]["concurrency"] == 2
+    floor, hs = "bare CLI ×2 (floor)", "hs follow-up ×2"
+    assert list(data["modes"]) == [floor, hs]
+    for mode in (floor, hs):
+        mine = [s for s in data["samples"] if s["mode"] == mode]
+        assert sorted(s["extra"]["slot"] for s in mine) == [0, 1]
+        assert all(s["error"] is None and s["to_model_ms"] is not None for s in mine), mine
+    assert all(s["extra"]["source"] == "hot" for s in data["samples"] if s["mode"] == hs)
+    assert data["overhead_vs_floor_ms"][hs]["result_ms"]["n"] == 2  # slot i paired with slot i
+    assert data["memory"]["roles"]["hs live session"]["n"] == 2

@@ -112,6 +112,19 @@ def test_paired_overhead_pairs_by_round():
     assert paired_overhead(samples, "y", "floor", "result_ms") is None
 
 
+def test_paired_overhead_pairs_slot_with_slot_under_concurrency():
+    samples = []
+    for slot, (floor_s, x_s) in enumerate([(0.010, 0.011), (0.200, 0.203), (0.050, 0.052)]):
+        for mode, t in (("floor", floor_s), ("x", x_s)):
+            s = sample(mode, 0, 0.0, 0.0, t)
+            s.extra["slot"] = slot
+            samples.append(s)
+    s = paired_overhead(samples, "x", "floor", "result_ms")
+    # three pairs (1, 3, 2 ms), not one: every slot of the round is paired with its own
+    assert s is not None and s.n == 3
+    assert s.median == pytest.approx(2.0) and s.min == pytest.approx(1.0)
+
+
 def test_parse_sse_events_with_ids_and_multiline_data():
     lines = [
         ": a comment",

@@ -4,6 +4,7 @@ hotsession bench --quick                    # about a minute, a first look
 hotsession bench --json out.json --plot out.png
 hotsession bench --transport                # the measurement behind docs/transport.md
 hotsession bench --load --rate 0.5 --duration 60 --memory-budget-mb 2000
+hotsession bench --concurrency 50           # follow-ups on 50 sessions at once vs 50 bare CLIs
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ QUICK_ROUNDS = 5
 DEFAULT_ROUNDS = 30
 QUICK_TRANSPORT_ROUNDS = 40
 DEFAULT_TRANSPORT_ROUNDS = 200
+QUICK_CONCURRENCY_ROUNDS = 5
+DEFAULT_CONCURRENCY_ROUNDS = 20
 
 
 def _http_modes() -> tuple[type[Mode], ...]:
@@ -124,12 +127,45 @@ async def _run_modes(
     return result
 
 
+async def _run_concurrency(
+    env: BenchEnv,
+    *,
+    n: int,
+    rounds: int,
+    warmup: int,
+    memory_budget_mb: float | None,
+    console: Console,
+) -> RunResult:
+    from hotsession.bench.concurrency import run_concurrency, setup_steps
+
+    console.print(f"starting hotsession serve and {n} + {n} processes …")
+
+    async def body(progress: Callable[[str, int], None]) -> RunResult:
+        return await run_concurrency(
+            env,
+            n=n,
+            rounds=rounds,
+            warmup=warmup,
+            progress=progress,
+            memory_budget_mb=memory_budget_mb,
+        )
+
+    result: RunResult = await _with_progress(console, setup_steps(n) + 2 * (warmup + rounds), body)
+    return result
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="A first look in about a minute (few rounds).")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Timed rounds per mode.")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--transport", is_flag=True, help="Compare transports (bare CLI, lean, SDK client).")
 @click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Follow-ups on N live sessions at once, against N bare CLIs at once.",
+)
 @click.option("--rate", type=float, default=0.5, show_default=True, help="--load: arrivals/s.")
 @click.option("--duration", type=float, default=60.0, show_default=True, help="--load: seconds.")
 @click.option(
@@ -139,7 +175,12 @@ async def _run_modes(
     show_default=True,
     help="--load: share of arrivals that open a new session (the rest are follow-ups).",
 )
-@click.option("--memory-budget-mb", type=float, default=None, help="--load: the daemon's budget.")
+@click.option(
+    "--memory-budget-mb",
+    type=float,
+    default=None,
+    help="--load / --concurrency: the daemon's memory budget.",
+)
 @click.option("--only", default=None, help="Comma-separated substrings of mode names to run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write raw samples.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG figure.")
@@ -154,6 +195,7 @@ def bench(
     warmup: int,
     transport: bool,
     load: bool,
+    concurrency: int | None,
     rate: float,
     duration: float,
     new_fraction: float,
@@ -174,8 +216,8 @@ def bench(
             raise click.ClickException(
                 "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
             ) from None
-    if transport and load:
-        raise click.UsageError("--transport and --load are separate runs; pick one")
+    if sum((transport, load, concurrency is not None)) > 1:
+        raise click.UsageError("--transport, --load and --concurrency are separate runs; pick one")
     try:
         env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
     except Exception as exc:
@@ -191,6 +233,18 @@ def bench(
                     rate=rate,
                     duration=(min(duration, 30.0) if quick else duration),
                     new_fraction=new_fraction,
+                    memory_budget_mb=memory_budget_mb,
+                    console=console,
+                )
+            )
+        elif concurrency is not None:
+            n = rounds or (QUICK_CONCURRENCY_ROUNDS if quick else DEFAULT_CONCURRENCY_ROUNDS)
+            result = asyncio.run(
+                _run_concurrency(
+                    env,
+                    n=concurrency,
+                    rounds=n,
+                    warmup=warmup,
                     memory_budget_mb=memory_budget_mb,
                     console=console,
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 import uuid
@@ -126,6 +127,7 @@ async def run_load(
         extra += ("--memory-budget-mb", f"{memory_budget_mb:g}")
     daemon = Daemon(env, extra_args=extra)
     started = time.time()
+    machine = machine_info()
     console.print("starting hotsession serve …")
     await daemon.start()
     load = _Load(daemon, env, new_fraction, seed)
@@ -177,7 +179,8 @@ async def run_load(
         "duration_s": round(time.time() - started, 1),
         "cli": {"path": env.cli_path, "version": env.cli_version},
         "permission_mode": env.permission_mode,
-        "machine": machine_info(),
+        "machine": machine,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     return RunResult(
         kind="load",

@@ -190,6 +190,7 @@ class Runner:
     async def run(self, kind: str = "modes") -> RunResult:
         """The whole run; modes are always torn down."""
         started = time.time()
+        machine = machine_info()
         samples: list[Sample] = []
         memory: dict[str, Any] = {}
         set_up: list[Mode] = []
@@ -231,7 +232,8 @@ class Runner:
             "warmup": self.warmup,
             "order": "shuffled per round (seeded)",
             "permission_mode": self.env.permission_mode,
-            "machine": machine_info(),
+            "machine": machine,
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         }
         return RunResult(
             kind=kind,

@@ -124,17 +124,19 @@ def paired_overhead(
     """Per-round differences ``mode − reference`` (ms) of one metric, summarized.
 
     Rounds interleave the modes, so a round's two samples saw the same machine load; the median
-    of the differences is a steadier estimate of an overhead than a difference of medians.
+    of the differences is a steadier estimate of an overhead than a difference of medians. With
+    several samples per round (``--concurrency``), slot *i* pairs with slot *i*
+    (``extra["slot"]``).
     """
-    by_round: dict[tuple[str, int], float] = {}
+    by_round: dict[tuple[str, int, int], float] = {}
     for s in samples:
         value = s.ms(metric)
         if value is not None and s.mode in (mode, reference):
-            by_round[(s.mode, s.round)] = value
+            by_round[(s.mode, s.round, int(s.extra.get("slot", 0)))] = value
     diffs = [
-        by_round[(mode, r)] - by_round[(reference, r)]
-        for (m, r) in list(by_round)
-        if m == mode and (reference, r) in by_round
+        by_round[(mode, r, slot)] - by_round[(reference, r, slot)]
+        for (m, r, slot) in list(by_round)
+        if m == mode and (reference, r, slot) in by_round
     ]
     if not diffs:
         return None
