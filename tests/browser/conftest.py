@@ -17,7 +17,11 @@ from hotsession.cli_binary import bundled_cli_path
 from hotsession.testing.model_server import ModelServer
 
 try:
-    from playwright.async_api import Page, async_playwright
+    from playwright.async_api import Page, async_playwright, expect
+
+    # Opening a session spawns a CLI (a pool miss); on a loaded 2-core machine that can take
+    # longer than Playwright's 5 s default for assertions.
+    expect.set_options(timeout=30_000)
 except ImportError:  # pragma: no cover - the dev extras bring it
     async_playwright = None
 
@@ -30,6 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if async_playwright is None:
             item.add_marker(pytest.mark.skip(reason="playwright is not installed (dev extras)"))
         elif not os.access(CHROMIUM, os.X_OK):
+            if os.environ.get("CI"):  # `make test` installs it: in CI a skip would hide a gap
+                raise pytest.UsageError(f"no Chromium at {CHROMIUM}: run `make browser`")
             item.add_marker(pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (make browser)"))
         elif bundled_cli_path() is None:
             item.add_marker(pytest.mark.skip(reason="the bundled Claude Code CLI is missing"))

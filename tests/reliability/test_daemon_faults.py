@@ -104,7 +104,10 @@ async def test_daemon_kill_9_mid_turn_then_restart(
                         headers={"Last-Event-ID": str(max(received[idle]))},
                     ) as follow,
                 ):  # fmt: skip
-                    await wait_until(pid_file.exists, timeout=20)
+                    # the tool writes its pid: wait for the content, not just the file
+                    await wait_until(
+                        lambda f=pid_file: f.exists() and f.read_text().strip(), timeout=20
+                    )
                     tool_pid = int(pid_file.read_text())
                     info = {s["id"]: s for s in (await c.get("/v1/sessions")).json()["sessions"]}
                     agents = [info[s]["pid"] for s in sids]
