@@ -397,7 +397,14 @@ class HsEvictedWarm(_OneSession):
     async def prepare(self) -> None:
         """End the process, ask for resume-ahead, wait until the new process is idle."""
         await self.d.evict(self.session_id)
-        await self.d.json("POST", f"/v1/sessions/{self.session_id}/warm")
+        # ``warming: false`` right after the eviction means the daemon has not yet seen its
+        # process die (nothing to warm yet): ask again until it starts one (bounded).
+        deadline = time.monotonic() + 10
+        while True:
+            out = await self.d.json("POST", f"/v1/sessions/{self.session_id}/warm")
+            if (isinstance(out, dict) and out.get("warming")) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         await self.d.wait_resume_ready(self.cli_session_id)
         await self.d.wait_quiet()
 
