@@ -79,6 +79,9 @@ class Settings:
     log_level: str = "info"
     # A comment line on idle SSE streams, so proxies and clients see the connection is alive.
     sse_keepalive_s: float = 15.0
+    # A response write that cannot go out for this long (a client that stopped reading, its
+    # buffers full) drops the connection; the turn goes on and the client can replay it.
+    sse_send_timeout_s: float = 30.0
     # Request bodies above this are refused before parsing (413). 0: derived from the prompt
     # limit (a JSON-escaped prompt can be up to 6x its UTF-8 size) plus room for the options.
     body_limit_bytes: int = 0
@@ -98,6 +101,7 @@ _DAEMON_KEYS: dict[str, Any] = {
     "port": int,
     "log_level": str,
     "sse_keepalive_s": float,
+    "sse_send_timeout_s": float,
     "body_limit_bytes": int,
 }
 _CONFIG_TYPES: dict[str, Any] = typing.get_type_hints(Config)
@@ -309,6 +313,8 @@ def _validate(settings: Settings) -> None:
     settings.log_level = settings.log_level.lower()
     if settings.sse_keepalive_s <= 0:
         raise SettingsError("sse_keepalive_s must be positive")
+    if settings.sse_send_timeout_s <= 0:
+        raise SettingsError("sse_send_timeout_s must be positive")
     for name in ("prompt_limit_bytes", "queue_max", "max_line_bytes"):
         if getattr(c, name) < 1:
             raise SettingsError(f"{name} must be at least 1")

@@ -128,7 +128,35 @@ class EdgeMiddleware:
                 if not message.get("more_body", False):
                     break
             receive = _replay(b"".join(chunks), receive)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, _bounded_send(send, state.settings.sse_send_timeout_s))
+        except _SlowClient:
+            # Returning without finishing the response makes the server close the connection.
+            log.warning("dropped a client that stopped reading (%s %s)", scope["method"], path)
+
+
+class _SlowClient(Exception):
+    """A response write waited too long: the client stopped reading."""
+
+
+def _bounded_send(send: Send, timeout: float) -> Send:
+    """``send`` with a time limit on body writes, so a client that never reads is dropped.
+
+    The turn itself never waits for a client (the session feeds the turn's queue regardless);
+    this bounds what one stuck connection can hold: its task and the events queued for it.
+    """
+
+    async def bounded(message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await send(message)
+        except TimeoutError:
+            raise _SlowClient from None
+
+    return bounded
 
 
 def _force_json(scope: Scope) -> None:
