@@ -83,6 +83,8 @@ class SoakResult:
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
     within_budget: bool = True
+    recycles: dict[str, int] = field(default_factory=dict)
+    pool_hits: int = 0
 
     @property
     def ok(self) -> bool:
@@ -117,6 +119,7 @@ class SoakResult:
                 f"p95={lat['p95']:.0f} ms p99={lat['p99']:.0f} ms max={lat['max']:.0f} ms"
             )
         lines.append(f"  memory: {self.memory} within budget: {self.within_budget}")
+        lines.append(f"  pool hits: {self.pool_hits}; recycles: {self.recycles}")
         lines += [f"  UNEXPECTED: {u}" for u in self.unexpected[:20]]
         return "\n".join(lines)
 
@@ -272,19 +275,28 @@ async def run_soak(
     base_dir: Path,
     memory_budget_mb: float | None = None,
     watchdog_s: float = 3.0,
+    pool: bool = True,
+    agent_max_turns: int | None = 6,
 ) -> SoakResult:
-    """Run a soak against ``server`` (the CLI's environment must already point at it)."""
+    """Run a soak against ``server`` (the CLI's environment must already point at it).
+
+    With ``pool`` the warm pool serves the sessions and recycles each process after about
+    ``agent_max_turns`` turns, so faults also land on spares and around recycles.
+    """
     rng = random.Random(seed)
     workdir = base_dir / "work"
     workdir.mkdir(parents=True, exist_ok=True)
+    budget = memory_budget_mb if memory_budget_mb is not None else 600.0 * sessions
     config = Config(
         state_dir=base_dir / "state",
-        pool_enabled=False,
+        pool_enabled=pool,
+        pool_max=2,
+        memory_budget_mb=budget,
+        agent_max_turns=agent_max_turns,
         allow_root_bypass=True,
         watchdog_s=watchdog_s,
         spawn_timeout_s=60.0,
     )
-    budget = memory_budget_mb if memory_budget_mb is not None else 600.0 * sessions
     began = time.monotonic()
     me = psutil.Process()
     result = SoakResult(seconds=seconds, sessions=sessions)
@@ -312,6 +324,9 @@ async def run_soak(
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep
         convs = [w.result() for w in workers]
+        result.recycles = dict(hub.recycles)
+        if hub.pool is not None:
+            result.pool_hits = sum(p["hits"] for p in hub.pool.stats()["profiles"])
         await hub.registry.flush()
         for conv in convs:
             result.lost_events += await conv.lost()
