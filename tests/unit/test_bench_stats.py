@@ -179,3 +179,13 @@ def test_summarize_role_sums_and_means():
     out = summarize_role(rows)
     assert out["n"] == 2
     assert out["anon_mean"] == 110.0 and out["pss_sum"] == 320.0 and out["rss_sum"] == 460.0
+
+
+def test_load_hit_rate_leaves_out_the_priming_claims():
+    from hotsession.bench.load import _hit_rate
+
+    before = {"profiles": [{"hits": 0, "misses": 1}]}  # the session that made the profile known
+    after = {"profiles": [{"hits": 9, "misses": 2}]}
+    assert _hit_rate(after, before) == pytest.approx(0.9)
+    assert _hit_rate(after) == pytest.approx(9 / 11)
+    assert _hit_rate(before, before) is None  # no claim during the run

@@ -46,9 +46,16 @@ def _find(obj: Any, key: str) -> Any:
     return None
 
 
-def _hit_rate(pool: dict[str, Any]) -> float | None:
+def _hit_rate(pool: dict[str, Any], before: dict[str, Any] | None = None) -> float | None:
+    """Hits / claims since ``before`` (the priming session's miss does not count)."""
     hits = _find(pool, "hits")
     misses = _find(pool, "misses")
+    if before is not None:
+        h0, m0 = _find(before, "hits"), _find(before, "misses")
+        if isinstance(hits, int) and isinstance(h0, int):
+            hits -= h0
+        if isinstance(misses, int) and isinstance(m0, int):
+            misses -= m0
     if isinstance(hits, int) and isinstance(misses, int) and hits + misses > 0:
         return hits / (hits + misses)
     return None
@@ -137,7 +144,9 @@ async def run_load(
         # One session first, so the profile is known to the pool; then let it fill.
         await load.arrival(-1)
         load.samples.clear()
+        load.opened_from.clear()
         await daemon.wait_spare(timeout=30)
+        pool_before = await daemon.pool()
         schedule = poisson_arrivals(rate, duration, load.rng)
         console.print(f"load: {len(schedule)} arrivals over {duration:g}s at {rate:g}/s")
         t0 = time.monotonic()
@@ -156,7 +165,7 @@ async def run_load(
     match_model_requests(load.samples, await asyncio.to_thread(env.model_log))
     ready, _ = pool_counts(pool)
     errors = sum(1 for s in load.samples if not s.ok)
-    hit_rate = _hit_rate(pool)
+    hit_rate = _hit_rate(pool, pool_before)
     report = {
         "rate_per_s": rate,
         "duration_s": duration,
