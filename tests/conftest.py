@@ -1,12 +1,70 @@
-"""Fixtures shared by every tier."""
+"""Fixtures shared by every tier.
+
+The tiers that run the real Claude Code CLI (integration, api, reliability) get the
+``integration`` marker here, and are skipped with a reason when the bundled CLI is missing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from hotsession.cli_binary import bundled_cli_path
+from hotsession.testing.model_server import ModelServer
+
+CLI = bundled_cli_path()
+CLI_TIERS = ("tests/integration", "tests/api", "tests/reliability")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(tier in str(item.fspath) for tier in CLI_TIERS):
+            item.add_marker(pytest.mark.integration)
+            if CLI is None:
+                item.add_marker(pytest.mark.skip(reason="the bundled Claude Code CLI is missing"))
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[ModelServer]:
+    """The scripted Anthropic API stand-in, on loopback."""
+    with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def agent_env(
+    tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Point every CLI this test starts at the model server, with a private config and home."""
+    env = {
+        "ANTHROPIC_BASE_URL": model_server.url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config"),
+        "HOME": str(tmp_path / "home"),
+    }
+    (tmp_path / "home").mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CLAUDECODE", raising=False)
+    for key in list(os.environ):
+        if key.startswith("HOTSESSION_"):  # a developer's own settings must not leak in
+            monkeypatch.delenv(key)
+    return env
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory for a session."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
 
 
 async def wait_until(

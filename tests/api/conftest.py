@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,51 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from hotsession.cli_binary import bundled_cli_path
 from hotsession.daemon import Daemon, bind
 from hotsession.settings import Settings, load_settings
-from hotsession.testing.model_server import ModelServer
 
-CLI = bundled_cli_path()
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdef"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/api" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-            if CLI is None:
-                item.add_marker(pytest.mark.skip(reason="the bundled Claude Code CLI is missing"))
-
-
-@pytest.fixture(scope="session")
-def model_server() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
-
-
-@pytest.fixture
-def agent_env(
-    tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """Every CLI the daemon starts talks to the model server, with a private config and home."""
-    env = {
-        "ANTHROPIC_BASE_URL": model_server.url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config"),
-        "HOME": str(tmp_path / "home"),
-    }
-    (tmp_path / "home").mkdir()
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("CLAUDECODE", raising=False)
-    for key in list(os.environ):
-        if key.startswith("HOTSESSION_"):
-            monkeypatch.delenv(key)
-    return env
 
 
 @dataclass

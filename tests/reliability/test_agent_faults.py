@@ -12,8 +12,8 @@ import signal
 from pathlib import Path
 
 import psutil
-from tests.conftest import wait_until
-from tests.reliability.conftest import CLI, make_config
+from tests.conftest import CLI, wait_until
+from tests.reliability.conftest import make_config
 from tests.reliability.faultloop import fault_loop
 
 from hotsession import Config, Hotsession
