@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -627,3 +628,13 @@ def test_command_line_entry_point() -> None:
             proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_listening_socket_is_tcp_so_streams_get_nodelay() -> None:
+    # asyncio sets TCP_NODELAY only on connections whose socket proto is IPPROTO_TCP; with
+    # proto 0 Nagle delayed the streamed chunks the CLI reads (found by the benchmark).
+    sock = ModelServer()._bind()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
