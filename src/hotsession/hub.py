@@ -306,6 +306,11 @@ class Hotsession:
         """Call ``listener(session)`` whenever a session changes state."""
         self._state_listeners.append(listener)
 
+    def remove_state_listener(self, listener: Any) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        with contextlib.suppress(ValueError):
+            self._state_listeners.remove(listener)
+
     def _count_eviction(self, reason: str) -> None:
         self.evictions[reason] += 1
 

@@ -243,9 +243,10 @@ class Session:
             sub.push(event)
         return event
 
-    def subscribe(self) -> Subscription:
-        """Live events from now on (see ``events`` for replay + live)."""
-        sub = Subscription(self)
+    def subscribe(self, sub: Subscription | None = None) -> Subscription:
+        """Live events from now on (see ``events`` for replay + live); ``sub``: a subclass
+        whose ``push`` does something else with them (it is called on the turn's path)."""
+        sub = sub if sub is not None else Subscription(self)
         self._subscribers.add(sub)
         return sub
 

@@ -1,4 +1,4 @@
-"""Routes under ``/v1``: sessions, turns, events, permissions, quick turns, the pool.
+"""Routes under ``/v1``: sessions, turns, events, permissions, quick turns, the pool, the stream.
 
 Every lookup goes through the caller's tenant, so another tenant's session answers 404 exactly
 like an unknown id. Errors are raised as :class:`~hotsession.errors.HotsessionError` and
@@ -22,6 +22,7 @@ from hotsession import memory
 from hotsession.api import events as sse
 from hotsession.api.auth import resolve_cwd
 from hotsession.api.deps import Api, ApiState, CurrentTenant
+from hotsession.api.feed import Feed
 from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
 from hotsession.errors import Conflict, InvalidRequest, NotFound, PromptTooLarge
 from hotsession.registry import SessionRecord
@@ -51,8 +52,20 @@ def session_view(api: ApiState, session: Session, *, with_memory: bool = False) 
     out["closed_at"] = None
     if with_memory:
         pid = out.get("pid")
-        sample = memory.sample(pid) if pid else None
+        sample = memory.sample(pid, pss=True) if pid else None
         out["memory"] = sample.to_dict() if sample is not None else None
+    return out
+
+
+def session_views(api: ApiState, sessions: list[Session]) -> list[dict[str, Any]]:
+    """List views of live sessions, each with ``memory`` (anon and rss, no pss: one cheap
+    ``sample_many`` for all of them; ``GET /v1/sessions/{id}`` adds pss)."""
+    out = [session_view(api, s) for s in sessions]
+    pids = [v["pid"] for v in out if v.get("pid")]
+    samples = memory.sample_many(pids) if pids else {}
+    for v in out:
+        sample = samples.get(v["pid"]) if v.get("pid") else None
+        v["memory"] = sample.to_dict() if sample is not None else None
     return out
 
 
@@ -79,6 +92,7 @@ def record_view(rec: SessionRecord) -> dict[str, Any]:
         "error": rec.error,
         "source": None,
         "closed_at": rec.closed_at,
+        "memory": None,
     }
 
 
@@ -168,7 +182,7 @@ async def list_sessions(
     include_closed: Annotated[bool, Query(description="Closed sessions too.")] = False,
 ) -> JSONResponse:
     """The tenant's open sessions, newest first (closed ones too with `include_closed`)."""
-    out = [session_view(api, s) for s in api.hub.list(tenant=tenant.name)]
+    out = session_views(api, api.hub.list(tenant=tenant.name))
     if include_closed:
         live = {s["id"] for s in out}
         for rec in await api.hub.registry.list_sessions(tenant.name, include_closed=True):
@@ -186,7 +200,6 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
         out = session_view(api, session, with_memory=True)
     else:
         out = record_view(await api.hub.record(session_id, tenant=tenant.name))
-        out["memory"] = None
     recent = await api.hub.registry.list_turns(session_id, limit=20)
     out["recent_turns"] = [
         {
@@ -353,24 +366,77 @@ async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse
     return sse_response(api, _counted(api, gen))
 
 
-@router.get("/pool", summary="Warm pool statistics")
-async def pool(api: Api, tenant: CurrentTenant) -> JSONResponse:
-    """The pool's per-profile stats, memory, evictions and recycles."""
+def pool_view(api: ApiState, tenant: str) -> dict[str, Any]:
+    """The ``/v1/pool`` payload for ``tenant``."""
     hub = api.hub
     if hub.pool is not None:
         out = dict(hub.pool.stats())
         out.setdefault("enabled", True)
         # Other tenants' profiles (their cwds) are not this tenant's business.
-        out["profiles"] = [p for p in out.get("profiles", []) if p.get("tenant") == tenant.name]
-        return JSONResponse(out, headers={"Cache-Control": "no-store"})
+        out["profiles"] = [p for p in out.get("profiles", []) if p.get("tenant") == tenant]
+        return out
     host = hub.host.stats()
-    return JSONResponse(
-        {
-            "enabled": False,
-            "profiles": [],
-            "memory": None,
-            "evictions": dict(hub.evictions),
-            "recycles": dict(hub.recycles),
-            "spawned_total": host["spawned_total"],
-        }
+    return {
+        "enabled": False,
+        "profiles": [],
+        "memory": None,
+        "evictions": dict(hub.evictions),
+        "recycles": dict(hub.recycles),
+        "spawned_total": host["spawned_total"],
+    }
+
+
+@router.get("/pool", summary="Warm pool statistics")
+async def pool(api: Api, tenant: CurrentTenant) -> JSONResponse:
+    """The pool's per-profile stats, memory, evictions and recycles."""
+    return JSONResponse(pool_view(api, tenant.name), headers={"Cache-Control": "no-store"})
+
+
+def pool_sample(api: ApiState, tenant: str) -> dict[str, Any]:
+    """``pool_view`` plus ``sample``: the time, the pool's memory figures and the memory of each
+    of the tenant's live sessions (one ``sample_many``)."""
+    out = pool_view(api, tenant)
+    pids = {s.id: s.process.pid for s in api.hub.list(tenant=tenant) if s.process is not None}
+    samples = memory.sample_many(list(pids.values())) if pids else {}
+    per = {sid: samples[pid].to_dict() for sid, pid in pids.items() if pid in samples}
+    mem = out.get("memory") or {}
+    out["sample"] = {
+        "t": round(time.time(), 3),
+        "used_mb": mem.get("used_mb"),
+        "budget_mb": mem.get("budget_mb"),
+        "sessions_anon_mb": round(sum(m["anon_mb"] or 0.0 for m in per.values()), 1),
+        "sessions": per,
+    }
+    return out
+
+
+# -- the tenant's stream ------------------------------------------------------------------------
+
+
+@router.get(
+    "/stream",
+    summary="Every session, turn milestone and pool figure of the tenant (SSE)",
+    response_class=StreamingResponse,
+    responses=_SSE_DOC,
+)
+async def tenant_stream(
+    api: Api,
+    tenant: CurrentTenant,
+    pool_interval: Annotated[
+        float, Query(ge=0.5, le=60, description="Seconds between `pool` events.")
+    ] = 2.0,
+) -> StreamingResponse:
+    """First a `session` event per open session and a `pool` event; then a `session` event
+    (its list view) whenever one changes state, opens or closes, a `turn` event per
+    `result` / `error` / `permission_request` / `permission_resolved`, and a `pool` event
+    (with a memory `sample`) every `pool_interval` seconds."""
+    feed = Feed(
+        api.hub,
+        tenant.name,
+        view=lambda sessions: session_views(api, sessions),
+        pool=lambda: pool_sample(api, tenant.name),
+        pool_interval=pool_interval,
+        keepalive_s=api.settings.sse_keepalive_s,
+        closing=api.closing,
     )
+    return sse_response(api, _counted(api, feed.frames()))
