@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,45 @@ async def test_phone_width_list_then_detail(page: Any, daemon: Daemon, workdir: 
     await expect(page.locator("#detail")).to_be_visible()
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
+
+
+async def test_a_session_of_another_client_appears_live(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    urls: list[str] = []
+    page.on("request", lambda req: urls.append(req.url))
+    await login(page, daemon)
+    async with httpx.AsyncClient(
+        base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}, timeout=60
+    ) as client:
+        res = await client.post(
+            "/v1/sessions", json={"cwd": str(workdir), "permission_mode": "acceptEdits"}
+        )
+        assert res.status_code == 201, res.text
+        sid = res.json()["id"]
+        # No reload, no click: the tenant's stream brings it, then its state changes.
+        row = page.locator(f'#sessions li[data-id="{sid}"]')
+        await expect(row.locator(".state")).to_have_text("idle · hot")
+        await expect(row.locator(".cwd")).to_have_attribute("title", str(workdir))
+        await expect(row.locator(".mem")).to_have_text(re.compile(r"\d+ MB"))
+
+        async def turn() -> str:
+            async with client.stream(
+                "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "[[delay:2000]][[say:hi]]"}
+            ) as r:
+                return "".join([chunk async for chunk in r.aiter_text()])
+
+        running = asyncio.create_task(turn())
+        try:
+            await expect(row.locator(".state")).to_have_text("working")
+            await expect(row.locator(".state")).to_have_text("idle · hot")
+            await expect(row).to_contain_text("1 turn")
+            await expect(row.locator(".timing")).to_contain_text("TTFE")
+        finally:
+            assert "event: result" in await running
+
+        assert (await client.delete(f"/v1/sessions/{sid}")).status_code == 200
+        await expect(row).to_have_count(0)
+    # All of it came from the tenant's stream: no per-session stream or fetch for the list.
+    assert any("/v1/stream" in u for u in urls)
+    assert not [u for u in urls if "/v1/sessions/" in u], urls

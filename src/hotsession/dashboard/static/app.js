@@ -2,17 +2,19 @@
 //
 // Data flow. The token lives in sessionStorage (this tab only, never in a URL). Every call sends
 // `Authorization: Bearer <token>`; EventSource cannot send that header, so SSE is read with
-// fetch() and a small parser (readSSE). Live data comes from the sessions' `/events` streams
-// (replay after a sequence number, then live); the list, the open session's memory and the pool
-// figures are fetched again when an event that changes them arrives (coalesced), never on a timer.
-// Browsers keep at most 6 HTTP/1.1 connections per origin, so at most MAX_STREAMS sessions are
-// followed at once: the open one first, then the most recently active.
+// fetch() and a small parser (readSSE). Two streams at most, never polling:
+// - `GET /v1/stream` (the tenant's stream): every session's list view when it opens, changes state
+//   or closes (starting with a snapshot of all of them), a `turn` event per result / error /
+//   permission request or answer, and a `pool` event every POOL_INTERVAL seconds (the pool page,
+//   a point of the memory chart, and each session's memory);
+// - the open session's `/events` (replay after a sequence number, then live): its conversation.
+// The open session's details (memory with PSS, the prompts of turns sent elsewhere) are fetched
+// again when one of its turns ends or a permission is asked or answered (coalesced).
 
 const TOKEN_KEY = "hotsession.token";
 const SAMPLES_KEY = "hotsession.memory";
-const MAX_STREAMS = 4;
+const POOL_INTERVAL = 2;
 const MAX_SAMPLES = 240;
-const LIVE_STATES = new Set(["starting", "idle", "running", "waiting_permission", "evicted"]);
 const BUSY_STATES = new Set(["running", "waiting_permission"]);
 const STATE_LABEL = {
   starting: "starting",
@@ -46,7 +48,8 @@ const state = {
   sessions: new Map(), // id -> snapshot (GET /v1/sessions[/id])
   selected: null,
   convs: new Map(), // id -> conversation (see conv())
-  streams: new Map(), // id -> AbortController of its /events stream
+  follow: null, // {id, ctl}: the open session's /events stream
+  feed: null, // AbortController of /v1/stream
   pool: null,
   samples: loadSamples(),
   view: "sessions",
@@ -144,10 +147,11 @@ const tailPath = (p, n = 44) => (p && p.length > n ? `…${p.slice(p.length - n 
 const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 11)}…` : id);
 const SOURCE = { spare: "pool hit", pool: "pool hit", hot: "hot", spawn: "cold start", resume: "resumed" };
 
+/** A session's own (anonymous) memory: what the list shows (shared pages are not its own). */
 function memOf(s) {
   const m = s && s.memory;
   if (!m) return null;
-  return m.pss_mb ?? m.rss_mb ?? m.anon_mb ?? null;
+  return m.anon_mb ?? m.pss_mb ?? m.rss_mb ?? null;
 }
 
 /** The "⏱ 40.4s · TTFE 12% · Thinking 87% · Tools 1%" panel, with its bar. */
@@ -201,60 +205,112 @@ function stateChip(s) {
 
 // ---------------------------------------------------------------- session list
 
-let refreshTimer = null;
-let refreshPoolToo = false;
+let detailTimer = null;
 
-/** Coalesce refreshes: many events in a burst cause one round of fetches. */
-function scheduleRefresh(pool = true) {
-  refreshPoolToo ||= pool;
-  if (refreshTimer) return;
-  refreshTimer = setTimeout(async () => {
-    refreshTimer = null;
-    const withPool = refreshPoolToo;
-    refreshPoolToo = false;
-    await Promise.all([refreshSessions(), withPool ? refreshPool() : null]);
+/** Coalesce: a burst of events of the open session causes one fetch of its details. */
+function scheduleDetail() {
+  if (detailTimer || !state.selected) return;
+  detailTimer = setTimeout(() => {
+    detailTimer = null;
+    if (state.selected) refreshOne(state.selected);
   }, 150);
 }
 
-async function refreshSessions() {
-  if (!state.token) return;
-  let list;
+/** The open session with its details (memory with PSS, recent turns' prompts). */
+async function refreshOne(id) {
+  let s;
   try {
-    list = await api("GET", "v1/sessions");
-  } catch (e) {
-    if (e.status !== 401) toast(`Sessions: ${e.message}`);
-    return;
-  }
-  if (!Array.isArray(list)) list = list.sessions || [];
-  const seen = new Set();
-  for (const s of list) {
-    seen.add(s.id);
-    const old = state.sessions.get(s.id);
-    state.sessions.set(s.id, { ...s, memory: s.memory || (old && old.memory), recent_turns: old && old.recent_turns });
-  }
-  for (const id of [...state.sessions.keys()]) if (!seen.has(id)) state.sessions.delete(id);
-  // The listing has no memory figures: ask the sessions that have a live process.
-  const live = list.filter((s) => s.pid && !s.memory).slice(0, 16);
-  await Promise.all(live.map((s) => refreshOne(s.id, false)));
-  renderSessions();
-  syncStreams();
-  if (state.selected) renderDetailHead();
-}
-
-async function refreshOne(id, render = true) {
-  try {
-    const s = await api("GET", `v1/sessions/${encodeURIComponent(id)}`);
-    state.sessions.set(id, s);
-    const c = state.convs.get(id);
-    if (c && c.full) fillPrompts(c);
+    s = await api("GET", `v1/sessions/${encodeURIComponent(id)}`);
   } catch (e) {
     if (e.status === 404) state.sessions.delete(id);
     return;
   }
-  if (render) {
-    renderSessions();
-    if (state.selected === id) renderDetailHead();
+  const old = state.sessions.get(id);
+  if (s.state === "closed" && !old) return; // closed meanwhile and already gone from the list
+  state.sessions.set(id, { ...s, detail_memory: s.memory, memory: (old && old.memory) || s.memory });
+  const c = state.convs.get(id);
+  if (c && c.full) fillPrompts(c);
+  renderSessions();
+  if (state.selected === id) (renderDetailHead(), syncStreams());
+}
+
+/** A `session` event of the tenant's stream: the session's list view. */
+function onSessionView(v, snapshot) {
+  if (snapshot) snapshot.add(v.id);
+  const old = state.sessions.get(v.id);
+  if (v.state === "closed") {
+    state.sessions.delete(v.id);
+    if (state.selected === v.id) renderDetailHead({ ...old, ...v });
+  } else {
+    state.sessions.set(v.id, {
+      ...v,
+      recent_turns: old && old.recent_turns,
+      detail_memory: old && old.detail_memory,
+    });
   }
+  renderSessions();
+  if (state.selected === v.id && v.state !== "closed") {
+    renderDetailHead();
+    syncStreams(); // the page may have opened on this session before the list arrived
+  }
+}
+
+/** A `pool` event: the pool page, a point of the memory chart, every session's memory. */
+function onPool(p, snapshot) {
+  if (snapshot) {
+    // The first pool event ends the snapshot: sessions it did not name are gone.
+    for (const id of [...state.sessions.keys()]) if (!snapshot.has(id)) state.sessions.delete(id);
+    renderSessions();
+  }
+  state.pool = p;
+  const sample = p.sample || {};
+  if (sample.used_mb != null) {
+    state.samples.push({ t: sample.t ? sample.t * 1000 : Date.now(), used: sample.used_mb, budget: sample.budget_mb });
+    if (state.samples.length > MAX_SAMPLES) state.samples.splice(0, state.samples.length - MAX_SAMPLES);
+    sessionStorage.setItem(SAMPLES_KEY, JSON.stringify(state.samples));
+  }
+  const per = sample.sessions || {};
+  for (const [id, s] of state.sessions) {
+    s.memory = per[id] || (s.pid ? s.memory : null);
+    const mem = rows.get(id) && rows.get(id).querySelector(".mem");
+    if (mem) mem.textContent = fmtMB(memOf(s));
+  }
+  renderPool();
+}
+
+/** Follow the tenant's stream, reconnecting (each connection starts with a fresh snapshot). */
+function openFeed() {
+  if (state.feed) return;
+  const ctl = new AbortController();
+  state.feed = ctl;
+  (async () => {
+    let backoff = 250;
+    while (!ctl.signal.aborted && state.token) {
+      let snapshot = new Set();
+      try {
+        await stream("GET", `v1/stream?pool_interval=${POOL_INTERVAL}`, null, ctl.signal, (ev) => {
+          let data;
+          try {
+            data = JSON.parse(ev.data);
+          } catch {
+            return;
+          }
+          backoff = 250;
+          if (ev.event === "session") onSessionView(data, snapshot);
+          else if (ev.event === "pool") {
+            onPool(data, snapshot);
+            snapshot = null;
+          } else if (ev.event === "turn" && data.session_id === state.selected) scheduleDetail();
+        });
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+        if (e.status === 401) break;
+      }
+      await sleep(backoff); // the daemon restarted or the network dropped: start over
+      backoff = Math.min(backoff * 2, 8000);
+    }
+    if (state.feed === ctl) state.feed = null;
+  })();
 }
 
 const rows = new Map(); // id -> <li>
@@ -292,22 +348,19 @@ function renderSessions() {
   });
 }
 
-/** Follow the open session and the most recently active others, up to MAX_STREAMS. */
+/** Follow the open session's events (and only its). */
 function syncStreams() {
-  const want = [];
-  if (state.selected && state.sessions.has(state.selected)) want.push(state.selected);
-  const others = [...state.sessions.values()]
-    .filter((s) => s.id !== state.selected && LIVE_STATES.has(s.state))
-    .sort((a, b) => (BUSY_STATES.has(b.state) - BUSY_STATES.has(a.state)) || (b.last_active_at || 0) - (a.last_active_at || 0));
-  for (const s of others) if (want.length < MAX_STREAMS) want.push(s.id);
-  for (const [id, ctl] of state.streams) if (!want.includes(id)) (ctl.abort(), state.streams.delete(id));
-  for (const id of want) follow(id);
+  const id = state.selected && state.sessions.has(state.selected) ? state.selected : null;
+  if (state.follow && state.follow.id !== id) {
+    state.follow.ctl.abort();
+    state.follow = null;
+  }
+  if (id && !state.follow) follow(id);
 }
 
 function follow(id) {
-  if (state.streams.has(id)) return;
   const ctl = new AbortController();
-  state.streams.set(id, ctl);
+  state.follow = { id, ctl };
   (async () => {
     let backoff = 250;
     while (!ctl.signal.aborted && state.token) {
@@ -324,7 +377,7 @@ function follow(id) {
       await sleep(backoff); // reconnect (with Last-Event-ID semantics via ?after=)
       backoff = Math.min(backoff * 2, 8000);
     }
-    if (state.streams.get(id) === ctl) state.streams.delete(id);
+    if (state.follow && state.follow.ctl === ctl) state.follow = null;
   })();
 }
 
@@ -368,20 +421,10 @@ function ingest(id, ev) {
   }
   // Accept both a bare payload and an envelope {seq, turn, type, data}.
   if (data && data.type === ev.event && data.data && typeof data.data === "object") data = data.data;
-  const s = state.sessions.get(id);
-  const live = !s || seq > (s.last_seq || 0);
   if (c.full) render(c, ev.event, data);
-  if (live) {
-    if (ev.event === "message" && s && !BUSY_STATES.has(s.state)) {
-      s.state = "running";
-      renderSessions();
-      if (state.selected === id) renderDetailHead();
-    }
-    if (REFRESHING.has(ev.event)) {
-      if (s) s.last_seq = Math.max(s.last_seq || 0, seq || 0);
-      scheduleRefresh();
-    }
-  }
+  // The tenant's stream brings the states; the prompts of turns sent elsewhere and the memory
+  // come with the session's details.
+  if (REFRESHING.has(ev.event) && state.selected === id) scheduleDetail();
 }
 
 function openTurn(c, number) {
@@ -581,9 +624,8 @@ function select(id) {
   if (id) {
     let c = state.convs.get(id);
     if (c && !c.full) {
-      // Followed in the background from its last event: replay its whole history now.
-      const ctl = state.streams.get(id);
-      if (ctl) (ctl.abort(), state.streams.delete(id));
+      // Started from its last event (not open then): replay its whole history now.
+      if (state.follow && state.follow.id === id) (state.follow.ctl.abort(), (state.follow = null));
       state.convs.delete(id);
       c = null;
     }
@@ -603,19 +645,18 @@ function select(id) {
   syncStreams();
 }
 
-function renderDetailHead() {
-  const s = state.sessions.get(state.selected);
+function renderDetailHead(s = state.sessions.get(state.selected)) {
   if (!s) return;
   $("d-state").replaceWith(Object.assign(stateChip(s), { id: "d-state" }));
   $("d-id").textContent = s.id;
-  const m = s.memory || {};
+  const m = s.detail_memory || s.memory;
   const facts = [
     ["cwd", s.cwd],
     ["model", s.model || "default"],
     ["permissions", s.permission_mode || "default"],
     ["turns", String(s.turns || 0)],
     ["pid", s.pid ? String(s.pid) : "none", "wide"],
-    ["memory", s.memory ? `${fmtMB(m.pss_mb ?? m.rss_mb)} pss · ${fmtMB(m.rss_mb)} rss · ${fmtMB(m.anon_mb)} anon` : "–"],
+    ["memory", m ? `${m.pss_mb != null ? `${fmtMB(m.pss_mb)} pss · ` : ""}${fmtMB(m.rss_mb)} rss · ${fmtMB(m.anon_mb)} anon` : "–"],
     ["CLI session", s.cli_session_id, "wide"],
   ];
   $("d-facts").replaceChildren(
@@ -651,7 +692,7 @@ async function sendPrompt() {
     const el = c.turnEl || openTurn(c);
     el.append(h("div", { class: "msg error" }, h("b", null, e.code || "error"), ` · ${e.message}`));
     c.turnEl = null;
-    scheduleRefresh(false);
+    scheduleDetail();
   }
 }
 
@@ -683,7 +724,6 @@ async function createSession(e) {
     form.closest("dialog").close();
     location.hash = `#/sessions/${encodeURIComponent(s.id)}`;
     route(); // now, not at the hashchange event: the prompt box is this session's at once
-    scheduleRefresh();
     $("prompt").focus();
   } catch (ex) {
     err.textContent = ex.message;
@@ -715,7 +755,6 @@ async function quickTurn(e) {
         form.closest("dialog").close();
         location.hash = `#/sessions/${encodeURIComponent(id)}`;
         route();
-        scheduleRefresh();
         return;
       }
       if (id) ingest(id, ev);
@@ -729,27 +768,6 @@ async function quickTurn(e) {
 }
 
 // ---------------------------------------------------------------- pool
-
-async function refreshPool() {
-  if (!state.token) return;
-  try {
-    state.pool = await api("GET", "v1/pool");
-  } catch (e) {
-    if (e.status !== 401) $("poolsum").textContent = "";
-    return;
-  }
-  const p = state.pool;
-  if (p && p.memory) {
-    const last = state.samples[state.samples.length - 1];
-    const sample = { t: Date.now(), used: p.memory.used_mb, budget: p.memory.budget_mb };
-    if (!last || last.used !== sample.used || last.budget !== sample.budget || sample.t - last.t > 5000) {
-      state.samples.push(sample);
-      if (state.samples.length > MAX_SAMPLES) state.samples.splice(0, state.samples.length - MAX_SAMPLES);
-      sessionStorage.setItem(SAMPLES_KEY, JSON.stringify(state.samples));
-    }
-  }
-  renderPool();
-}
 
 function loadSamples() {
   try {
@@ -877,8 +895,10 @@ function showLogin(message) {
 function signOut(message) {
   state.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
-  for (const ctl of state.streams.values()) ctl.abort();
-  state.streams.clear();
+  if (state.follow) state.follow.ctl.abort();
+  state.follow = null;
+  if (state.feed) state.feed.abort();
+  state.feed = null;
   state.sessions.clear();
   state.convs.clear();
   state.selected = null;
@@ -905,8 +925,7 @@ function start() {
   $("nav").hidden = false;
   $("logout").hidden = false;
   route();
-  refreshSessions();
-  refreshPool();
+  openFeed();
 }
 
 function onKey(e) {
@@ -963,12 +982,9 @@ function init() {
     } catch (e) {
       toast(e.message);
     }
-    scheduleRefresh();
   });
   document.addEventListener("keydown", onKey);
   addEventListener("hashchange", route);
-  // Coming back to the tab: catch up once (streams were live meanwhile, the list may not be).
-  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && scheduleRefresh());
   fetch("healthz").then((r) => r.json()).then((hz) => {
     document.querySelector(".brand").title = `hotsession ${hz.version || ""} · Claude Code ${(hz.cli && hz.cli.version) || ""}`;
   }).catch(() => {});
