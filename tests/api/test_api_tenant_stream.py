@@ -132,3 +132,31 @@ async def test_listing_has_memory_and_the_stream_leaves_no_listener(start_daemon
         return len(hub._state_listeners) == before and not hub.get(sid)._subscribers
 
     await poll(released)
+
+
+async def test_a_client_too_far_behind_is_dropped_not_buffered(start_daemon):
+    from hotsession.api.feed import Feed
+    from hotsession.events import Event as SessionEvent
+
+    d: Running = await start_daemon()
+    hub = d.daemon.hub
+    assert hub is not None
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    feed = Feed(
+        hub,
+        "alice",
+        view=lambda sessions: [],
+        pool=lambda: {"enabled": False},
+        pool_interval=60,
+        keepalive_s=60,
+        closing=closing,
+        max_backlog=3,
+    )
+    frames = feed.frames()
+    assert (await anext(frames)).startswith(b"event: pool")
+    for seq in range(1, 10):  # the reader is not reading: the backlog is capped
+        feed.turn_event(SessionEvent("hs_x", seq, 1, "result", {"turn": 1}))
+    assert len(feed.turns) == 3
+    assert b"slow_client" in await anext(frames)
+    assert [f async for f in frames] == []
+    assert feed.on_state not in hub._state_listeners
