@@ -78,12 +78,12 @@ async def test_client_that_never_reads(start_daemon, ledger: Ledger):  # noqa: F
     other = (await new_session(c))["id"]
     session = d.daemon.hub.get(sid)  # type: ignore[union-attr]
     tally = ledger.tally(
-        "client never reads a 4 MB turn stream",
+        "client never reads a 16 MB turn stream",
         "raw socket, 4 KiB receive buffer, never reads; another client works meanwhile; "
         "the daemon drops it after sse_send_timeout_s",
     )
     host, port = d.url.removeprefix("http://").rsplit(":", 1)
-    body = b'{"prompt": "[[big:4000000]]"}'
+    body = b'{"prompt": "[[big:16000000]]"}'
     request = (
         f"POST /v1/sessions/{sid}/turns HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {ALICE_TOKEN}\r\nContent-Type: application/json\r\n"
@@ -111,7 +111,7 @@ async def test_client_that_never_reads(start_daemon, ledger: Ledger):  # noqa: F
             # the stuck connection was dropped (bounded buffers): it ends before the result
             got = await asyncio.to_thread(_drain_until_closed, s, 30)
             dropped = b"event: result" not in got
-            ok = dropped and bool(done) and len(done[-1].data["result"]) == 4_000_000 and took < 60
+            ok = dropped and bool(done) and len(done[-1].data["result"]) == 16_000_000 and took < 60
             tally.client_saw["connection dropped; turn completed, replay has it"] += 1
             tally.recovered += int(ok)
     finally:

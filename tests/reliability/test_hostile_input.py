@@ -61,6 +61,7 @@ async def _still_fine(d: Running, sid: str) -> None:
     assert events[-1].type == "result" and events[-1].data["result"] == "alive"
 
 
+@pytest.mark.timeout(300)
 async def test_schema_fuzz_never_500(start_daemon, caplog: pytest.LogCaptureFixture):  # noqa: F811
     caplog.set_level(logging.DEBUG)
     d: Running = await start_daemon()
@@ -73,6 +74,8 @@ async def test_schema_fuzz_never_500(start_daemon, caplog: pytest.LogCaptureFixt
     def fuzz() -> None:
         for result in schema.get_all_operations():
             op = result.ok()
+            if op.path == "/v1/stream":  # an endless live stream by design: nothing to end it
+                continue
 
             @settings(FUZZ, max_examples=10)
             @given(case=op.as_strategy())
