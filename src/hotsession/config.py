@@ -51,6 +51,9 @@ class Config:
     pool_failing_retry_s: float = 60.0  # a failing profile is tried again after this
     pool_spare_max_age_s: float = 1800.0  # an idle spare older than this is replaced
     pool_deep_warmup: bool = True  # run hotsession.warmup on each spare before it is ready
+    # A miss may take a spare of a profile that differs only in model / permission mode and switch
+    # it with control requests (docs/pool.md, "Switching model and permission mode at claim time").
+    pool_switch_at_claim: bool = True
     memory_budget_fraction: float = 0.5  # budget = this x available memory at start (if unset)
     agent_recycle_jitter: float = 0.1  # max turns / age limits get up to +10 % per process
 

@@ -26,7 +26,8 @@ from hotsession.options import SessionOptions, build_argv, build_env
 if TYPE_CHECKING:
     from hotsession.supervisor import Supervisor
 
-Source = Literal["spare", "spawn", "resume", "warm"]
+# "spare-switched": a spare of a sibling profile, switched to this model / mode at claim time.
+Source = Literal["spare", "spare-switched", "spawn", "resume", "warm"]
 
 
 @dataclass

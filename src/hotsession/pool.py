@@ -13,6 +13,19 @@ it out; the session adopts its CLI session id. A miss returns None and the host 
 a request never fails because the pool is empty. Either way the control loop is woken at once and
 orders the replacement.
 
+Switching at claim time (``pool_switch_at_claim``). With no ready spare of its own, a claim may
+take one of a *sibling* profile (equal in everything but ``model`` and ``permission_mode``, so the
+same tenant, cwd, tools, prompts, settings, MCP and env) and switch it with the control requests
+``set_permission_mode`` and ``set_model`` (15-60 ms, against a cold start of 0.3-0.5 s). It counts
+as a hit of the requested profile (``switched`` in its stats; source ``spare-switched``); the
+sibling refills as usual, and the requested profile's own arrival still sizes its own spares. Only
+the modes in ``SWITCHABLE_MODES`` take part: ``bypassPermissions`` never (the CLI grants it only at
+launch, and it is a safety boundary), ``plan`` and ``auto`` not (not verified); an unset mode or
+model is only ever a source, never a target (its effective value comes from the settings). A switch
+that fails or takes longer than two cold starts discards that spare and the claim is a miss (a
+direct spawn). The session's options stay the requested ones, so every later spawn (recycle,
+resume) uses the requested model and mode.
+
 Control loop (one task, every ``pool_tick_s`` or when woken):
 
 1. sample memory (``RssAnon`` of each process and its children, one ``/proc`` pass for all);
@@ -59,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hotsession import warmup
-from hotsession.errors import AgentProtocolError, HotsessionError, ProfileFailing
+from hotsession.errors import AgentError, AgentProtocolError, HotsessionError, ProfileFailing
 from hotsession.host import Placement
 from hotsession.memory import available_mb, sample, sample_many
 from hotsession.options import SessionOptions
@@ -74,6 +87,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROCESS_MB = 150.0  # per-process estimate until something was measured
 _MEMORY_SAMPLE_S = 2.0
+
+# Permission modes a spare may be switched between at claim time (verified with CLI 2.1.330:
+# the next tool call follows the new mode). Never bypassPermissions; plan and auto not verified.
+SWITCHABLE_MODES = frozenset({"default", "acceptEdits", "dontAsk"})
+# What the CLI writes after a permission-mode switch (besides the idle spare's usual frames).
+_SWITCH_OUTPUT = warmup.BENIGN_IDLE | {("system", "status")}
 
 
 @dataclass
@@ -107,6 +126,8 @@ class Profile:
     floor: int = 0
     floor_until: float = 0.0
     spawned: int = 0
+    family: str = ""  # profiles equal but for model and permission mode share it
+    switched: int = 0  # hits served by switching a sibling's spare
 
 
 class Pool:
@@ -202,6 +223,7 @@ class Pool:
                 ),
                 minimum=cfg.pool_min,
                 maximum=cfg.pool_max,
+                family=options.replace(model=None, permission_mode=None).profile_key(),
             )
             self.profiles[key] = prof
         if minimum is not None:
@@ -253,10 +275,75 @@ class Pool:
                     continue
                 prof.hits += 1
                 return Placement(spare.process, spare.cli_session_id, "spare")
+            placement = await self._claim_switched(prof, now)
+            if placement is not None:
+                prof.hits += 1
+                prof.switched += 1
+                return placement
             prof.misses += 1
             return None
         finally:
             self.wake()
+
+    async def _claim_switched(self, prof: Profile, now: float) -> Placement | None:
+        """A sibling profile's spare switched to this profile's model and mode, or None."""
+        if not self.config.pool_switch_at_claim:
+            return None
+        candidates: list[tuple[int, int, Profile, dict[str, str]]] = []
+        for other in self.profiles.values():
+            if other is prof or other.family != prof.family or not other.ready:
+                continue
+            plan = switch_plan(other.options, prof.options)
+            if plan:
+                candidates.append((len(plan), -len(other.ready), other, plan))
+        # Fewest switches first, then the sibling with the most spares.
+        for _, _, other, plan in sorted(candidates, key=lambda c: c[:2]):
+            while other.ready:
+                spare = other.ready.popleft()
+                problem = self._spare_problem(spare, now)
+                if problem is not None:
+                    self._discard(spare, problem)
+                    continue
+                self.wake()  # the sibling refills at once
+                # Past two cold starts a switch is no longer cheaper than the spawn it replaces.
+                timeout = max(1.0, 2 * other.sizer.cold_starts.tau)
+                if await self._switch(spare, plan, timeout):
+                    return Placement(spare.process, spare.cli_session_id, "spare-switched")
+                return None  # that spare is gone; the claim is a miss (a direct spawn)
+        return None
+
+    async def _switch(self, spare: Spare, plan: dict[str, str], timeout: float) -> bool:
+        """Send the switch requests to a claimed spare; on any failure discard it (False)."""
+        proc = spare.process
+        output: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(timeout):
+                mode = plan.get("permission_mode")
+                if mode is not None:
+                    await proc.request("set_permission_mode", timeout=timeout, mode=mode)
+                if "model" in plan:
+                    await proc.request("set_model", timeout=timeout, model=plan["model"])
+                output += _drain(proc)
+                if mode is not None and not any(_is_status(m) for m in output):
+                    # The CLI writes system/status right after answering set_permission_mode;
+                    # the answer to a later request comes after it, so the first turn's events
+                    # do not start with it.
+                    await proc.request("mcp_status", timeout=timeout)
+                    output += _drain(proc)
+        except (AgentError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, AgentError) else f"timed out ({timeout:g}s)"
+            log.warning("pool: switching a spare to %s failed: %s", plan, reason)
+            self._discard(spare, "switch_failed")
+            return False
+        except asyncio.CancelledError:  # the claim was abandoned: nobody owns the spare now
+            self._discard(spare, "switch_cancelled")
+            raise
+        stray = [m for m in output if (m.get("type"), m.get("subtype")) not in _SWITCH_OUTPUT]
+        if stray:
+            log.warning("pool: a switched spare wrote %s", json.dumps(stray[0])[:200])
+            self._discard(spare, "stray_output")
+            return False
+        return True
 
     def note_spawn(self, options: SessionOptions, seconds: float) -> None:
         """A direct spawn of this profile succeeded in ``seconds``."""
@@ -621,6 +708,7 @@ class Pool:
                     "failing": prof.failing,
                     "last_error": prof.last_error,
                     "spawned": prof.spawned,
+                    "switched": prof.switched,
                 }
             )
         used = self.used_mb()
@@ -640,6 +728,44 @@ class Pool:
             "recycle_failures": self.recycle_failures,
             "spawned_total": self.spawned_total,
         }
+
+
+def switch_plan(have: SessionOptions, want: SessionOptions) -> dict[str, str] | None:
+    """The switches that make a spare of ``have`` serve ``want`` (None: it cannot).
+
+    ``have`` and ``want`` must be equal but for ``model`` and ``permission_mode``. Both modes must
+    be unset or in ``SWITCHABLE_MODES``; a mode switch needs both set, a model switch a model to
+    switch to (an unset one means "whatever the settings say", which no request can name).
+    """
+    if have.replace(model=None, permission_mode=None) != want.replace(
+        model=None, permission_mode=None
+    ):
+        return None
+    modes = (have.permission_mode, want.permission_mode)
+    if any(m is not None and m not in SWITCHABLE_MODES for m in modes):
+        return None
+    plan: dict[str, str] = {}
+    if have.permission_mode != want.permission_mode:
+        if have.permission_mode is None or want.permission_mode is None:
+            return None
+        plan["permission_mode"] = want.permission_mode
+    if have.model != want.model:
+        if want.model is None:
+            return None
+        plan["model"] = want.model
+    return plan
+
+
+def _drain(proc: AgentProcess) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(asyncio.QueueEmpty):
+        while True:
+            out.append(proc.messages.get_nowait())
+    return out
+
+
+def _is_status(msg: dict[str, Any]) -> bool:
+    return msg.get("type") == "system" and msg.get("subtype") == "status"
 
 
 def _last_active(session: Session) -> float:

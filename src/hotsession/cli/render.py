@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 # Where the turn's process came from (``timing.source``) → how the line names it.
-POOL_HIT_SOURCES = frozenset({"spare", "hot", "warm"})
+POOL_HIT_SOURCES = frozenset({"spare", "spare-switched", "hot", "warm"})
 COLD_SOURCES = frozenset({"spawn", "resume"})
 
 # Keys of the tool input that say most about a call, best first.

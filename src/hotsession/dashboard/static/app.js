@@ -145,7 +145,7 @@ const fmtMB = (mb) => (mb == null ? "–" : mb >= 1024 ? `${(mb / 1024).toFixed(
 /** Long paths keep their end, the part that tells them apart. */
 const tailPath = (p, n = 44) => (p && p.length > n ? `…${p.slice(p.length - n + 1)}` : p || "");
 const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 11)}…` : id);
-const SOURCE = { spare: "pool hit", pool: "pool hit", hot: "hot", spawn: "cold start", resume: "resumed" };
+const SOURCE = { spare: "pool hit", "spare-switched": "pool hit (switched)", pool: "pool hit", hot: "hot", spawn: "cold start", resume: "resumed" };
 
 /** A session's own (anonymous) memory: what the list shows (shared pages are not its own). */
 function memOf(s) {
