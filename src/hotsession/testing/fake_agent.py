@@ -17,6 +17,12 @@ Behaviour switches (environment of the process):
 * ``FAKE_AGENT_BALLAST_MB`` — hold that much anonymous memory from the start.
 * ``FAKE_AGENT_STRAY=1`` — write an unsolicited message right after ``initialize``;
   ``FAKE_AGENT_STRAY_AFTER_MS=N`` — write one N ms after ``initialize`` instead.
+* ``FAKE_AGENT_FAIL_CONTROL=<subtype>[,<subtype>...]`` — answer those control requests with an
+  error; ``FAKE_AGENT_IGNORE_CONTROL=...`` — never answer them.
+
+Like the CLI, ``set_model`` and ``set_permission_mode`` change the model and mode (from
+``--model`` / ``--permission-mode``) that each turn's ``system/init`` reports, and a mode change
+writes a ``system/status`` message after its answer.
 
 Prompt directives: ``[[crash]]`` (exit 3 mid-turn), ``[[grow:MB]]`` (allocate and keep MB more
 memory), ``[[say:TEXT]]`` (the reply text; default: ``echo: <prompt>``).
@@ -71,6 +77,10 @@ def main(argv: list[str]) -> int:
     session_id = resume or _arg(argv, "--session-id") or "fake-session"
     store = os.environ.get("FAKE_AGENT_DIR")
     path = os.path.join(store, session_id + ".jsonl") if store else None
+    model = _arg(argv, "--model")
+    mode = _arg(argv, "--permission-mode") or "default"
+    failing = set(filter(None, (os.environ.get("FAKE_AGENT_FAIL_CONTROL") or "").split(",")))
+    ignored = set(filter(None, (os.environ.get("FAKE_AGENT_IGNORE_CONTROL") or "").split(",")))
     turns = 0
     if resume and path and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -83,9 +93,23 @@ def main(argv: list[str]) -> int:
         kind = msg.get("type")
         if kind == "control_request":
             req = msg.get("request") or {}
+            subtype = req.get("subtype")
+            if subtype in ignored:
+                continue
+            if subtype in failing:
+                error = {"subtype": "error", "request_id": msg.get("request_id"), "error": "no"}
+                _out({"type": "control_response", "response": error})
+                continue
             response: dict = {}  # type: ignore[type-arg]
-            if req.get("subtype") == "initialize":
+            changed = subtype == "set_permission_mode" and req.get("mode") != mode
+            if subtype == "initialize":
                 response = {"commands": [], "models": [], "pid": os.getpid()}
+            elif subtype == "set_model":
+                model = req.get("model")
+                response = {"model": model}
+            elif subtype == "set_permission_mode":
+                mode = str(req.get("mode"))
+                response = {"mode": mode}
             _out(
                 {
                     "type": "control_response",
@@ -96,6 +120,10 @@ def main(argv: list[str]) -> int:
                     },
                 }
             )
+            if changed:
+                _out(
+                    {"type": "system", "subtype": "status", "status": None, "permissionMode": mode}
+                )
             if req.get("subtype") == "initialize" and os.environ.get("FAKE_AGENT_STRAY"):
                 _out({"type": "system", "subtype": "stray", "session_id": session_id})
             later = float(os.environ.get("FAKE_AGENT_STRAY_AFTER_MS") or 0)
@@ -120,7 +148,8 @@ def main(argv: list[str]) -> int:
         if path:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"prompt": prompt}) + "\n")
-        _out({"type": "system", "subtype": "init", "session_id": session_id})
+        init = {"type": "system", "subtype": "init", "session_id": session_id}
+        _out({**init, "model": model, "permissionMode": mode})
         _out(
             {
                 "type": "assistant",
