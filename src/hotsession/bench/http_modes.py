@@ -4,12 +4,15 @@ The bench starts ``hotsession serve`` as a subprocess (own state dir, own port, 
 run) and reads its token from ``<state-dir>/token``. Every timed call is one HTTP request whose
 SSE stream is read until the turn's ``result`` (or ``error``) event; ``t_send`` is stamped just
 before the request is sent, ``t_first`` at the first ``message`` event (the first CLI output).
+Timed streams are read with the bench's lean client (:mod:`hotsession.bench.wire`: httpx alone
+adds ~4 ms a request in this process); other calls use httpx.
 
 * ``hs new (spare)``     — ``POST /v1/sessions`` then its first turn, with a ready spare waiting
   (prepare waits until ``GET /v1/pool`` shows one);
 * ``hs new (miss)``      — the same with a profile no spare has (a unique ``append_system_prompt``):
   a direct spawn;
 * ``hs follow-up``       — the next turn of a live session;
+* ``hs follow-up (httpx)`` — the same, read with ``httpx`` (what that client library adds);
 * ``hs evicted``         — the next turn of a session whose process was ended (``--resume``);
 * ``hs evicted+warm``    — the same after ``POST /v1/sessions/{id}/warm`` finished;
 * ``hs ask``             — ``POST /v1/ask`` (a quick turn on a pooled session).
@@ -40,6 +43,7 @@ from hotsession.bench.environment import BenchEnv, BenchError, is_root
 from hotsession.bench.memory import cli_children
 from hotsession.bench.modes import Mode
 from hotsession.bench.stats import Sample, SSEDecoder
+from hotsession.bench.wire import WireClient
 
 QUIET_TIMEOUT_S = 30.0
 SPARE_TIMEOUT_S = 30.0
@@ -85,6 +89,7 @@ class Daemon:
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.client: httpx.AsyncClient | None = None
+        self.wire: WireClient | None = None
         self.users = 0
 
     @property
@@ -138,6 +143,7 @@ class Daemon:
             timeout=httpx.Timeout(180.0, connect=10.0),
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
         )
+        self.wire = WireClient("127.0.0.1", self.port, token)
 
     def log_tail(self, n: int = 2000) -> str:
         """The end of the daemon's output."""
@@ -151,6 +157,9 @@ class Daemon:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        if self.wire is not None:
+            await self.wire.aclose()
+            self.wire = None
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -170,11 +179,27 @@ class Daemon:
             raise BenchError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
         return resp.json() if resp.content else None
 
-    async def stream(self, path: str, body: dict[str, Any], s: Sample) -> dict[str, Any]:
+    async def stream(
+        self, path: str, body: dict[str, Any], s: Sample, *, client: str = "wire"
+    ) -> dict[str, Any]:
         """POST an SSE endpoint and read it to the turn's end; stamps ``s`` (t_send included).
 
-        Returns the ``session`` event's data (``/v1/ask``) or ``{}``.
+        ``client="wire"`` (the default) times with the bench's lean client
+        (:mod:`hotsession.bench.wire`, the daemon as any lean client sees it), ``"httpx"`` with
+        ``httpx.AsyncClient``. Returns the ``session`` event's data (``/v1/ask``) or ``{}``.
         """
+        if client == "httpx":
+            return await self._stream_httpx(path, body, s)
+        assert self.wire is not None, "the daemon is not started"
+        request = self.wire.request_bytes(path, body)
+        first: dict[str, Any] = {}
+        s.t_send = time.monotonic()
+        async for kind, data in self.wire.events(request):
+            if self._stamp(s, kind, data, first):
+                return first
+        raise BenchError(f"POST {path}: the stream ended before the turn did")
+
+    async def _stream_httpx(self, path: str, body: dict[str, Any], s: Sample) -> dict[str, Any]:
         first: dict[str, Any] = {}
         decoder = SSEDecoder()
         s.t_send = time.monotonic()
@@ -184,27 +209,32 @@ class Daemon:
                 raise BenchError(f"POST {path}: {resp.status_code} {resp.text[:300]}")
             async for line in resp.aiter_lines():
                 event = decoder.feed(line)
-                if event is None:
-                    continue
-                kind, data, _ = event
-                if kind == "message":
-                    if s.t_first is None:
-                        s.t_first = time.monotonic()
-                elif kind == "result":
-                    s.t_result = time.monotonic()
-                    payload = json.loads(data)
-                    timing = payload.get("timing") or {}
-                    s.extra["source"] = timing.get("source")
-                    if payload.get("is_error"):
-                        s.error = f"result is_error: {str(payload.get('result'))[:200]}"
+                if event is not None and self._stamp(s, event[0], event[1].encode(), first):
                     return first
-                elif kind == "error":
-                    payload = json.loads(data)
-                    s.error = f"{payload.get('code')}: {payload.get('message')}"
-                    return first
-                elif kind == "session":
-                    first = json.loads(data)
         raise BenchError(f"POST {path}: the stream ended before the turn did")
+
+    @staticmethod
+    def _stamp(s: Sample, kind: str, data: bytes, first: dict[str, Any]) -> bool:
+        """Stamp ``s`` with one event; True when the turn ended (``first`` gets ``session``)."""
+        if kind == "message":
+            if s.t_first is None:
+                s.t_first = time.monotonic()
+        elif kind == "result":
+            s.t_result = time.monotonic()
+            payload = json.loads(data)
+            timing = payload.get("timing") or {}
+            s.extra["source"] = timing.get("source")
+            s.extra["timing"] = timing
+            if payload.get("is_error"):
+                s.error = f"result is_error: {str(payload.get('result'))[:200]}"
+            return True
+        elif kind == "error":
+            payload = json.loads(data)
+            s.error = f"{payload.get('code')}: {payload.get('message')}"
+            return True
+        elif kind == "session":
+            first.update(json.loads(data))
+        return False
 
     async def pool(self) -> dict[str, Any]:
         """``GET /v1/pool``."""
@@ -376,6 +406,19 @@ class HsFollowUp(_OneSession):
         await self.d.wait_quiet()
 
 
+class HsFollowUpHttpx(HsFollowUp):
+    """The same follow-up, timed through ``httpx`` instead of the lean client."""
+
+    name = "hs follow-up (httpx)"
+    description = "hotsession: next turn of a live session, read with httpx (client cost shown)"
+
+    async def sample(self, s: Sample, prompt: str) -> None:
+        """The next turn, through httpx."""
+        await self.d.stream(
+            f"/v1/sessions/{self.session_id}/turns", {"prompt": prompt}, s, client="httpx"
+        )
+
+
 class HsEvicted(_OneSession):
     """The next turn of an evicted session (``--resume`` on demand)."""
 
@@ -489,6 +532,7 @@ HTTP_MODES: tuple[type[Mode], ...] = (
     HsNewSpare,
     HsNewMiss,
     HsFollowUp,
+    HsFollowUpHttpx,
     HsEvicted,
     HsEvictedWarm,
     HsAsk,
