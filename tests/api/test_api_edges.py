@@ -101,6 +101,29 @@ async def test_error_statuses_without_agents(start_daemon):
     err(r, 422, "invalid_request")
 
 
+async def test_turn_bodies_get_the_same_answers_on_the_fast_path(start_daemon):
+    # POST …/turns is answered at the edge when its body is well-formed (api/fastpath.py);
+    # every other body must get the route's own answer, checked before the session lookup.
+    d: Running = await start_daemon()
+    c = d.alice
+    turns = "/v1/sessions/hs_unknown/turns"
+    err(await c.post(turns, content=b'{"prompt": '), 400, "malformed")
+    err(await c.post(turns, content=b"\xff\xfe"), 400, "malformed")
+    for body in ({}, {"prompt": 1}, {"prompt": None}, {"prompt": "x", "extra": 1}, ["x"], "x"):
+        e = err(await c.post(turns, json=body), 422, "invalid_request")
+        assert e.get("errors"), e  # the route's field list
+
+    async def chunked():
+        yield b'{"prompt": '
+        yield b"1}"
+
+    err(await c.post(turns, content=chunked()), 422, "invalid_request")
+    # well-formed: the session is looked up (the same 404 as the route's)
+    err(await c.post(turns, json={"prompt": "x"}), 404, "not_found")
+    err(await c.post(turns, json={"prompt": "   "}), 404, "not_found")
+    assert (await c.get("/v1/sessions")).json()["sessions"] == []
+
+
 async def test_invalid_unicode_is_refused(start_daemon):
     d: Running = await start_daemon()
     c = d.alice

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotsession import __version__
-from hotsession.api import sessions
+from hotsession.api import fastpath, sessions
 from hotsession.api.auth import Authenticator
 from hotsession.api.deps import Api, ApiState, CurrentTenant
 from hotsession.api.metrics import CONTENT_TYPE, Metrics
@@ -128,11 +128,42 @@ class EdgeMiddleware:
                 if not message.get("more_body", False):
                     break
             receive = _replay(b"".join(chunks), receive)
+        send = _bounded_send(send, state.settings.sse_send_timeout_s)
         try:
-            await self.app(scope, receive, _bounded_send(send, state.settings.sse_send_timeout_s))
+            session_id = fastpath.match(scope) if "hotsession.tenant" in scope else None
+            if session_id is not None:
+                body = await fastpath.read_body(receive)
+                if body is None:
+                    return  # the client went away
+                prompt = fastpath.prompt_of(body)
+                if prompt is not None:
+                    await self._fast_turn(scope, receive, send, session_id, prompt)
+                    return
+                receive = _replay(body, receive)  # the route answers it (400 / 422)
+            await self.app(scope, receive, send)
         except _SlowClient:
             # Returning without finishing the response makes the server close the connection.
             log.warning("dropped a client that stopped reading (%s %s)", scope["method"], path)
+
+    async def _fast_turn(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, prompt: str
+    ) -> None:
+        """``POST …/turns`` with a well-formed body (see :mod:`hotsession.api.fastpath`)."""
+        try:
+            response = await sessions.start_turn(
+                self.state, session_id, prompt, scope["hotsession.tenant"]
+            )
+        except HotsessionError as exc:
+            if exc.status >= 500 and not isinstance(exc, ShuttingDown):
+                log.warning("POST %s: %s (%s)", scope["path"], exc.message, exc.code)
+            await _send_error(send, exc)
+            return
+        except Exception:
+            log.exception("unhandled error in POST %s", scope["path"])
+            failed = error_response(500, "internal", "internal error (a bug; see the daemon log)")
+            await failed(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
 class _SlowClient(Exception):

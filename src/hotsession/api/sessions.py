@@ -16,7 +16,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hotsession import memory
 from hotsession.api import events as sse
@@ -201,6 +201,13 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
     else:
         out = record_view(await api.hub.record(session_id, tenant=tenant.name))
     recent = await api.hub.registry.list_turns(session_id, limit=20)
+    if session is not None and session.record.tenant == tenant.name:
+        # The live session's own records are the newest (a turn that just ended is written to
+        # the registry after its reader got the result), so a client that reads right after a
+        # turn sees it as it ended.
+        by_turn = {t.turn: t for t in recent}
+        by_turn.update((t.turn, t) for t in session.recent_turns)
+        recent = sorted(by_turn.values(), key=lambda t: t.turn)[-20:]
     out["recent_turns"] = [
         {
             "turn": t.turn,
@@ -237,13 +244,18 @@ async def delete_session(session_id: str, api: Api, tenant: CurrentTenant) -> JS
     response_class=StreamingResponse,
     responses=_SSE_DOC,
 )
-async def post_turn(
-    session_id: str, body: TurnIn, api: Api, tenant: CurrentTenant
-) -> StreamingResponse:
+async def post_turn(session_id: str, body: TurnIn, api: Api, tenant: CurrentTenant) -> Response:
     """Stream the turn's events; ends after its `result` or `error`. The turn runs on even if
     the client goes away (reconnect to `/events` with `Last-Event-ID`)."""
+    return await start_turn(api, session_id, body.prompt, tenant)
+
+
+async def start_turn(api: ApiState, session_id: str, prompt: str, tenant: Tenant) -> Response:
+    """Queue ``prompt`` on the tenant's session; the SSE response of its turn. Raises
+    ``HotsessionError`` (404, 409, 413, 429, 503) before anything is streamed. The route above
+    and the edge's fast path (:mod:`hotsession.api.fastpath`) both end here."""
     session = await live_session(api, session_id, tenant)
-    turn = session.send(body.prompt)
+    turn = session.send(prompt)
     api.metrics.turns.labels("turns").inc()
     gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s)
     return sse_response(api, _counted(api, gen))
