@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SUBSCRIBER_BUFFER = 10_000
+HANDOVER_S = 0.1
+"""How long a finished turn's bookkeeping waits for its reader to take the result."""
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Turn:
         self.interrupted = False
         self.terminal: Event | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._readers = 0
+        self._drained = asyncio.Event()
 
     def was_interrupted(self) -> bool:
         """True once ``interrupt`` was called for this turn."""
@@ -114,11 +118,27 @@ class Turn:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
-        while True:
-            event = await self._events.get()
-            yield event
-            if event.terminal:
-                return
+        self._readers += 1
+        try:
+            while True:
+                event = await self._events.get()
+                yield event
+                if event.terminal:
+                    return
+        finally:
+            # Back here after the terminal event: the reader has handled it (an SSE stream has
+            # written its frame), or the reader went away.
+            self._readers -= 1
+            if not self._readers:
+                self._drained.set()
+
+    async def handed_over(self, limit: float | None = None) -> None:
+        """Wait until this turn's reader has handled its last event (at most ``limit`` s,
+        default ``HANDOVER_S``; at once when nobody iterates the turn). See ``Session._run``."""
+        if self._readers and not self._drained.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HANDOVER_S if limit is None else limit):
+                    await self._drained.wait()
 
     async def wait(self) -> Event:
         """Wait for the turn to end; returns its ``result`` or ``error`` event."""
@@ -171,6 +191,9 @@ class Session:
         self._resolved: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.current: Turn | None = None
         self._queue: asyncio.Queue[Turn] = asyncio.Queue(maxsize=hub.config.queue_max)
+        # The latest turns' records as this process knows them: newer than the registry's copy
+        # until the turn's bookkeeping has written them (see ``_run``), so readers overlay them.
+        self.recent_turns: collections.deque[TurnRecord] = collections.deque(maxlen=20)
         self._runner: asyncio.Task[None] | None = None
         self._subscribers: set[Subscription] = set()
         self._warming: asyncio.Task[Placement] | None = None
@@ -238,6 +261,8 @@ class Session:
             [EventRecord(self.id, event.seq, event.turn, kind, data, event.t)]
         )
         if turn is not None:
+            if event.terminal:
+                turn.record.ended_at = event.t
             turn._push(event)
         for sub in list(self._subscribers):
             sub.push(event)
@@ -305,6 +330,7 @@ class Session:
         self.last_turn += 1
         turn = Turn(self, self.last_turn, prompt, since=since)
         self._queue.put_nowait(turn)
+        self.recent_turns.append(turn.record)
         # The prompt is durable as soon as it is accepted, even if the daemon dies before it runs.
         self.hub.registry_task(self.hub.registry.put_turn(turn.record))
         if self.current is not None or self._queue.qsize() > 1:
@@ -330,6 +356,11 @@ class Session:
                     self._end_with_error(turn, HotsessionError(f"internal error: {exc}"))
             finally:
                 self.current = None
+            # The turn's bookkeeping (registry writes on the store's thread, the pool's turn
+            # boundary) waits until the reader has written the result out: run at the same moment,
+            # it delayed the result's SSE frame by ~0.4 ms (the store's thread competes for the
+            # GIL; traced in docs/benchmarks.md). Bounded, so a slow reader cannot hold it up.
+            await turn.handed_over()
             await self._finish_turn(turn)
 
     async def _run_turn(self, turn: Turn) -> None:
@@ -453,7 +484,8 @@ class Session:
         self.emit(turn, "error", data)
 
     async def _finish_turn(self, turn: Turn) -> None:
-        turn.record.ended_at = time.time()
+        if turn.record.ended_at is None:
+            turn.record.ended_at = time.time()
         self.record.updated_at = time.time()
         try:
             await self.hub.registry.flush()

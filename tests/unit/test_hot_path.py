@@ -1,0 +1,119 @@
+"""The follow-up's hot path: the turn's bookkeeping waits for its reader; the edge's fast path.
+
+The bookkeeping tests drive real (fake-agent) processes through ``Hotsession``; what they watch
+is when the hub's turn-boundary hook (``Hotsession._after_turn``, the last step of
+``Session._finish_turn``) runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import wait_until
+
+from hotsession import Config, Hotsession, session
+from hotsession.api import fastpath
+from hotsession.testing.fake_agent import write_launcher
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hotsession]:
+    config = Config(
+        state_dir=tmp_path / "state",
+        cli_path=write_launcher(tmp_path / "fake-claude"),
+        pool_enabled=False,
+    )
+    async with Hotsession(config) as hs:
+        yield hs
+
+
+@pytest.fixture
+def boundaries(hub: Hotsession, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The turn numbers whose bookkeeping has finished, in order."""
+    seen: list[int] = []
+    after_turn = hub._after_turn
+
+    async def spy(s: session.Session) -> None:
+        await after_turn(s)
+        seen.append(s.last_turn)
+
+    monkeypatch.setattr(hub, "_after_turn", spy)
+    return seen
+
+
+async def test_bookkeeping_waits_until_the_reader_took_the_result(
+    hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "HANDOVER_S", 30.0)
+    s = await hub.open(str(tmp_path))
+    turn = s.send("[[say:held]]")
+    reader = turn.__aiter__()
+    while not (await anext(reader)).terminal:
+        pass
+    # The reader holds the result (an SSE stream writing its frame): no bookkeeping yet, but
+    # the turn's own record already says how it ended (the API overlays it on the registry's).
+    await asyncio.sleep(0.3)
+    assert boundaries == []
+    assert turn.record.status == "done" and turn.record.ended_at is not None
+    assert list(s.recent_turns) == [turn.record]
+    with pytest.raises(StopAsyncIteration):
+        await anext(reader)  # the reader comes back for more: the frame is out
+    await wait_until(lambda: boundaries == [1])
+
+
+async def test_bookkeeping_does_not_wait_without_a_reader(
+    hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "HANDOVER_S", 30.0)
+    s = await hub.open(str(tmp_path))
+    await s.send("[[say:unread]]").wait()  # a library caller that never iterates the turn
+    await wait_until(lambda: boundaries == [1])
+
+
+async def test_bookkeeping_waits_a_bounded_time_for_a_reader_that_stalls(
+    hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "HANDOVER_S", 0.2)
+    s = await hub.open(str(tmp_path))
+    reader = s.send("[[say:stalled]]").__aiter__()
+    while not (await anext(reader)).terminal:
+        pass
+    # never asks again, never closes: the limit releases the bookkeeping, and the next turn runs
+    await wait_until(lambda: boundaries == [1])
+    assert (await asyncio.wait_for(s.send("[[say:next]]").wait(), 10)).type == "result"
+    await reader.aclose()
+
+
+def test_fast_path_matches_only_turn_posts() -> None:
+    def scope(method: str, path: str) -> dict[str, str]:
+        return {"method": method, "path": path}
+
+    assert fastpath.match(scope("POST", "/v1/sessions/hs_abc/turns")) == "hs_abc"
+    assert fastpath.match(scope("GET", "/v1/sessions/hs_abc/turns")) is None
+    assert fastpath.match(scope("POST", "/v1/sessions/hs_abc/turns/x")) is None
+    assert fastpath.match(scope("POST", "/v1/sessions//turns")) is None
+    assert fastpath.match(scope("POST", "/v1/sessions/a/b/turns")) is None
+    assert fastpath.match(scope("POST", "/v1/ask")) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "prompt"),
+    [
+        (b'{"prompt": "hello"}', "hello"),
+        (b'{"prompt": "   "}', "   "),  # Session.send answers that one (422), like the route
+        (b'{"prompt": "\\u00e9"}', "\u00e9"),
+        (b'{"prompt": "x", "extra": 1}', None),  # unknown field: the route's 422
+        (b'{"prompt": 1}', None),
+        (b"{}", None),
+        (b'["prompt"]', None),
+        (b'"prompt"', None),
+        (b'{"prompt": ', None),  # malformed: the route's 400
+        (b"\xff\xfe", None),
+        (b'{"prompt": "x\\ud800"}', None),  # lone surrogate: the route's 422
+    ],
+)
+def test_fast_path_takes_only_well_formed_bodies(body: bytes, prompt: str | None) -> None:
+    assert fastpath.prompt_of(body) == prompt
