@@ -318,11 +318,12 @@ class Hotsession:
         if self.pool is not None:
             await self.pool.after_turn(session)
 
-    def registry_task(self, coro: Any) -> None:
+    def registry_task(self, coro: Any) -> asyncio.Task[Any]:
         """Write to the registry in the background (off a turn's hot path); failures are logged."""
         task = asyncio.create_task(coro)
         self._writes.add(task)
         task.add_done_callback(self._registry_done)
+        return task
 
     def _registry_done(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)

@@ -103,6 +103,8 @@ class Turn:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._readers = 0
         self._drained = asyncio.Event()
+        self._terminal_taken = False
+        self.accepted: asyncio.Task[Any] | None = None  # the write that records the prompt
 
     def was_interrupted(self) -> bool:
         """True once ``interrupt`` was called for this turn."""
@@ -120,7 +122,7 @@ class Turn:
     async def _iterate(self) -> AsyncIterator[Event]:
         self._readers += 1
         try:
-            while True:
+            while not self._terminal_taken:
                 event = await self._events.get()
                 yield event
                 if event.terminal:
@@ -131,6 +133,27 @@ class Turn:
             self._readers -= 1
             if not self._readers:
                 self._drained.set()
+
+    async def recorded(self) -> None:
+        """Wait until the accepted prompt is in the registry (at once if that write failed:
+        the store's trouble is reported by the hub, and the turn runs regardless)."""
+        if self.accepted is not None and not self.accepted.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.accepted)
+
+    def take_ready(self) -> list[Event]:
+        """The events this turn already holds (up to its terminal one), without waiting.
+
+        For a reader that iterates the turn and wants to batch its writes (``api.events``); the
+        iteration goes on after them, and ends when the terminal event was among them."""
+        out: list[Event] = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            out.append(event)
+            if event.terminal:
+                self._terminal_taken = True
+                break
+        return out
 
     async def handed_over(self, limit: float | None = None) -> None:
         """Wait until this turn's reader has handled its last event (at most ``limit`` s,
@@ -331,8 +354,9 @@ class Session:
         turn = Turn(self, self.last_turn, prompt, since=since)
         self._queue.put_nowait(turn)
         self.recent_turns.append(turn.record)
-        # The prompt is durable as soon as it is accepted, even if the daemon dies before it runs.
-        self.hub.registry_task(self.hub.registry.put_turn(turn.record))
+        # The prompt is recorded as soon as it is accepted, even if the daemon dies before it
+        # runs; a stream shows none of the turn's events before that write is done (``recorded``).
+        turn.accepted = self.hub.registry_task(self.hub.registry.put_turn(turn.record))
         if self.current is not None or self._queue.qsize() > 1:
             self.emit(
                 turn, "queued", {"position": self._queue.qsize(), "prompt_bytes": len(prompt)}

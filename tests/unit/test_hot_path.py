@@ -15,7 +15,9 @@ import pytest
 from tests.conftest import wait_until
 
 from hotsession import Config, Hotsession, session
+from hotsession.api import events as sse
 from hotsession.api import fastpath
+from hotsession.registry import TurnRecord
 from hotsession.testing.fake_agent import write_launcher
 
 
@@ -117,3 +119,42 @@ def test_fast_path_matches_only_turn_posts() -> None:
 )
 def test_fast_path_takes_only_well_formed_bodies(body: bytes, prompt: str | None) -> None:
     assert fastpath.prompt_of(body) == prompt
+
+
+async def test_take_ready_hands_over_what_the_turn_holds(hub: Hotsession, tmp_path: Path) -> None:
+    s = await hub.open(str(tmp_path))
+    turn = s.send("[[say:batch]]")
+    await turn.wait()  # every event of the turn is queued now
+    reader = turn.__aiter__()
+    first = await anext(reader)
+    rest = turn.take_ready()
+    assert [first.type, *(e.type for e in rest)][-1] == "result" and rest[-1].terminal
+    assert [e.seq for e in [first, *rest]] == list(range(first.seq, first.seq + 1 + len(rest)))
+    assert turn.take_ready() == []
+    with pytest.raises(StopAsyncIteration):  # the iteration ends: its terminal was taken
+        await asyncio.wait_for(anext(reader), 5)
+
+
+async def test_a_stream_shows_no_event_before_the_prompt_is_recorded(
+    hub: Hotsession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await hub.open(str(tmp_path))
+    release = asyncio.Event()
+    put_turn = hub.registry.put_turn
+
+    async def slow_put_turn(rec: TurnRecord) -> None:
+        await release.wait()  # the store is slow (a loaded machine)
+        await put_turn(rec)
+
+    monkeypatch.setattr(hub.registry, "put_turn", slow_put_turn)
+    turn = s.send("[[say:durable]]")
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    frames = sse.stream(turn, closing, keepalive_s=60)
+    first = asyncio.ensure_future(anext(frames))
+    await turn.wait()  # the turn ran to its end meanwhile
+    await asyncio.sleep(0.1)
+    assert not first.done()  # ... but the stream waits for the record
+    release.set()
+    assert b"event: message" in await asyncio.wait_for(first, 10)
+    assert any(t.turn == turn.number for t in await hub.registry.list_turns(s.id))
+    await frames.aclose()

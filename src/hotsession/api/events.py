@@ -14,6 +14,8 @@ not anybody reads it) or ``Session.events(after)`` (replay from the registry, th
 generator ends on whichever comes first:
 
 * the source ends (after a turn's ``result``/``error``, or a closed session);
+* for a turn: its terminal event went out (events a turn already holds when one arrives are
+  taken with ``Turn.take_ready`` and written together, in one frame batch);
 * the client disconnects (Starlette cancels the generator; the pending read is cancelled and the
   source closed, which unsubscribes it);
 * the daemon shuts down (``closing`` resolves): a final ``error`` event with code
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from hotsession.errors import HotsessionError
@@ -66,10 +68,17 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """SSE bytes of ``source`` (see the module docstring for when it ends)."""
     it: AsyncGenerator[Event, None] = source.__aiter__()  # type: ignore[assignment]
+    # A turn (``Session.send``'s ``Turn``) can hand over the events it already has at once.
+    take_ready: Callable[[], list[Event]] | None = getattr(source, "take_ready", None)
+    # ... and says when its prompt is recorded: a client that saw one of its events may rely on
+    # the turn being in the registry (a daemon killed after that still knows of it).
+    recorded: Callable[[], Awaitable[None]] | None = getattr(source, "recorded", None)
     getter: asyncio.Future[Event] | None = None
     try:
         if head:
             yield head
+        if recorded is not None:
+            await recorded()
         while True:
             if getter is None:
                 getter = asyncio.ensure_future(it.__anext__())
@@ -86,7 +95,17 @@ async def stream(
                 except HotsessionError as exc:  # e.g. the store failed during a replay
                     yield frame_untracked("error", exc.to_dict())
                     return
-                yield frame(event)
+                if take_ready is None or event.terminal:
+                    yield frame(event)
+                else:
+                    # Everything the turn has ready goes out in one write: the CLI's result
+                    # message and hotsession's ``result`` event come together, and a write per
+                    # frame put one more syscall and loop pass before the client's result.
+                    ready = [event, *take_ready()]
+                    yield b"".join(map(frame, ready))
+                    event = ready[-1]
+                if take_ready is not None and event.terminal:
+                    return
             elif closing.done():
                 yield SHUTDOWN_FRAME
                 return
