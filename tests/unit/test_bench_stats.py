@@ -13,6 +13,7 @@ from hotsession.bench.stats import (
     Sample,
     error_counts,
     match_model_requests,
+    outside_cli_ms,
     paired_overhead,
     parse_sse,
     percentile,
@@ -189,3 +190,16 @@ def test_load_hit_rate_leaves_out_the_priming_claims():
     assert _hit_rate(after, before) == pytest.approx(0.9)
     assert _hit_rate(after) == pytest.approx(9 / 11)
     assert _hit_rate(before, before) is None  # no claim during the run
+
+
+def test_outside_cli_is_the_client_time_minus_the_cli_time():
+    timing = {"ttfe_ms": 5.0, "thinking_ms": 20.0, "tools_ms": 1.0, "source": "hot"}
+    s = Sample("hs follow-up", 0, "m", 10.0, t_result=10.0275, extra={"timing": timing})
+    assert outside_cli_ms(s) == pytest.approx(1.5)
+    resumed = Sample(
+        "hs evicted", 0, "m", 10.0, t_result=10.5, extra={"timing": {**timing, "source": "resume"}}
+    )
+    assert outside_cli_ms(resumed) is None  # not a hot turn: a spawn is not daemon overhead
+    assert outside_cli_ms(Sample("bare", 0, "m", 10.0, t_result=10.02)) is None
+    result = RunResult("modes", [s, resumed], meta={})
+    assert result.outside_cli() == {"hs follow-up": {"n": 1, "median": 1.5, "p95": 1.5, "min": 1.5}}

@@ -108,6 +108,11 @@ def print_result(result: RunResult, console: Console | None = None) -> None:
     # Piped output (a file, CI) would wrap the table at 80 columns; keep it readable there.
     console = console or Console(width=None if sys.stdout.isatty() else 170)
     console.print(table(result))
+    for mode, out in result.outside_cli().items():
+        console.print(
+            f"{mode}: time outside the CLI (HTTP in, daemon, SSE out) median "
+            f"{out['median']:.2f} ms, p95 {out['p95']:.2f}, min {out['min']:.2f} (n={out['n']})"
+        )
     mem = memory_table(result.memory)
     if mem is not None:
         console.print(mem)

@@ -32,8 +32,10 @@ from hotsession.bench.stats import (
     Sample,
     error_counts,
     match_model_requests,
+    outside_cli_ms,
     paired_overhead,
     ratio,
+    summarize,
 )
 from hotsession.bench.stats import summarize_samples as _summarize
 
@@ -122,6 +124,20 @@ class RunResult:
                 out[mode][metric] = summary.to_dict() if summary is not None else None
         return out
 
+    def outside_cli(self) -> dict[str, dict[str, Any]]:
+        """Per mode with hot turns: the time outside the CLI (``stats.outside_cli_ms``)."""
+        by_mode: dict[str, list[float]] = {}
+        for s in self.samples:
+            value = outside_cli_ms(s)
+            if value is not None:
+                by_mode.setdefault(s.mode, []).append(value)
+        out = {}
+        for mode, values in by_mode.items():
+            summary = summarize(values)
+            if summary is not None:
+                out[mode] = summary.to_dict()
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form: meta, summaries, ratios, memory, load, and every raw sample."""
         return {
@@ -140,6 +156,7 @@ class RunResult:
             },
             "ratios": self.ratios(),
             "overhead_vs_floor_ms": self.overheads(),
+            "outside_cli_ms": self.outside_cli(),
             "errors": error_counts(self.samples),
             "memory": self.memory,
             "load": self.load,

@@ -144,6 +144,26 @@ def paired_overhead(
     return Summary(len(diffs), percentile(ordered, 50), percentile(ordered, 95), ordered[0])
 
 
+def outside_cli_ms(s: Sample) -> float | None:
+    """How long a hot turn spent outside the CLI, as the client saw it (ms), or None.
+
+    The client's send → result time minus the CLI's own time as the daemon measured it (prompt
+    written → result line read: the turn's ``ttfe`` + ``thinking`` + ``tools``): HTTP in, the
+    daemon both ways, SSE out. Both clocks are this machine's monotonic clock, and the CLI's
+    variance cancels out, so this is the daemon's overhead per turn without the floor's noise.
+    Only for hot follow-ups (``source`` = ``hot``), whose turns carry that timing.
+    """
+    timing = s.extra.get("timing")
+    result = s.ms("result_ms")
+    if not isinstance(timing, dict) or result is None or timing.get("source") != "hot":
+        return None
+    try:
+        cli = float(timing["ttfe_ms"]) + float(timing["thinking_ms"]) + float(timing["tools_ms"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return result - cli
+
+
 def error_counts(samples: Iterable[Sample]) -> dict[str, int]:
     """Failed samples per mode (modes without failures are left out)."""
     out: dict[str, int] = {}
