@@ -18,16 +18,11 @@ from hotsession import Config, Hotsession, session
 from hotsession.api import events as sse
 from hotsession.api import fastpath
 from hotsession.registry import TurnRecord
-from hotsession.testing.fake_agent import write_launcher
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hotsession]:
-    config = Config(
-        state_dir=tmp_path / "state",
-        cli_path=write_launcher(tmp_path / "fake-claude"),
-        pool_enabled=False,
-    )
+async def hub(tmp_path: Path, fake_cli: str) -> AsyncIterator[Hotsession]:
+    config = Config(state_dir=tmp_path / "state", cli_path=fake_cli, pool_enabled=False)
     async with Hotsession(config) as hs:
         yield hs
 
@@ -114,6 +109,7 @@ def test_fast_path_matches_only_turn_posts() -> None:
         (b'"prompt"', None),
         (b'{"prompt": ', None),  # malformed: the route's 400
         (b"\xff\xfe", None),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),  # RecursionError
         (b'{"prompt": "x\\ud800"}', None),  # lone surrogate: the route's 422
     ],
 )

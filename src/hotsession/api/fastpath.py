@@ -50,7 +50,7 @@ def prompt_of(body: bytes) -> str | None:
     """The prompt of a well-formed ``{"prompt": "..."}`` body; None for anything else."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON raises the latter
         return None
     if not isinstance(doc, dict) or len(doc) != 1:
         return None
