@@ -67,6 +67,14 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def fake_cli(tmp_path: Path) -> str:
+    """The fake agent (``hotsession.testing.fake_agent``) as an executable CLI path."""
+    from hotsession.testing.fake_agent import write_launcher
+
+    return write_launcher(tmp_path / "fake-claude")
+
+
 async def wait_until(
     predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
 ) -> None:

@@ -59,13 +59,6 @@ def daemon(
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def page(tmp_path: Path, daemon: Daemon) -> AsyncIterator[Any]:
     """A page in a fresh Chromium profile; fails the test on any uncaught script error."""
     errors: list[str] = []

@@ -20,19 +20,6 @@ from hotsession.errors import AgentStartError, ProfileFailing
 from hotsession.memory import sample_many
 from hotsession.options import SessionOptions
 from hotsession.pool import Pool
-from hotsession.testing.fake_agent import write_launcher
-
-
-@pytest.fixture
-def fake_cli(tmp_path: Path) -> str:
-    return write_launcher(tmp_path / "fake-claude")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def make_config(tmp_path: Path, fake_cli: str, **kw: Any) -> Config:

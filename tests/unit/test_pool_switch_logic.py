@@ -18,19 +18,6 @@ from hotsession import Hotsession
 from hotsession.options import SessionOptions
 from hotsession.pool import switch_plan
 from hotsession.session import Session
-from hotsession.testing.fake_agent import write_launcher
-
-
-@pytest.fixture
-def fake_cli(tmp_path: Path) -> str:
-    return write_launcher(tmp_path / "fake-claude")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def profile(cwd: Path, **kw: Any) -> SessionOptions:
