@@ -17,6 +17,7 @@ from tests.conftest import wait_until
 from hotsession import Config, Hotsession, session
 from hotsession.api import events as sse
 from hotsession.api import fastpath
+from hotsession.events import Event
 from hotsession.registry import TurnRecord
 
 
@@ -154,3 +155,18 @@ async def test_a_stream_shows_no_event_before_the_prompt_is_recorded(
     assert b"event: message" in await asyncio.wait_for(first, 10)
     assert any(t.turn == turn.number for t in await hub.registry.list_turns(s.id))
     await frames.aclose()
+
+
+def test_ready_frames_are_joined_up_to_the_batch_size() -> None:
+    def ev(seq: int, size: int) -> Event:
+        return Event("hs_x", seq, 1, "message", {"text": "x" * size})
+
+    small = [ev(1, 100), ev(2, 100), ev(3, 100)]
+    assert len(list(sse._batches(small))) == 1  # one write
+    big = sse.BATCH_BYTES
+    chunks = list(sse._batches([ev(1, 100), ev(2, big), ev(3, big), ev(4, 100)]))
+    # a client that stops reading meets the send limit before the frames after a big one
+    assert [c.count(b"\nevent: ") + c.startswith(b"event: ") for c in chunks] == [1, 1, 1, 1]
+    assert b"".join(chunks) == b"".join(
+        map(sse.frame, [ev(1, 100), ev(2, big), ev(3, big), ev(4, 100)])
+    )

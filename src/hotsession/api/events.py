@@ -29,7 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+)
 from typing import Any
 
 from hotsession.errors import HotsessionError
@@ -57,6 +64,24 @@ def frame_untracked(kind: str, data: dict[str, Any]) -> bytes:
 SHUTDOWN_FRAME = frame_untracked(
     "error", {"code": "shutting_down", "message": "the service is shutting down"}
 )
+
+
+BATCH_BYTES = 64 * 1024
+"""Frames of ready events are joined into writes of about this size (a bigger frame: alone)."""
+
+
+def _batches(events: list[Event]) -> Iterator[bytes]:
+    chunk: list[bytes] = []
+    size = 0
+    for event in events:
+        data = frame(event)
+        if chunk and size + len(data) > BATCH_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    if chunk:
+        yield b"".join(chunk)
 
 
 async def stream(
@@ -98,11 +123,14 @@ async def stream(
                 if take_ready is None or event.terminal:
                     yield frame(event)
                 else:
-                    # Everything the turn has ready goes out in one write: the CLI's result
-                    # message and hotsession's ``result`` event come together, and a write per
-                    # frame put one more syscall and loop pass before the client's result.
+                    # What the turn has ready goes out in one write: the CLI's result message
+                    # and hotsession's ``result`` event come together, and a write per frame put
+                    # one more syscall and loop pass before the client's result. Batches stop at
+                    # BATCH_BYTES, so a client that stops reading still meets the send limit
+                    # frame by frame for big ones (and is dropped before a big turn ends).
                     ready = [event, *take_ready()]
-                    yield b"".join(map(frame, ready))
+                    for chunk in _batches(ready):
+                        yield chunk
                     event = ready[-1]
                 if take_ready is not None and event.terminal:
                     return
