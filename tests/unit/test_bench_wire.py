@@ -14,7 +14,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hotsession.bench.environment import BenchError
 from hotsession.bench.wire import WireClient
-from hotsession.daemon import bind
+from hotsession.daemon import _Server, bind
 
 TOKEN = "t0ken"
 
@@ -62,7 +62,9 @@ async def server() -> AsyncIterator[tuple[int, list[int]]]:
             super().connection_made(transport)
 
     config = uvicorn.Config(app, log_level="warning", http=Counting, lifespan="off")
-    srv = uvicorn.Server(config)
+    # The daemon's server class: no signal handlers (uvicorn's own replaced the test process's
+    # SIGINT handler, and a later test that sends SIGINT to itself then got no KeyboardInterrupt).
+    srv = _Server(config)
     task = asyncio.create_task(srv.serve(sockets=[sock]))
     while not srv.started:
         await asyncio.sleep(0.01)
