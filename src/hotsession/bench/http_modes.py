@@ -5,7 +5,7 @@ run) and reads its token from ``<state-dir>/token``. Every timed call is one HTT
 SSE stream is read until the turn's ``result`` (or ``error``) event; ``t_send`` is stamped just
 before the request is sent, ``t_first`` at the first ``message`` event (the first CLI output).
 Timed streams are read with the bench's lean client (:mod:`hotsession.bench.wire`: httpx alone
-adds ~4 ms a request in this process); other calls use httpx.
+adds ~0.5 ms a request in this process, more under load); other calls use httpx.
 
 * ``hs new (spare)``     — ``POST /v1/sessions`` then its first turn, with a ready spare waiting
   (prepare waits until ``GET /v1/pool`` shows one);

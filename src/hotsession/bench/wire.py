@@ -1,14 +1,15 @@
 """The bench's timing client: POST a JSON body, read the SSE answer, over kept-alive sockets.
 
 Why hand-written, not httpx. The speed target is the *daemon's* overhead over the bare CLI
-(issue 4: within 2 ms, median). Measured on the 2-core box (80 interleaved follow-ups,
-2026-11-24): the same daemon, the same session, paired with the floor in the same round —
-through ``httpx.AsyncClient.stream`` + ``aiter_lines`` the result arrived +4.4 ms after the
-floor's, through this client −0.2 ms. The ~4 ms are httpx's own per-request work (request
-building, the connection pool's locks, the line decoder), paid in the bench's process and
-counted against the daemon. So the bench times with this client, the way a lean client in any
-language sees the daemon; ``hs follow-up (httpx)`` keeps showing what httpx adds (see
-docs/benchmarks.md). Everything else in the bench (JSON calls, setup) stays on httpx.
+(issue 4: within 2 ms, median), and a client library's own per-request work (request building,
+the connection pool's locks, the line decoder) is paid in the bench's process and was counted
+against the daemon. Measured on the 2-core box, idle, 150 interleaved rounds (2026-11-24): the
+same daemon, paired with the floor in the same round, the result arrived +1.4 ms after the
+floor's through ``httpx.AsyncClient.stream`` + ``aiter_lines`` and +0.6 ms through this client
+(time outside the CLI 1.9 vs 1.4 ms); on a loaded machine the gap was larger. So the bench
+times with this client, the way a lean client in any language sees the daemon;
+``hs follow-up (httpx)`` keeps showing what httpx adds (docs/benchmarks.md). Everything else in
+the bench (JSON calls, setup) stays on httpx.
 
 It speaks exactly what the daemon answers a streaming POST with: HTTP/1.1, a status line and
 headers, then a ``Transfer-Encoding: chunked`` body of SSE frames (or, for an error, a body with
