@@ -637,8 +637,17 @@ def test_chat_names_a_spawned_session_a_cold_start_on_its_first_turn(
     assert [line.rsplit(" · ", 1)[1] for line in timing_lines] == ["cold start", "pool hit"]
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in this process, however the test run was started: a
+    shell starts a background job with SIGINT ignored, and Python then leaves it ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_chat_ctrl_c_interrupts_the_turn_and_returns_to_the_prompt(
-    hs: Any, daemon: FakeDaemon
+    hs: Any, daemon: FakeDaemon, ctrl_c: None
 ) -> None:
     assert hs("ask", "make a session").exit_code == 0
     result = hs("chat", "s1", input="hang on\nafter\n")
