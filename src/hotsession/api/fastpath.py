@@ -2,18 +2,19 @@
 
 Why hand-written. A follow-up is the request the service exists for, and its budget is 2 ms
 over the bare CLI (issue 4). Traced per hop on the 2-core box (100 follow-ups, 2026-11-24), the
-daemon spent a median 0.36 ms between the edge middleware and the route's first line: the
+daemon spent a median 0.34–0.36 ms between the edge middleware and the route's first line: the
 router's linear scan of every route, FastAPI's dependency solving (``Api``, ``CurrentTenant``,
 the bearer scheme), the body's JSON parse and the pydantic model — for a body that is one string.
 This module answers the well-formed request directly from the edge middleware, which has
 already authenticated the caller and capped the body.
 
-It declines (returns False, the body replayed) anything but a JSON object whose only key is a
-``prompt`` string of valid Unicode, so every malformed or invalid body still gets the route's own
-400/422 answer, word for word. The route in ``sessions.py`` stays the one definition of the
-endpoint: it is what the OpenAPI document shows and what answers declined requests. Both hand
-the parsed prompt to ``sessions.start_turn``, so the two cannot drift in what a turn does;
-``tests/api`` drives the endpoint over real HTTP and covers both.
+It declines anything but a JSON object whose only key is a ``prompt`` string of valid Unicode
+(``prompt_of`` gives None and the edge replays the body to the route), so every malformed or
+invalid body still gets the route's own 400/422 answer, word for word. The route in
+``sessions.py`` stays the one definition of the endpoint: it is what the OpenAPI document shows
+and what answers declined requests. Both hand the parsed prompt to ``sessions.start_turn``, so
+the two cannot drift in what a turn does; ``tests/api`` drives the endpoint over real HTTP and
+covers both.
 """
 
 from __future__ import annotations
