@@ -267,12 +267,8 @@ class Pool:
             )
         prof.sizer.record_arrival(now)
         try:
-            while prof.ready:
-                spare = prof.ready.popleft()
-                problem = self._spare_problem(spare, now)
-                if problem is not None:
-                    self._discard(spare, problem)
-                    continue
+            spare = self._take_ready(prof, now)
+            if spare is not None:
                 prof.hits += 1
                 return Placement(spare.process, spare.cli_session_id, "spare")
             placement = await self._claim_switched(prof, now)
@@ -298,18 +294,25 @@ class Pool:
                 candidates.append((len(plan), -len(other.ready), other, plan))
         # Fewest switches first, then the sibling with the most spares.
         for _, _, other, plan in sorted(candidates, key=lambda c: c[:2]):
-            while other.ready:
-                spare = other.ready.popleft()
-                problem = self._spare_problem(spare, now)
-                if problem is not None:
-                    self._discard(spare, problem)
-                    continue
-                self.wake()  # the sibling refills at once
-                # Past two cold starts a switch is no longer cheaper than the spawn it replaces.
-                timeout = max(1.0, 2 * other.sizer.cold_starts.tau)
-                if await self._switch(spare, plan, timeout):
-                    return Placement(spare.process, spare.cli_session_id, "spare-switched")
-                return None  # that spare is gone; the claim is a miss (a direct spawn)
+            spare = self._take_ready(other, now)
+            if spare is None:
+                continue
+            self.wake()  # the sibling refills at once
+            # Past two cold starts a switch is no longer cheaper than the spawn it replaces.
+            timeout = max(1.0, 2 * other.sizer.cold_starts.tau)
+            if await self._switch(spare, plan, timeout):
+                return Placement(spare.process, spare.cli_session_id, "spare-switched")
+            return None  # that spare is gone; the claim is a miss (a direct spawn)
+        return None
+
+    def _take_ready(self, prof: Profile, now: float) -> Spare | None:
+        """The profile's next healthy ready spare (unhealthy ones met on the way are discarded)."""
+        while prof.ready:
+            spare = prof.ready.popleft()
+            problem = self._spare_problem(spare, now)
+            if problem is None:
+                return spare
+            self._discard(spare, problem)
         return None
 
     async def _switch(self, spare: Spare, plan: dict[str, str], timeout: float) -> bool:

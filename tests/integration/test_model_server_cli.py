@@ -57,10 +57,8 @@ def cli_env(tmp_path: Path, model_server: ModelServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def cwd(tmp_path: Path) -> Path:
-    path = tmp_path / "cwd"
-    path.mkdir()
-    return path
+def cwd(workdir: Path) -> Path:
+    return workdir  # the shared empty working directory (tests/conftest.py)
 
 
 BASE_ARGS = [
