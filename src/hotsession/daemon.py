@@ -130,7 +130,13 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)
             self._write_discovery(host, port)
-            log.info("hotsession %s listening on %s", __version__, self.url)
+            log.info(
+                "hotsession %s listening on %s · dashboard %s/ · API document %s/docs",
+                __version__,
+                self.url,
+                self.url,
+                self.url,
+            )
             serving = asyncio.create_task(self.server.serve(sockets=[sock]), name="uvicorn")
             await self._wait_started(serving)
             self.ready.set()
