@@ -85,7 +85,10 @@ async def test_prompt_streams_the_answer_and_its_timing(
     await expect(timing).to_contain_text(
         re.compile(r"\d.*s · TTFE \d+% · Thinking \d+% · Tools \d+%")
     )
-    assert await timing.locator(".bar > span").count() == 3
+    keys = await timing.locator(".bar > span[data-k]").evaluate_all(
+        "(els) => els.map((e) => e.dataset.k)"
+    )
+    assert keys[-3:] == ["ttfe", "thinking", "tools"]
     # The list row shows the state and the last turn's timing, live.
     await expect(row.locator(".state")).to_have_text("idle · hot")
     await expect(row.locator(".timing")).to_contain_text("TTFE")
@@ -260,3 +263,8 @@ async def test_a_session_of_another_client_appears_live(
     # All of it came from the tenant's stream: no per-session stream or fetch for the list.
     assert any("/v1/stream" in u for u in urls)
     assert not [u for u in urls if "/v1/sessions/" in u], urls
+
+
+def test_the_startup_log_gives_the_dashboards_url(daemon: Daemon) -> None:
+    assert f"dashboard {daemon.url}/ " in daemon.log_tail(100_000)
+    assert httpx.get(daemon.url + "/").status_code == 200

@@ -9,6 +9,7 @@ calls, the session line, the timing line, warnings — to **stderr** through a r
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,27 +34,34 @@ _TOOL_SUMMARY_KEYS = (
 )
 
 
+def _half_up(x: float) -> int:
+    # Half-up, written out: Python's round() and format() round half to even, JavaScript's
+    # Math.round half up; the dashboard's timing.js uses this same expression.
+    return math.floor(x + 0.5)
+
+
 def format_duration(ms: float) -> str:
     """``850ms``, ``1.2s``, ``2m05s``."""
     if ms < 1000:
-        return f"{ms:.0f}ms"
+        return f"{_half_up(ms)}ms"
     seconds = ms / 1000
     if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(round(seconds), 60)
+        return f"{_half_up(seconds * 10) / 10:.1f}s"
+    minutes, rest = divmod(_half_up(seconds), 60)
     return f"{minutes}m{rest:02d}s"
 
 
-def _percent(part: float, total: float) -> str:
-    share = 100 * part / total
+def _percent(share: float) -> str:
     if 0 < share < 0.5:
         return "<1%"
-    return f"{share:.0f}%"
+    return f"{_half_up(share)}%"
 
 
 def _number(timing: Mapping[str, Any], key: str) -> float:
     value = timing.get(key)
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value) if math.isfinite(value) and value > 0 else 0.0
 
 
 def format_source(source: object) -> str:
@@ -65,23 +73,57 @@ def format_source(source: object) -> str:
     return str(source) if source else "unknown source"
 
 
+# The timing story of a turn, one definition for every renderer: the CLI's line below and the
+# dashboard's panel and bar (dashboard/static/timing.js implements the same steps;
+# tests/browser/test_timing_story.py checks both tell the same story for the same records).
+# Each segment is a share of ``total_ms``; the optional ones (queued behind other turns,
+# starting a process: a claim, a spawn or a resume) are shown only from 1%.
+TIMING_SEGMENTS: tuple[tuple[str, str, str, bool], ...] = (
+    # (key, label, field of the timing record, optional)
+    ("queued", "Queued", "queued_ms", True),
+    ("start", "Start", "claim_ms", True),
+    ("ttfe", "TTFE", "ttfe_ms", False),
+    ("thinking", "Thinking", "thinking_ms", False),
+    ("tools", "Tools", "tools_ms", False),
+)
+
+
+def timing_story(timing: Mapping[str, Any]) -> dict[str, Any]:
+    """A turn's timing as the segments every renderer shows (JSON-able; see ``TIMING_SEGMENTS``).
+
+    ``{"total_ms", "total", "segments": [{"key", "label", "ms", "percent"}], "source", "text"}``:
+    ``segments`` are the shown ones in order, ``text`` is the line without the clock glyph.
+    """
+    total = _number(timing, "total_ms")
+    segments: list[dict[str, Any]] = []
+    if total > 0:
+        for key, label, field, optional in TIMING_SEGMENTS:
+            ms = _number(timing, field)
+            share = 100 * ms / total
+            if optional and share < 1:
+                continue
+            segments.append({"key": key, "label": label, "ms": ms, "percent": _percent(share)})
+    source = format_source(timing.get("source"))
+    parts = [format_duration(total)]
+    parts += [f"{s['label']} {s['percent']}" for s in segments]
+    parts.append(source)
+    return {
+        "total_ms": total,
+        "total": format_duration(total),
+        "segments": segments,
+        "source": source,
+        "text": " · ".join(parts),
+    }
+
+
 def format_timing(timing: Mapping[str, Any]) -> str:
     """The one-line summary of a turn's timing breakdown (the ``result`` event's ``timing``).
 
-    ``⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 6% · pool hit``: shares of ``total_ms``. Time spent
-    queued behind other turns or starting a process shows up only when it is at least 1%.
+    ``⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 6% · pool hit``: shares of ``total_ms`` (see
+    ``timing_story``). Time spent queued behind other turns or starting a process shows up only
+    when it is at least 1%.
     """
-    total = _number(timing, "total_ms")
-    parts = [f"⏱ {format_duration(total)}"]
-    if total > 0:
-        for label, key in (("Queued", "queued_ms"), ("Start", "claim_ms")):
-            value = _number(timing, key)
-            if 100 * value / total >= 1:
-                parts.append(f"{label} {_percent(value, total)}")
-        for label, key in (("TTFE", "ttfe_ms"), ("Thinking", "thinking_ms"), ("Tools", "tools_ms")):
-            parts.append(f"{label} {_percent(_number(timing, key), total)}")
-    parts.append(format_source(timing.get("source")))
-    return " · ".join(parts)
+    return f"⏱ {timing_story(timing)['text']}"
 
 
 def summarize_tool(name: str, tool_input: object, width: int = 100) -> str:

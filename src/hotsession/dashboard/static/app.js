@@ -1,4 +1,5 @@
-// hotsession dashboard: a plain ES module, no build step, no dependencies.
+// hotsession dashboard: plain ES modules, no build step; marked and DOMPurify are vendored
+// (static/vendor/, used by markdown.js), nothing is loaded from another host.
 //
 // Data flow. The token lives in sessionStorage (this tab only, never in a URL). Every call sends
 // `Authorization: Bearer <token>`; EventSource cannot send that header, so SSE is read with
@@ -10,6 +11,9 @@
 // - the open session's `/events` (replay after a sequence number, then live): its conversation.
 // The open session's details (memory with PSS, the prompts of turns sent elsewhere) are fetched
 // again when one of its turns ends or a permission is asked or answered (coalesced).
+
+import { renderMarkdown } from "./markdown.js";
+import { formatDuration, timingStory } from "./timing.js";
 
 const TOKEN_KEY = "hotsession.token";
 const SAMPLES_KEY = "hotsession.memory";
@@ -140,12 +144,11 @@ function toast(text, kind = "err") {
 
 // ---------------------------------------------------------------- formatting
 
-const fmtS = (ms) => (ms >= 10000 ? `${(ms / 1000).toFixed(1)}s` : ms >= 1000 ? `${(ms / 1000).toFixed(2)}s` : `${Math.round(ms)}ms`);
+const fmtS = formatDuration;
 const fmtMB = (mb) => (mb == null ? "–" : mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`);
 /** Long paths keep their end, the part that tells them apart. */
 const tailPath = (p, n = 44) => (p && p.length > n ? `…${p.slice(p.length - n + 1)}` : p || "");
 const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 11)}…` : id);
-const SOURCE = { spare: "pool hit", "spare-switched": "pool hit (switched)", pool: "pool hit", hot: "hot", spawn: "cold start", resume: "resumed" };
 
 /** A session's own (anonymous) memory: what the list shows (shared pages are not its own). */
 function memOf(s) {
@@ -154,31 +157,25 @@ function memOf(s) {
   return m.anon_mb ?? m.pss_mb ?? m.rss_mb ?? null;
 }
 
-/** The "⏱ 40.4s · TTFE 12% · Thinking 87% · Tools 1%" panel, with its bar. */
+/** The timing panel: the story `hotsession ask` prints (timing.js), with its bar. */
 function timingBar(t, compact = false) {
   if (!t) return h("span", { class: "muted" }, "–");
-  const parts = [
-    ["ttfe", "TTFE", t.ttfe_ms || 0],
-    ["think", "Thinking", t.thinking_ms || 0],
-    ["tools", "Tools", t.tools_ms || 0],
-  ];
-  const sum = parts.reduce((a, p) => a + p[2], 0) || 1;
-  const pct = parts.map(([cls, name, ms]) => [cls, name, ms, Math.round((ms / sum) * 100)]);
-  const start = (t.queued_ms || 0) + (t.claim_ms || 0);
-  let text = `${fmtS(t.total_ms || 0)} · ${pct.map(([, n, , p]) => `${n} ${p}%`).join(" · ")}`;
-  if (!compact) {
-    if (t.tool_calls) text += ` · ${t.tool_calls} tool call${t.tool_calls > 1 ? "s" : ""}`;
-    if (start >= 1) text += ` · start ${fmtS(start)}`;
-    if (t.source) text += ` · ${SOURCE[t.source] || t.source}`;
-  }
+  const story = timingStory(t);
+  const total = story.total_ms || 1;
+  const shown = story.segments.reduce((a, s) => a + s.ms, 0);
+  const extra = !compact && t.tool_calls ? ` · ${t.tool_calls} tool call${t.tool_calls > 1 ? "s" : ""}` : "";
   return h(
     "div",
     { class: `timing${compact ? " compact" : ""}` },
-    h("span", { class: "timing-text" }, clockIcon(), text),
+    h("span", { class: "timing-line" }, clockIcon(), h("span", { class: "timing-text" }, story.text),
+      extra ? h("span", { class: "timing-extra" }, extra) : null),
     h(
       "span",
       { class: "bar", "aria-hidden": "true" },
-      pct.map(([cls, name, ms, p]) => h("span", { class: cls, style: `flex-grow:${ms / sum}`, title: `${name} ${fmtS(ms)} (${p}%)` })),
+      story.segments.map((s) =>
+        h("span", { class: s.key, "data-k": s.key, style: `flex-grow:${s.ms / total}`, title: `${s.label} ${fmtS(s.ms)} (${s.percent})` })),
+      // What the segments leave out (small gaps between them) keeps the shares true to total_ms.
+      shown < total ? h("span", { class: "rest", style: `flex-grow:${(total - shown) / total}` }) : null,
     ),
   );
 }
@@ -399,6 +396,9 @@ function conv(id, full = state.selected === id) {
       pending: [], // prompts sent from this tab, waiting for their turn to start
       tools: new Map(), // tool_use_id -> card
       perms: new Map(), // request_id -> card
+      streamed: [], // text blocks shown from stream_event deltas, not yet completed by a message
+      live: null, // the one of them deltas are arriving for
+      stick: true, // follow the tail (see scrollLog)
     };
     state.convs.set(id, c);
   }
@@ -461,19 +461,89 @@ function fillPrompts(c) {
   }
 }
 
-function scrollLog(c) {
-  if (state.selected !== c.id) return;
-  const log = $("log");
-  if (log.scrollHeight - log.scrollTop - log.clientHeight < 160) log.scrollTop = log.scrollHeight;
+// Following the tail. The open conversation stays scrolled to its newest line (`c.stick`) while
+// it grows (replay, streamed text, tool output, a window resize) unless the user scrolled up;
+// scrolling back to the bottom, or sending a prompt, follows again.
+const STICK_PX = 48;
+let lastTop = 0;
+
+function atBottom(log) {
+  return log.scrollHeight - log.scrollTop - log.clientHeight < STICK_PX;
 }
 
-function textBlock(text, cls) {
-  // Fenced code blocks become <pre>; everything else is plain text (never HTML).
-  const el = h("div", { class: `msg ${cls}` });
-  String(text).split(/```[^\n]*\n?/).forEach((part, i) => {
-    if (part) el.append(i % 2 ? h("pre", null, part.replace(/\n$/, "")) : h("span", null, part));
-  });
+function onLogScroll() {
+  const c = state.selected && state.convs.get(state.selected);
+  const log = $("log");
+  if (!c) return;
+  // Growth never lowers scrollTop; only the user does (so a late scroll event of our own
+  // scrolling, after more text arrived, does not count as "scrolled up").
+  if (atBottom(log)) c.stick = true;
+  else if (log.scrollTop < lastTop - 1) c.stick = false;
+  lastTop = log.scrollTop;
+}
+
+function scrollLog(c) {
+  if (state.selected !== c.id || !c.stick) return;
+  const log = $("log");
+  log.scrollTop = log.scrollHeight;
+  lastTop = log.scrollTop;
+}
+
+const tailObserver = new ResizeObserver(() => {
+  const c = state.selected && state.convs.get(state.selected);
+  if (c) scrollLog(c);
+});
+
+/** The model's text, rendered as Markdown (markdown.js: never raw HTML of the model's). */
+function assistantText(text) {
+  const el = h("div", { class: "msg assistant md" });
+  el.append(renderMarkdown(text));
   return el;
+}
+
+// Streamed text (sessions with include_partial_messages): each text block the model writes
+// arrives as `stream_event` deltas, then once more whole in an `assistant` message. A block
+// opens at its first delta and is re-rendered at most once a frame while deltas come; the
+// whole message then replaces the streamed blocks' text (the same text, now final) instead of
+// being added again.
+function onStreamEvent(c, turnEl, m) {
+  const ev = m.event || {};
+  if (ev.type === "content_block_start" && ev.content_block && ev.content_block.type === "text") {
+    openStreamed(c, turnEl, ev.index);
+  } else if (ev.type === "content_block_delta" && ev.delta && ev.delta.type === "text_delta") {
+    const b = c.live && c.live.index === ev.index ? c.live : openStreamed(c, turnEl, ev.index);
+    b.text += ev.delta.text || "";
+    if (!b.frame) b.frame = requestAnimationFrame(() => paintStreamed(c, b));
+  } else if (ev.type === "content_block_stop" && c.live && c.live.index === ev.index) {
+    paintStreamed(c, c.live);
+    c.live = null;
+  }
+}
+
+function openStreamed(c, turnEl, index) {
+  if (c.live) paintStreamed(c, c.live);
+  const b = { index, text: "", frame: 0, el: h("div", { class: "msg assistant md streaming" }) };
+  turnEl.append(b.el);
+  c.live = b;
+  c.streamed.push(b);
+  return b;
+}
+
+function paintStreamed(c, b) {
+  if (b.frame) cancelAnimationFrame(b.frame);
+  b.frame = 0;
+  b.el.replaceChildren(renderMarkdown(b.text));
+  scrollLog(c);
+}
+
+/** An `assistant` message's text block: the streamed block it completes, or a new one. */
+function placeText(c, turnEl, text) {
+  const b = c.streamed.shift();
+  if (!b) return turnEl.append(assistantText(text));
+  if (c.live === b) c.live = null;
+  b.text = text;
+  paintStreamed(c, b);
+  b.el.classList.remove("streaming");
 }
 
 function toolResultText(content) {
@@ -484,19 +554,29 @@ function toolResultText(content) {
 
 function render(c, type, d) {
   const turnEl = openTurn(c, d && d.turn);
-  if (type === "message") renderMessage(c, turnEl, d);
+  if (type === "message" && d && d.type === "stream_event") onStreamEvent(c, turnEl, d);
+  else if (type === "message") renderMessage(c, turnEl, d);
   else if (type === "queued") turnEl.append(h("div", { class: "note" }, `queued (position ${d.position})`));
   else if (type === "permission_request") renderPermission(c, turnEl, d);
   else if (type === "permission_resolved") resolvePermission(c, d);
   else if (type === "result") {
     if (d.is_error) turnEl.append(h("div", { class: "msg error" }, d.result || d.subtype || "error"));
     turnEl.append(timingBar(d.timing));
-    c.turnEl = null;
+    endTurn(c);
   } else if (type === "error") {
     turnEl.append(h("div", { class: "msg error", "data-code": d.code }, h("b", null, d.code || "error"), ` · ${d.message || ""}`));
-    c.turnEl = null;
+    endTurn(c);
   }
   scrollLog(c);
+}
+
+/** The turn is over: streamed text that no whole message completed (interrupted) stays. */
+function endTurn(c) {
+  if (c.live) paintStreamed(c, c.live);
+  for (const b of c.streamed) b.el.classList.remove("streaming");
+  c.live = null;
+  c.streamed = [];
+  c.turnEl = null;
 }
 
 function renderMessage(c, turnEl, m) {
@@ -512,7 +592,7 @@ function renderMessage(c, turnEl, m) {
   const content = m.message && m.message.content;
   if (m.type === "assistant" && Array.isArray(content)) {
     for (const b of content) {
-      if (b.type === "text" && b.text) turnEl.append(textBlock(b.text, "assistant"));
+      if (b.type === "text" && b.text) placeText(c, turnEl, b.text);
       else if (b.type === "thinking" && b.thinking) {
         turnEl.append(h("details", { class: "thinking" }, h("summary", null, "Thinking"), h("div", null, b.thinking)));
       } else if (b.type === "tool_use") {
@@ -631,7 +711,11 @@ function select(id) {
     }
     c = conv(id, true);
     $("log").replaceChildren(c.el);
-    $("log").scrollTop = $("log").scrollHeight;
+    tailObserver.disconnect();
+    tailObserver.observe(c.el);
+    tailObserver.observe($("log"));
+    c.stick = true; // opening a session shows its newest turn
+    scrollLog(c);
     $("prompt").value = c.draft || "";
   }
   $("detail").hidden = !id;
@@ -680,6 +764,7 @@ async function sendPrompt() {
     c.pending.push(text);
     openTurn(c);
   }
+  c.stick = true; // the answer to what was just sent stays in view
   scrollLog(c);
   if (s && !BUSY_STATES.has(s.state)) {
     s.state = "running";
@@ -691,7 +776,7 @@ async function sendPrompt() {
   } catch (e) {
     const el = c.turnEl || openTurn(c);
     el.append(h("div", { class: "msg error" }, h("b", null, e.code || "error"), ` · ${e.message}`));
-    c.turnEl = null;
+    endTurn(c);
     scheduleDetail();
   }
 }
@@ -984,6 +1069,7 @@ function init() {
     }
   });
   document.addEventListener("keydown", onKey);
+  $("log").addEventListener("scroll", onLogScroll, { passive: true });
   addEventListener("hashchange", route);
   fetch("healthz").then((r) => r.json()).then((hz) => {
     document.querySelector(".brand").title = `hotsession ${hz.version || ""} · Claude Code ${(hz.cli && hz.cli.version) || ""}`;

@@ -1,0 +1,134 @@
+"""The conversation pane: the model's Markdown rendered safely, and following the newest turn."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dashboard_harness import Daemon
+from playwright.async_api import expect
+
+pytestmark = pytest.mark.browser
+
+MARKDOWN_JS = """async (texts) => {
+  const { renderMarkdown } = await import("/static/markdown.js");
+  return texts.map((t) => {
+    const div = document.createElement("div");
+    div.append(renderMarkdown(t));
+    return div.innerHTML;
+  });
+}"""
+
+
+async def login(page: Any, daemon: Daemon) -> None:
+    await page.goto(daemon.url + "/")
+    await page.fill("#token", daemon.token)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#sessions-view")).to_be_visible()
+
+
+async def turn(client: httpx.AsyncClient, sid: str, prompt: str) -> None:
+    async with client.stream("POST", f"/v1/sessions/{sid}/turns", json={"prompt": prompt}) as r:
+        assert r.status_code == 200
+        body = "".join([chunk async for chunk in r.aiter_text()])
+    assert "event: result" in body, body[-500:]
+
+
+async def test_markdown_is_rendered_and_the_models_html_is_not(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    hostile = '<img src=x onerror="window.__pwned = 1"> and <b>bold?</b>'
+    reply = f"The answer is **sixty**, in `code`. {hostile}"
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+    async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
+        res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
+        sid = res.json()["id"]
+        await turn(client, sid, f"[[say:{reply}]]")
+
+    await login(page, daemon)
+    await page.goto(f"{daemon.url}/#/sessions/{sid}")
+    answer = page.locator("#log .msg.assistant")
+    await expect(answer.locator("strong")).to_have_text("sixty")
+    await expect(answer.locator("code")).to_have_text("code")
+    # The model's HTML shows as the text it is: no element made of it, no script run.
+    await expect(answer).to_contain_text(hostile)
+    assert await answer.locator("img, b").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+
+    # The renderer itself, on what a model may write.
+    out = await page.evaluate(
+        MARKDOWN_JS,
+        [
+            "**x**",
+            "<script>window.__pwned = 2</script>",
+            "[click](javascript:window.__pwned=3)",
+            "![tracker](https://example.invalid/p.png)",
+            "```python\nprint('<b>')\n```",
+            '<a href="https://example.invalid" onclick="x()">raw link</a>',
+            "| a | b |\n|---|---|\n| 1 | 2 |",
+        ],
+    )
+    assert out[0].strip() == "<p><strong>x</strong></p>"
+    assert "<script" not in out[1] and "&lt;script&gt;" in out[1]
+    assert "javascript:" not in out[2]
+    assert "<img" not in out[3] and 'href="https://example.invalid/p.png"' in out[3]
+    assert re.search(r'<pre><code class="language-python">print\(.*&lt;b&gt;', out[4])
+    assert "<a " not in out[5] and "&lt;a href" in out[5]  # shown as text
+    assert "<table>" in out[6] and "<td>2</td>" in out[6]
+    assert await page.evaluate("window.__pwned") is None
+
+
+async def _log_position(page: Any) -> dict[str, float]:
+    pos: dict[str, float] = await page.evaluate(
+        "(() => { const l = document.getElementById('log');"
+        " return {top: l.scrollTop, height: l.scrollHeight, client: l.clientHeight}; })()"
+    )
+    return pos
+
+
+def _at_bottom(pos: dict[str, float]) -> bool:
+    return pos["height"] - pos["top"] - pos["client"] < 4
+
+
+async def test_the_conversation_follows_its_newest_turn(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+    async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
+        res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
+        sid = res.json()["id"]
+        for i in range(6):  # a history several screens long
+            await turn(client, sid, f"[[say:turn {i}\n\n{'long line ' * 150}]]")
+
+        await page.set_viewport_size({"width": 1000, "height": 600})
+        await login(page, daemon)
+        await page.goto(f"{daemon.url}/#/sessions/{sid}")
+        await expect(page.locator("#log .turn .timing")).to_have_count(6)
+        # Opened at the tail: the newest turn's end is in view.
+        await expect(page.locator("#log .turn").last.locator(".timing")).to_be_in_viewport()
+        pos = await _log_position(page)
+        assert pos["height"] > 2 * pos["client"], pos  # there is something to scroll
+        assert _at_bottom(pos), pos
+
+        # Scrolled up by the user: a turn sent elsewhere does not pull the view down.
+        await page.locator("#log").hover()
+        await page.mouse.wheel(0, -1500)
+        await page.wait_for_function("document.getElementById('log').scrollTop > 0")
+        up = await _log_position(page)
+        assert not _at_bottom(up)
+        await turn(client, sid, "[[say:from another client]]")
+        await expect(page.locator("#log .turn .timing")).to_have_count(7)
+        still = await _log_position(page)
+        assert still["top"] == up["top"], (up, still)
+
+    # Sending a prompt follows the tail again: the answer stays visible.
+    await page.fill("#prompt", "[[delay:300]][[say:the answer to this prompt]]")
+    await page.press("#prompt", "Enter")
+    answer = page.locator("#log .msg.assistant").last
+    await expect(answer).to_have_text("the answer to this prompt")
+    await expect(page.locator("#log .turn .timing")).to_have_count(8)
+    await expect(page.locator("#log .turn").last.locator(".timing")).to_be_in_viewport()
+    assert _at_bottom(await _log_position(page))
