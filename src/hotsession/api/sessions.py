@@ -379,15 +379,26 @@ async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse
 
 
 def pool_view(api: ApiState, tenant: str) -> dict[str, Any]:
-    """The ``/v1/pool`` payload for ``tenant``."""
+    """The ``/v1/pool`` payload for ``tenant``.
+
+    ``spawned_total`` counts every agent process started (sessions' own spawns and resumes
+    too), as the ``hotsession_spawns_total`` metric does; the pool's own spare spawns are
+    ``spares_spawned_total``.
+    """
     hub = api.hub
+    host = hub.host.stats()
     if hub.pool is not None:
         out = dict(hub.pool.stats())
         out.setdefault("enabled", True)
+        out["spares_spawned_total"] = out.get("spawned_total")
+        out["spawned_total"] = host["spawned_total"]
         # Other tenants' profiles (their cwds) are not this tenant's business.
-        out["profiles"] = [p for p in out.get("profiles", []) if p.get("tenant") == tenant]
+        profiles = [p for p in out.get("profiles", []) if p.get("tenant") == tenant]
+        for p in profiles:
+            p.setdefault("pooled", True)
+        known = {str(p.get("profile")) for p in out.get("profiles", [])}
+        out["profiles"] = profiles + _unpooled_profiles(api, tenant, known)
         return out
-    host = hub.host.stats()
     return {
         "enabled": False,
         "profiles": [],
@@ -396,6 +407,49 @@ def pool_view(api: ApiState, tenant: str) -> dict[str, Any]:
         "recycles": dict(hub.recycles),
         "spawned_total": host["spawned_total"],
     }
+
+
+def _unpooled_profiles(api: ApiState, tenant: str, known: set[str]) -> list[dict[str, Any]]:
+    """Rows for profiles of the tenant's live sessions that the pool never served (a session
+    opened with ``resume``, for one): no spares, but live processes using memory."""
+    groups: dict[str, list[Session]] = {}
+    for s in api.hub.list(tenant=tenant):
+        if s.process is not None and s.record.profile_key not in known:
+            groups.setdefault(s.record.profile_key, []).append(s)
+    if not groups:
+        return []
+    samples = memory.sample_many([s.process.pid for ss in groups.values() for s in ss if s.process])
+    rows = []
+    for key, ss in groups.items():
+        opts = ss[0].options
+        mem = [samples[s.process.pid].anon_mb for s in ss if s.process and s.process.pid in samples]
+        rows.append(
+            {
+                "profile": key,
+                "tenant": opts.tenant,
+                "cwd": opts.cwd,
+                "model": opts.model,
+                "permission_mode": opts.permission_mode,
+                "ready": 0,
+                "spawning": 0,
+                "live_sessions": len(ss),
+                "hits": 0,
+                "misses": 0,
+                "hit_rate": None,
+                "lambda_per_s": 0.0,
+                "tau_s": None,
+                "target": 0,
+                "min": 0,
+                "max": 0,
+                "memory_mb": round(sum(m or 0.0 for m in mem), 1),
+                "failing": None,
+                "last_error": None,
+                "spawned": 0,
+                "switched": 0,
+                "pooled": False,
+            }
+        )
+    return rows
 
 
 @router.get("/pool", summary="Warm pool statistics")

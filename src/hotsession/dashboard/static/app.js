@@ -891,7 +891,8 @@ function renderPool() {
       h("tr", { class: x.failing ? "failing" : null, "data-profile": x.profile },
         h("th", { scope: "row" }, h("span", { class: "cwd", title: x.profile }, tailPath(x.cwd || x.profile, 60)),
           h("span", { class: "muted small" }, [x.tenant, x.model || "default model", `${x.permission_mode || "no"} permission mode`].filter(Boolean).join(" · ")),
-          x.failing ? h("span", { class: "badge" }, "failing") : null),
+          x.failing ? h("span", { class: "badge" }, "failing") : null,
+          x.pooled === false ? h("span", { class: "muted small", title: "Sessions of this profile got their process by a resume; the pool keeps no spare of it." }, "live sessions only (resumed)") : null),
         h("td", { class: "num", "data-k": "spares", "data-label": "Spares" }, `${x.ready ?? 0} ready`, x.spawning ? h("span", { class: "muted" }, ` +${x.spawning}`) : null),
         h("td", { class: "num", "data-k": "live", "data-label": "Live" }, String(x.live_sessions ?? 0)),
         h("td", { class: "num", "data-k": "hits", "data-label": "Hit rate" }, `${Math.round((x.hit_rate || 0) * 100)}%`,
@@ -906,14 +907,25 @@ function renderPool() {
   renderChart();
 }
 
-/** Memory used (area) against the budget (dashed line), over the samples of this tab. */
+/** A round axis top at or above `v`: 1, 2 or 5 times a power of ten (in MB). */
+function niceCeil(v) {
+  const p = 10 ** Math.floor(Math.log10(Math.max(v, 1)));
+  return [1, 2, 5, 10].map((m) => m * p).find((x) => x >= v);
+}
+
+/** Memory used (area) over the samples of this tab, scaled to the use itself (a budget many
+ * times larger would flatten it to a line at the bottom); the budget is drawn (dashed) when it
+ * is within twice the peak use, and always named in the legend. */
 function renderChart() {
   const pts = state.samples;
   const box = $("chart");
   if (pts.length === 0) return box.replaceChildren(h("p", { class: "muted" }, "No samples yet."));
   const W = 600, H = 160, P = 4;
   const t0 = pts[0].t, t1 = Math.max(pts[pts.length - 1].t, t0 + 1);
-  const top = Math.max(...pts.map((p) => Math.max(p.used || 0, p.budget || 0)), 1) * 1.05;
+  const peak = Math.max(...pts.map((p) => p.used || 0), 1);
+  const budgetMax = Math.max(...pts.map((p) => p.budget || 0));
+  const top = niceCeil(budgetMax && budgetMax <= 2 * peak ? Math.max(peak * 1.1, budgetMax * 1.02) : peak * 1.25);
+  const showBudget = budgetMax > 0 && budgetMax <= top;
   const x = (t) => P + ((t - t0) / (t1 - t0)) * (W - 2 * P);
   const y = (v) => H - P - ((v || 0) / top) * (H - 2 * P);
   let line = "", budget = "";
@@ -934,7 +946,9 @@ function renderChart() {
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `Memory used ${fmtMB(last.used)} of a ${fmtMB(last.budget)} budget`);
-  for (const [d, cls] of [[area, "area"], [line, "used"], [budget, "budget"]]) {
+  const paths = [[area, "area"], [line, "used"]];
+  if (showBudget) paths.push([budget, "budget"]);
+  for (const [d, cls] of paths) {
     const path = document.createElementNS(NS, "path");
     path.setAttribute("d", d);
     path.setAttribute("class", cls);
@@ -946,7 +960,7 @@ function renderChart() {
     h("div", { class: "plot" }, svg, h("span", { class: "y-top muted" }, fmtMB(top)), h("span", { class: "y-zero muted" }, "0")),
     h("div", { class: "chart-legend" },
       h("span", { class: "k-used" }, `used ${fmtMB(last.used)}`),
-      h("span", { class: "k-budget" }, `budget ${fmtMB(last.budget)}`),
+      h("span", { class: "k-budget" }, `budget ${fmtMB(last.budget)}${showBudget ? "" : " (above the chart)"}`),
       h("span", { class: "muted" }, `${pts.length} sample${pts.length > 1 ? "s" : ""}${span >= 1 ? ` over ${fmtS(span * 1000)}` : ""}`)),
   );
 }

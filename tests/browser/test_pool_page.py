@@ -1,0 +1,61 @@
+"""The pool page's figures: processes spawned as the metrics count them, a memory chart that shows
+the use (issue 12, item 16)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dashboard_harness import Daemon
+from playwright.async_api import expect
+
+pytestmark = pytest.mark.browser
+
+_MB = {"MB": 1.0, "GB": 1024.0}
+
+
+def _mb(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+) (MB|GB)", text.strip())
+    assert m, text
+    return float(m.group(1)) * _MB[m.group(2)]
+
+
+async def test_spawned_matches_the_metric_and_the_chart_shows_use(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+    async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
+        res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
+        assert res.status_code == 201
+        pool = (await client.get("/v1/pool")).json()
+        if pool.get("enabled") is False:
+            pytest.skip("the daemon runs without a pool")
+
+        await page.goto(daemon.url + "/")
+        await page.fill("#token", daemon.token)
+        await page.press("#token", "Enter")
+        await page.click('#nav a[data-view="pool"]')
+        await expect(page.locator("#chart svg path.used")).to_have_count(1)
+
+        # "Processes spawned" is hotsession_spawns_total (sessions' own spawns included).
+        metrics = (await client.get("/metrics")).text
+        m = re.search(r"^hotsession_spawns_total (\S+)$", metrics, re.M)
+        assert m
+        await expect(page.locator("#p-spawned")).to_have_text(str(int(float(m.group(1)))))
+
+    # The chart is scaled to the use: its top is within a small multiple of the peak, not the
+    # whole budget (which here is many times the use, and is then named in the legend only).
+    # One look at both, so the chart and the samples read are the same.
+    used, top_text = await page.evaluate(
+        "[Math.max(...JSON.parse(sessionStorage.getItem('hotsession.memory')).map((s) => s.used)),"
+        " document.querySelector('#chart .y-top').textContent]"
+    )
+    budget = pool["memory"]["budget_mb"]
+    assert budget > 4 * used, (used, budget)  # the case the issue saw
+    top = _mb(top_text)
+    assert used <= top <= 2.5 * used, (used, top)
+    await expect(page.locator("#chart path.budget")).to_have_count(0)
+    await expect(page.locator("#chart .k-budget")).to_contain_text("above the chart")
