@@ -90,17 +90,20 @@ class Daemon:
     async def run(self, sock: socket.socket | None = None) -> None:
         """Serve until shut down. ``sock`` is an already bound listening socket (tests)."""
         settings = self.settings
-        created = ensure_local_tenant(settings)
-        if created is not None:
-            log.warning(
-                "created the local token in %s (mode 0600); clients read it from there",
-                settings.token_file,
-            )
-        elif settings.token_file is not None:
-            log.info("local tenant; its token is in %s", settings.token_file)
+        # The hub takes the state dir's lock before anything else touches the directory: a second
+        # daemon on it stops here (StateDirBusy), before its sweep could take the running
+        # daemon's agents for orphans.
         self.hub = hub = Hotsession(settings.config)
         await hub.start()
         try:
+            created = ensure_local_tenant(settings)
+            if created is not None:
+                log.warning(
+                    "created the local token in %s (mode 0600); clients read it from there",
+                    settings.token_file,
+                )
+            elif settings.token_file is not None:
+                log.info("local tenant; its token is in %s", settings.token_file)
             app = create_app(hub, settings)
             self._state = app.state.api
             config = uvicorn.Config(

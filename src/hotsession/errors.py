@@ -23,6 +23,7 @@ status the service answers with. Foreign exceptions are translated at the bounda
     - AgentProtocolError ("agent_protocol", 502) corrupt output, line over the limit
   + TurnInterrupted ("interrupted", 409)
   + RegistryError ("registry_error", 503)        the store cannot be written
+  + StateDirBusy ("state_dir_busy", 409)         another hotsession holds the state directory
 """
 
 from __future__ import annotations
@@ -141,3 +142,10 @@ class TurnInterrupted(HotsessionError):
 class RegistryError(HotsessionError):
     code = "registry_error"
     status = 503
+
+
+class StateDirBusy(HotsessionError):
+    """Another hotsession (daemon or library) holds the state directory's lock (``pid``)."""
+
+    code = "state_dir_busy"
+    status = 409

@@ -31,6 +31,7 @@ from hotsession.host import LocalHost
 from hotsession.options import SessionOptions
 from hotsession.registry import Registry, SessionRecord
 from hotsession.session import Session
+from hotsession.state_lock import StateLock
 from hotsession.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Hotsession:
     def __init__(self, config: Config | None = None, *, registry: Registry | None = None) -> None:
         self.config = config or Config()
         self._registry = registry
+        self._state_lock: StateLock | None = None
         self.sessions: dict[str, Session] = {}
         self.shutting_down = False
         self.started = False
@@ -97,9 +99,20 @@ class Hotsession:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> Hotsession:
-        """Open the registry, end orphans of a previous run, load sessions, start the pool."""
+        """Lock the state dir, open the registry, end orphans of a previous run, load sessions,
+        start the pool. Another instance on the same state dir raises ``StateDirBusy``."""
         if self.started:
             return self
+        # First of all: the lock proves no other instance uses this state dir (state_lock.py).
+        self._state_lock = self._state_lock or StateLock.acquire(self.config.state_dir)
+        try:
+            return await self._start()
+        except BaseException:
+            self._state_lock.release()
+            self._state_lock = None
+            raise
+
+    async def _start(self) -> Hotsession:
         self._cli_path = str(resolve_cli_path(self.config.cli_path))
         state_dir = Path(self.config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -181,6 +194,9 @@ class Hotsession:
                 await self.registry.put_session(session.record)
         await self.registry.close()
         self.started = False
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     async def __aenter__(self) -> Hotsession:
         return await self.start()

@@ -568,7 +568,22 @@ class Session:
         proc.control_handler = self._on_control_request
         proc.on_cancel = self._on_control_cancel
         self.record.pid = proc.pid
+        watcher = asyncio.create_task(self._watch_idle_death(placement), name=f"died-{self.id}")
+        watcher.add_done_callback(_consume_exception)
         return placement
+
+    async def _watch_idle_death(self, placement: Placement) -> None:
+        """A process that vanishes between turns (killed from outside, crashed) leaves the
+        session ``evicted`` at once, not ``idle`` without a process; a turn in flight sees the
+        death itself (``_run_turn``)."""
+        proc = placement.process
+        await proc.exited.wait()
+        if proc.closing:  # ended on purpose (evict, recycle, close): that path set the state
+            return
+        if self.placement is placement and self.current is None and not self._closed:
+            self._lost_process(placement)
+            with contextlib.suppress(HotsessionError):
+                await self.hub.registry.put_session(self.record)
 
     async def warm(self) -> bool:
         """Resume-ahead: start this session's process now so its next turn is hot.

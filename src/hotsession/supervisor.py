@@ -37,6 +37,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import psutil
 
@@ -84,6 +85,7 @@ class Supervisor:
         self.spawn_failures_total = 0
         self._watchers: set[asyncio.Task[None]] = set()
         self._tags: dict[int, str] = {}  # pid -> the HOTSESSION_AGENT tag its tools inherit
+        self._oom_kills = oom_kill_count()  # evidence before a SIGKILL is blamed on memory
 
     async def spawn(
         self,
@@ -170,7 +172,13 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self.registry.forget_process(agent.pid)
         if agent.returncode == -signal.SIGKILL and not agent.closing:
-            log.warning("agent %s (%s) was SIGKILLed: out of memory?", agent.pid, agent.label)
+            oom_kills = await asyncio.to_thread(oom_kill_count)
+            if oom_kills > self._oom_kills:
+                self._oom_kills = oom_kills
+                cause = "the kernel's out-of-memory killer ran (oom_kill count rose)"
+            else:
+                cause = "not sent by hotsession, and no out-of-memory kill is on record"
+            log.warning("agent %s (%s) was SIGKILLed: %s", agent.pid, agent.label, cause)
 
     async def sweep_orphans(self) -> int:
         """Kill children a previous daemon left behind; returns how many were killed."""
@@ -217,6 +225,29 @@ def _kill_tagged(match: Callable[[str], bool]) -> int:
         except (psutil.Error, OSError):
             continue
     return killed
+
+
+def oom_kill_count() -> int:
+    """How many processes the kernel's OOM killer has killed: machine-wide (``/proc/vmstat``)
+    plus this process's memory cgroup (v2 ``memory.events``, v1 ``memory.oom_control``); 0
+    where none is readable."""
+    paths = [Path("/proc/vmstat")]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, group = line.split(":", 2)
+            group = group.lstrip("/")
+            if controllers == "":
+                paths.append(Path("/sys/fs/cgroup", group, "memory.events"))
+            elif "memory" in controllers.split(","):
+                paths.append(Path("/sys/fs/cgroup/memory", group, "memory.oom_control"))
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    total += int(value)
+    return total
 
 
 def _daemon_gone(tag: str) -> bool:

@@ -1,5 +1,6 @@
 """The API tier: the real daemon (uvicorn on a free port) driving the real CLI, over real HTTP.
 
+``serve()`` starts ``hotsession serve`` as a real process (:class:`Served`).
 ``start_daemon(**config)`` runs a :class:`hotsession.daemon.Daemon` on the test's loop with two
 tenants from a TOML file (``alice`` and ``bob``, each with its own root; bob with his own Claude
 config dir), and returns a handle with an httpx client per tenant. SSE is read with
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from hotsession.daemon import Daemon, bind
@@ -190,3 +194,83 @@ async def new_session(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     assert r.status_code == 201, r.text
     out: dict[str, Any] = r.json()
     return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Served:
+    """A ``hotsession serve`` subprocess."""
+
+    def __init__(self, tmp_path: Path, config: Path, n: int) -> None:
+        self.state_dir = tmp_path / "state"
+        self.log = (tmp_path / f"serve-{n}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "hotsession"),
+                "serve",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(self.state_dir),
+                "--port",
+                "0",
+                "--allow-root-bypass",
+                "--log-level",
+                "debug",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = ""
+
+    async def ready(self) -> None:
+        path = self.state_dir / "daemon.json"
+
+        async def up() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited with {self.proc.returncode}")
+            if not path.exists():
+                return False
+            info = json.loads(path.read_text())
+            if info["pid"] != self.proc.pid:
+                return False  # left over from the daemon that was killed
+            self.url = info["url"]
+            try:
+                async with httpx.AsyncClient() as c:
+                    return (await c.get(self.url + "/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await poll(up, timeout=60)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}, timeout=60
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path, agent_env: dict[str, str]):
+    config, alice, _ = write_config(tmp_path, pool_enabled=False, watchdog_s=60.0)
+    started: list[Served] = []
+
+    def start() -> Served:
+        s = Served(tmp_path, config, len(started))
+        started.append(s)
+        return s
+
+    start.alice_root = alice  # type: ignore[attr-defined]
+    yield start
+    for s in started:
+        s.stop()

@@ -3,101 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
-from tests.api.conftest import ALICE_TOKEN, new_session, poll, read_sse, stream_post, write_config
+from tests.api.conftest import gone, new_session, poll, read_sse, stream_post
 
 from hotsession.testing.model_server import ModelServer
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-class Served:
-    """A ``hotsession serve`` subprocess."""
-
-    def __init__(self, tmp_path: Path, config: Path, n: int) -> None:
-        self.state_dir = tmp_path / "state"
-        self.log = (tmp_path / f"serve-{n}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "hotsession"),
-                "serve",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(self.state_dir),
-                "--port",
-                "0",
-                "--allow-root-bypass",
-                "--log-level",
-                "debug",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = ""
-
-    async def ready(self) -> None:
-        path = self.state_dir / "daemon.json"
-
-        async def up() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode}")
-            if not path.exists():
-                return False
-            info = json.loads(path.read_text())
-            if info["pid"] != self.proc.pid:
-                return False  # left over from the daemon that was killed
-            self.url = info["url"]
-            try:
-                async with httpx.AsyncClient() as c:
-                    return (await c.get(self.url + "/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await poll(up, timeout=60)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}, timeout=60
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def serve(tmp_path: Path, agent_env: dict[str, str]):
-    config, alice, _ = write_config(tmp_path, pool_enabled=False, watchdog_s=60.0)
-    started: list[Served] = []
-
-    def start() -> Served:
-        s = Served(tmp_path, config, len(started))
-        started.append(s)
-        return s
-
-    start.alice_root = alice  # type: ignore[attr-defined]
-    yield start
-    for s in started:
-        s.stop()
 
 
 def n_messages(ms: ModelServer, marker: str) -> int:

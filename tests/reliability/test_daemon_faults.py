@@ -21,8 +21,16 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tests.api.conftest import ALICE_TOKEN, new_session, poll, read_sse, stream_post, write_config
-from tests.api.test_api_daemon import Served, gone
+from tests.api.conftest import (
+    ALICE_TOKEN,
+    Served,
+    gone,
+    new_session,
+    poll,
+    read_sse,
+    stream_post,
+    write_config,
+)
 from tests.conftest import wait_until
 
 from hotsession.testing.faults import Ledger, context_size
