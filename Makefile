@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser serve test lint typecheck check clean unit integration
+.PHONY: install browser postgres serve test lint typecheck check clean unit integration
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,10 +19,15 @@ install: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium.sh
 
+# The registry's and the cluster's tests start a private Postgres from the distribution's server
+# binaries; install them when missing.
+postgres:
+	@scripts/install-postgres.sh
+
 serve: $(STAMP)
 	$(BIN)/hotsession serve $(ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest $(ARGS)
 
 unit: $(STAMP)

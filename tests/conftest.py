@@ -2,12 +2,18 @@
 
 The tiers that run the real Claude Code CLI (integration, api, reliability) get the
 ``integration`` marker here, and are skipped with a reason when the bundled CLI is missing.
+
+``postgres_server`` is one private Postgres for the whole test session (``make test`` installs
+the distribution's server when missing); a test isolates itself in a fresh schema
+(``pg_schema``) or database (``postgres_url``). Without the server binaries the Postgres
+tests are skipped with the reason, except under CI, where that is a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +22,7 @@ import pytest
 
 from hotsession.cli_binary import bundled_cli_path
 from hotsession.testing.model_server import ModelServer
+from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres
 
 CLI = bundled_cli_path()
 CLI_TIERS = ("tests/integration", "tests/api", "tests/reliability")
@@ -34,6 +41,38 @@ def model_server() -> Iterator[ModelServer]:
     """The scripted Anthropic API stand-in, on loopback."""
     with ModelServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PrivatePostgres]:
+    """A private Postgres server (see the module doc), removed after the session."""
+    try:
+        server = PrivatePostgres()
+    except PostgresNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def pg_schema() -> str:
+    """A schema name of this test's own (created by whoever opens a store in it)."""
+    return f"t_{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PrivatePostgres) -> Iterator[str]:
+    """A fresh database on the private server for this test; dropped after it."""
+    import psycopg
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url_for(name)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ status the service answers with. Foreign exceptions are translated at the bounda
   + NotFound ("not_found", 404)                  unknown (or another tenant's) session
   + Conflict ("conflict", 409)                   closed session, lease held elsewhere, bad state
     - LeaseConflict ("lease_conflict", 409)
+    - StaleEpoch ("stale_epoch", 409)            a session's ownership moved to a newer epoch
   + QueueFull ("queue_full", 429)
   + ShuttingDown ("shutting_down", 503)
   + ProfileFailing ("profile_failing", 503)      spawns of a profile keep failing
@@ -23,6 +24,7 @@ status the service answers with. Foreign exceptions are translated at the bounda
     - AgentProtocolError ("agent_protocol", 502) corrupt output, line over the limit
   + TurnInterrupted ("interrupted", 409)
   + RegistryError ("registry_error", 503)        the store cannot be written
+    - RegistryUnavailable ("registry_unavailable", 503)  the store cannot be reached
   + StateDirBusy ("state_dir_busy", 409)         another hotsession holds the state directory
 """
 
@@ -81,6 +83,17 @@ class Conflict(HotsessionError):
 
 class LeaseConflict(Conflict):
     code = "lease_conflict"
+
+
+class StaleEpoch(Conflict):
+    """A write or claim carried an ownership epoch that is no longer the session's current one.
+
+    Fencing: a node that lost a session (it was re-homed while the node was partitioned or
+    slow) must stop driving it. ``details`` hold ``session_id``, the ``epoch`` offered, and the
+    ``current_epoch`` and ``owner`` the store holds.
+    """
+
+    code = "stale_epoch"
 
 
 class QueueFull(HotsessionError):
@@ -149,3 +162,9 @@ class StateDirBusy(HotsessionError):
 
     code = "state_dir_busy"
     status = 409
+
+
+class RegistryUnavailable(RegistryError):
+    """The store cannot be reached (server down, connection refused or dropped) after retrying."""
+
+    code = "registry_unavailable"

@@ -1,9 +1,20 @@
 """The registry interface: where sessions, turns and the event log live.
 
-The embedded default is SQLite (:mod:`hotsession.registry.sqlite`); the multi-machine mode will
-put Postgres behind the same interface. Writes of events are buffered: ``add_events`` never
-blocks the caller (it is on a turn's hot path) and ``flush`` makes everything added so far
-durable.
+The embedded default is SQLite (:mod:`hotsession.registry.sqlite`); Postgres
+(:mod:`hotsession.registry.postgres`) puts the same interface where several machines see it.
+Writes of events are buffered: ``add_events`` never blocks the caller (it is on a turn's hot
+path) and ``flush`` makes everything added so far durable.
+
+Ownership and fencing
+    With several nodes, one session must be driven by one node at a time. ``claim`` is a
+    compare-and-set on the session's ownership epoch: it succeeds for exactly one of several
+    claimants that offer the same ``expect_epoch`` and hands out ``expect_epoch + 1``. Writes
+    may carry the epoch of the writer (``epoch=``): a write whose epoch is not the session's
+    current one is refused with :class:`~hotsession.errors.StaleEpoch`, checked in the same
+    transaction as the write, so a node that lost a session during a partition cannot change
+    it afterwards. A write without an epoch is not fenced (the single-machine mode).
+    Fenced events are checked when their batch is written: stale ones are dropped and the next
+    ``flush`` raises ``StaleEpoch`` naming them.
 """
 
 from __future__ import annotations
@@ -11,7 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from hotsession.registry.records import EventRecord, ProcessRecord, SessionRecord, TurnRecord
+from hotsession.errors import StaleEpoch
+from hotsession.registry.records import (
+    EventRecord,
+    Ownership,
+    ProcessRecord,
+    SessionRecord,
+    TurnRecord,
+)
 
 
 class Registry(Protocol):
@@ -23,8 +41,8 @@ class Registry(Protocol):
     async def close(self) -> None:
         """Flush and close."""
 
-    async def put_session(self, rec: SessionRecord) -> None:
-        """Insert or replace a session."""
+    async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
+        """Insert or replace a session (fenced by ``epoch`` when given)."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """One session, or None."""
@@ -34,17 +52,18 @@ class Registry(Protocol):
     ) -> list[SessionRecord]:
         """Sessions (of one tenant when given), newest first."""
 
-    async def put_turn(self, turn: TurnRecord) -> None:
-        """Insert or replace the turn ``(session_id, turn)``."""
+    async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
+        """Insert or replace the turn ``(session_id, turn)`` (fenced by ``epoch`` when given)."""
 
     async def list_turns(self, session_id: str, limit: int | None = None) -> list[TurnRecord]:
         """Turns of a session, oldest first (the last ``limit`` when given)."""
 
-    def add_events(self, events: Sequence[EventRecord]) -> None:
-        """Queue events for writing; returns at once."""
+    def add_events(self, events: Sequence[EventRecord], *, epoch: int | None = None) -> None:
+        """Queue events for writing; returns at once. ``epoch`` fences each of them."""
 
     async def flush(self) -> None:
-        """Wait until every event queued so far is written."""
+        """Wait until every event queued so far is written (or dropped as stale: then raise
+        ``StaleEpoch``)."""
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -62,3 +81,44 @@ class Registry(Protocol):
 
     async def list_processes(self) -> list[ProcessRecord]:
         """Every child remembered (after a crash: possible orphans)."""
+
+    async def owner(self, session_id: str) -> Ownership | None:
+        """The session's ownership, None when it was never claimed."""
+
+    async def claim(self, session_id: str, node: str, *, expect_epoch: int) -> Ownership:
+        """Take the session for ``node`` if its epoch is still ``expect_epoch`` (0: never
+        claimed); the new epoch is ``expect_epoch + 1``. Raises ``StaleEpoch`` otherwise."""
+
+    async def renew(self, session_id: str, node: str, epoch: int) -> Ownership:
+        """Confirm ``node`` holds ``epoch`` and stamp ``renewed_at``; ``StaleEpoch`` if not."""
+
+    async def release(self, session_id: str, node: str, epoch: int) -> None:
+        """Give the session up (its epoch stays); ``StaleEpoch`` when not held at ``epoch``."""
+
+    async def list_owned(self, node: str) -> list[Ownership]:
+        """The sessions ``node`` holds, by session id."""
+
+
+def stale_epoch(session_id: str, epoch: int, current: Ownership | None) -> StaleEpoch:
+    """The error for a write or claim at ``epoch`` when ``current`` is the store's ownership."""
+    cur_epoch = 0 if current is None else current.epoch
+    holder = None if current is None else current.node
+    return StaleEpoch(
+        f"session {session_id}: epoch {epoch} is not the current one"
+        f" ({cur_epoch}, held by {holder or 'nobody'})",
+        session_id=session_id,
+        epoch=epoch,
+        current_epoch=cur_epoch,
+        owner=holder,
+    )
+
+
+def stale_events(dropped: dict[tuple[str, int], int]) -> StaleEpoch:
+    """The error ``flush`` raises for fenced events dropped as stale: ``{(sid, epoch): count}``."""
+    total = sum(dropped.values())
+    names = ", ".join(f"{sid}@{ep}" for sid, ep in sorted(dropped))
+    return StaleEpoch(
+        f"{total} events were dropped: their epoch is no longer current ({names})",
+        dropped_events=total,
+        sessions=sorted({sid for sid, _ in dropped}),
+    )

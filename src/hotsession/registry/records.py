@@ -83,3 +83,19 @@ class ProcessRecord:
     role: str  # "session" | "spare" | "warm"
     session_id: str | None = None
     cli_session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Which node drives a session, and the epoch (fencing token) of that ownership.
+
+    ``epoch`` grows by one at every claim, never goes back, and is 0 for a session never
+    claimed. ``node`` is None after a release. Times are the store's clock (Postgres: the
+    server's), so lease ages compare across machines.
+    """
+
+    session_id: str
+    node: str | None
+    epoch: int
+    claimed_at: float
+    renewed_at: float

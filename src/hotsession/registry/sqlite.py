@@ -30,6 +30,12 @@ Durability
     durable once ``flush()`` has returned; a daemon killed with ``kill -9`` loses at most the
     events added during the last ``flush_interval`` that nobody flushed. Sessions, turns and
     processes are written synchronously: durable when the awaited call returns.
+
+Fencing
+    Ownership (see :mod:`hotsession.registry.base`) lives in the ``ownership`` table. A fenced
+    write checks the session's epoch inside its own ``BEGIN IMMEDIATE`` transaction (SQLite has
+    one writer at a time, so no claim can commit in between); a batch of events checks the
+    epochs it carries the same way and leaves the stale events out.
 """
 
 from __future__ import annotations
@@ -49,8 +55,10 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 from hotsession.errors import RegistryError
+from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.records import (
     EventRecord,
+    Ownership,
     ProcessRecord,
     SessionRecord,
     SessionState,
@@ -129,6 +137,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         cli_session_id  TEXT
     );
     """,
+    # 2: session ownership epochs (fencing)
+    """
+    CREATE TABLE ownership (
+        session_id      TEXT PRIMARY KEY,
+        node            TEXT,           -- NULL once released
+        epoch           INTEGER NOT NULL,
+        claimed_at      REAL NOT NULL,
+        renewed_at      REAL NOT NULL
+    );
+    CREATE INDEX ownership_node ON ownership (node);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -149,6 +168,10 @@ _TURN_COLS: Final = (
 )
 _EVENT_COLS: Final = "session_id, seq, turn, type, data, t"
 _PROCESS_COLS: Final = "pid, create_time, role, session_id, cli_session_id"
+_OWNERSHIP_COLS: Final = "session_id, node, epoch, claimed_at, renewed_at"
+
+#: An event waiting to be written, with the fencing epoch it was added under.
+_Pending = tuple[EventRecord, "int | None"]
 
 _STOP: Final = object()  # queue item: leave the thread loop
 _WAKE: Final = object()  # queue item: look at the pending events now
@@ -264,6 +287,46 @@ def _process_from_row(row: sqlite3.Row) -> ProcessRecord:
     )
 
 
+def _ownership_from_row(row: sqlite3.Row) -> Ownership:
+    return Ownership(
+        session_id=row["session_id"],
+        node=row["node"],
+        epoch=row["epoch"],
+        claimed_at=row["claimed_at"],
+        renewed_at=row["renewed_at"],
+    )
+
+
+def _read_owner(conn: sqlite3.Connection, session_id: str) -> Ownership | None:
+    row = conn.execute(
+        f"SELECT {_OWNERSHIP_COLS} FROM ownership WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return None if row is None else _ownership_from_row(row)
+
+
+def _is_current(owner: Ownership | None, epoch: int) -> bool:
+    return owner is not None and owner.node is not None and owner.epoch == epoch
+
+
+def _fenced_write(
+    conn: sqlite3.Connection, session_id: str, epoch: int | None, sql: str, row: tuple[Any, ...]
+) -> None:
+    """Run one write, in a transaction that first checks ``epoch`` when given."""
+    if epoch is None:
+        conn.execute(sql, row)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        owner = _read_owner(conn, session_id)
+        if not _is_current(owner, epoch):
+            raise stale_epoch(session_id, epoch, owner)
+        conn.execute(sql, row)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
 def _registry_error(exc: Exception, doing: str) -> RegistryError:
     text = str(exc)
     low = text.lower()
@@ -323,13 +386,14 @@ class SqliteRegistry:
 
         # Events added but not yet handed to the thread; guarded by _lock.
         self._lock = threading.Lock()
-        self._pending: list[EventRecord] = []
+        self._pending: list[_Pending] = []
         self._pending_since = 0.0  # monotonic time the oldest pending event was added
 
         # Thread-only: a batch that failed to commit, retried first; and the retry backoff.
-        self._failed: list[EventRecord] = []
+        self._failed: list[_Pending] = []
         self._failures = 0
         self._retry_at = 0.0
+        self._stale: dict[tuple[str, int], int] = {}  # fenced events dropped, for the next flush
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -375,7 +439,7 @@ class SqliteRegistry:
 
     # ------------------------------------------------------------------ sessions
 
-    async def put_session(self, rec: SessionRecord) -> None:
+    async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
         row = (
             rec.id,
             rec.tenant,
@@ -397,7 +461,7 @@ class SqliteRegistry:
         sql = _SESSION_UPSERT
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(sql, row)
+            _fenced_write(conn, rec.id, epoch, sql, row)
 
         await self._submit(job, "write a session")
 
@@ -432,7 +496,7 @@ class SqliteRegistry:
 
     # ------------------------------------------------------------------ turns
 
-    async def put_turn(self, turn: TurnRecord) -> None:
+    async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
         row = (
             turn.session_id,
             turn.turn,
@@ -448,7 +512,7 @@ class SqliteRegistry:
         sql = f"INSERT OR REPLACE INTO turns ({_TURN_COLS}) VALUES ({_marks(10)})"
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(sql, row)
+            _fenced_write(conn, turn.session_id, epoch, sql, row)
 
         await self._submit(job, "write a turn")
 
@@ -472,7 +536,7 @@ class SqliteRegistry:
 
     # ------------------------------------------------------------------ events
 
-    def add_events(self, events: Sequence[EventRecord]) -> None:
+    def add_events(self, events: Sequence[EventRecord], *, epoch: int | None = None) -> None:
         """Queue events for the next batch; never blocks on the disk."""
         if self._state != "open":
             raise RegistryError(
@@ -482,7 +546,7 @@ class SqliteRegistry:
             return
         with self._lock:
             before = len(self._pending)
-            self._pending.extend(events)
+            self._pending.extend((ev, epoch) for ev in events)
             after = len(self._pending)
             if before == 0:
                 self._pending_since = time.monotonic()
@@ -491,8 +555,16 @@ class SqliteRegistry:
             self._jobs.put(_WAKE)
 
     async def flush(self) -> None:
-        """Commit every event added so far; raises ``RegistryError`` while the store is broken."""
-        await self._submit(self._commit_events, "write events")
+        """Commit every event added so far; raises ``RegistryError`` while the store is broken,
+        ``StaleEpoch`` when fenced events were dropped since the last flush."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            self._commit_events(conn)
+            if self._stale:
+                dropped, self._stale = self._stale, {}
+                raise stale_events(dropped)
+
+        await self._submit(job, "write events")
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -550,6 +622,72 @@ class SqliteRegistry:
             return [_process_from_row(r) for r in rows]
 
         return await self._submit(job, "list processes")
+
+    # ------------------------------------------------------------------ ownership
+
+    async def owner(self, session_id: str) -> Ownership | None:
+        return await self._submit(lambda conn: _read_owner(conn, session_id), "read an owner")
+
+    async def claim(self, session_id: str, node: str, *, expect_epoch: int) -> Ownership:
+        def job(conn: sqlite3.Connection) -> Ownership:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = _read_owner(conn, session_id)
+                if (0 if current is None else current.epoch) != expect_epoch:
+                    raise stale_epoch(session_id, expect_epoch, current)
+                t = time.time()
+                new = Ownership(session_id, node, expect_epoch + 1, t, t)
+                conn.execute(
+                    f"INSERT OR REPLACE INTO ownership ({_OWNERSHIP_COLS}) VALUES ({_marks(5)})",
+                    (new.session_id, new.node, new.epoch, new.claimed_at, new.renewed_at),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return new
+
+        return await self._submit(job, "claim a session")
+
+    async def renew(self, session_id: str, node: str, epoch: int) -> Ownership:
+        def job(conn: sqlite3.Connection) -> Ownership:
+            t = time.time()
+            cur = conn.execute(
+                "UPDATE ownership SET renewed_at = ? WHERE session_id = ? AND node = ?"
+                " AND epoch = ?",
+                (t, session_id, node, epoch),
+            )
+            owner = _read_owner(conn, session_id)
+            if cur.rowcount != 1 or owner is None:
+                raise stale_epoch(session_id, epoch, owner)
+            return owner
+
+        return await self._submit(job, "renew an owner")
+
+    async def release(self, session_id: str, node: str, epoch: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE ownership SET node = NULL WHERE session_id = ? AND node = ? AND epoch = ?",
+                (session_id, node, epoch),
+            )
+            if cur.rowcount == 1:
+                return
+            current = _read_owner(conn, session_id)
+            if current is not None and current.epoch == epoch and current.node is None:
+                return  # released already
+            raise stale_epoch(session_id, epoch, current)
+
+        await self._submit(job, "release an owner")
+
+    async def list_owned(self, node: str) -> list[Ownership]:
+        def job(conn: sqlite3.Connection) -> list[Ownership]:
+            rows = conn.execute(
+                f"SELECT {_OWNERSHIP_COLS} FROM ownership WHERE node = ? ORDER BY session_id",
+                (node,),
+            )
+            return [_ownership_from_row(r) for r in rows]
+
+        return await self._submit(job, "list owners")
 
     # ------------------------------------------------------------------ plumbing (event loop)
 
@@ -648,7 +786,7 @@ class SqliteRegistry:
         """Events added but not committed, oldest first (called on the thread)."""
         with self._lock:
             pending = list(self._pending)
-        return self._failed + pending
+        return [ev for ev, _ in self._failed + pending]
 
     def _commit_events(self, conn: sqlite3.Connection) -> None:
         """Commit the failed batch, then everything pending, in one transaction.
@@ -665,7 +803,7 @@ class SqliteRegistry:
             self._failures = 0
             return
         try:
-            _write_events(conn, batch)
+            stale = _write_events(conn, batch)
         except BaseException:
             _rollback(conn)
             self._failed = batch
@@ -676,6 +814,9 @@ class SqliteRegistry:
         if self._failures:
             log.info("registry: event log writable again, %d events written", len(batch))
         self._failures = 0
+        for key, n in stale.items():
+            log.warning("registry: dropped %d events of %s at stale epoch %d", n, key[0], key[1])
+            self._stale[key] = self._stale.get(key, 0) + n
 
     def _open_db(self, _conn: sqlite3.Connection | None) -> None:
         if self.path != ":memory:" and not self.path.startswith("file:"):
@@ -750,22 +891,36 @@ _MALFORMED: Final = (
 )
 
 
-def _write_events(conn: sqlite3.Connection, batch: list[EventRecord]) -> None:
-    """Write a batch in one transaction (idempotent: INSERT OR REPLACE)."""
+def _write_events(conn: sqlite3.Connection, batch: list[_Pending]) -> dict[tuple[str, int], int]:
+    """Write a batch in one transaction (idempotent: INSERT OR REPLACE).
+
+    Fenced events whose epoch is not current are left out; returns their counts by
+    ``(session_id, epoch)``.
+    """
     sql = f"INSERT OR REPLACE INTO events ({_EVENT_COLS}) VALUES ({_marks(6)})"
     conn.execute("BEGIN IMMEDIATE")
+    stale: dict[tuple[str, int], int] = {}
+    fences = {(ev.session_id, ep) for ev, ep in batch if ep is not None}
+    current = {key: _is_current(_read_owner(conn, key[0]), key[1]) for key in fences}
+    events: list[EventRecord] = []
+    for ev, ep in batch:
+        if ep is None or current.get((ev.session_id, ep), False):
+            events.append(ev)
+        else:
+            stale[(ev.session_id, ep)] = stale.get((ev.session_id, ep), 0) + 1
     try:
-        conn.executemany(sql, map(_event_row, batch))
+        conn.executemany(sql, map(_event_row, events))
     except _MALFORMED:
         # A malformed event (a caller's bug) must not poison the batch, which would be retried
         # forever: write row by row and drop only the bad ones. A failed statement is undone
         # alone, the transaction goes on.
-        for ev in batch:
+        for ev in events:
             try:
                 conn.execute(sql, _event_row(ev))
             except _MALFORMED as exc:
                 log.error("registry: dropped malformed event %r: %s", ev, exc)
     conn.execute("COMMIT")
+    return stale
 
 
 def _marks(n: int) -> str:

@@ -1,0 +1,356 @@
+"""SQLite specifics of the registry: the file, its modes, locks, a full disk, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from regtools import event, eventually, seqs, session
+
+from hotsession.errors import RegistryError
+from hotsession.registry import EventRecord, ProcessRecord, SqliteRegistry, TurnRecord
+from hotsession.registry.sqlite import BATCH_MAX, SCHEMA_VERSION
+
+
+def stored_event_count(path: Path, sid: str | None = None) -> int:
+    """Events committed to the file, seen by an independent connection."""
+    conn = sqlite3.connect(path)
+    try:
+        if sid is None:
+            (n,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        else:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE session_id = ?", (sid,)
+            ).fetchone()
+        return int(n)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "registry.db"
+
+
+async def test_sqlite_data_survives_close_and_reopen(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=10.0)  # only close() can write the events
+    await reg.open()
+    rec = session("s1", metadata={"k": "v"}, last_timing={"a": 1})
+    turn = TurnRecord("s1", 1, "hello", status="done", timing={"ms": 3})
+    proc = ProcessRecord(123, 4.5, "session", "s1", "cli-s1")
+    await reg.put_session(rec)
+    await reg.put_turn(turn)
+    await reg.put_process(proc)
+    reg.add_events([event("s1", n) for n in range(1, 101)])
+    await reg.close()
+
+    again = SqliteRegistry(db_path)
+    await again.open()
+    try:
+        assert await again.get_session("s1") == rec
+        assert await again.list_turns("s1") == [turn]
+        assert await again.list_processes() == [proc]
+        assert seqs(await again.events_after("s1", 0)) == list(range(1, 101))
+        assert await again.last_seq("s1") == 100
+    finally:
+        await again.close()
+
+
+async def test_sqlite_open_is_idempotent_and_records_schema_version(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path)
+    await reg.open()
+    await reg.open()  # a second open of the same instance is a no-op
+    await reg.put_session(session("s1"))
+    await reg.close()
+
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"sessions", "turns", "events", "processes"} <= tables
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type='index' AND tbl_name='sessions'"
+            )
+            if r[0]
+        }
+        assert any("tenant" in sql for sql in indexes)
+        assert any("updated_at" in sql for sql in indexes)
+    finally:
+        conn.close()
+
+    # Migrating an up-to-date database again changes nothing and keeps the data.
+    again = SqliteRegistry(db_path)
+    await again.open()
+    try:
+        assert await again.get_session("s1") is not None
+    finally:
+        await again.close()
+
+
+async def test_sqlite_refuses_a_newer_schema(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    reg = SqliteRegistry(db_path)
+    with pytest.raises(RegistryError, match="newer") as info:
+        await reg.open()
+    assert info.value.details["schema_version"] == SCHEMA_VERSION + 1
+    with pytest.raises(RegistryError):  # not half-open
+        await reg.get_session("s1")
+    await reg.close()
+
+    conn = sqlite3.connect(db_path)
+    try:  # left untouched
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+async def test_sqlite_file_and_directory_modes(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "state" / "registry.db"
+    reg = SqliteRegistry(path)
+    await reg.open()
+    try:
+        reg.add_events([event("s1", 1)])
+        await reg.flush()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists()
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_timer_commits_without_flush(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=0.3)
+    await reg.open()
+    try:
+        reg.add_events([event("s1", n) for n in range(1, 11)])
+        assert stored_event_count(db_path) == 0  # batched, not written at once
+        await eventually(lambda: stored_event_count(db_path) == 10, timeout=5.0)
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_full_batch_commits_before_the_timer(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+    try:
+        reg.add_events([event("s1", n) for n in range(1, BATCH_MAX)])
+        await asyncio.sleep(0.2)
+        assert stored_event_count(db_path) == 0  # below the size trigger: waits for the timer
+        reg.add_events([event("s1", BATCH_MAX)])
+        await eventually(lambda: stored_event_count(db_path) == BATCH_MAX, timeout=5.0)
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_locked_database_fails_then_recovers_without_loss(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=0.02, busy_timeout=0.1)
+    await reg.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        reg.add_events([event("s1", n) for n in range(1, 51)])
+        await reg.flush()
+        other.execute("BEGIN EXCLUSIVE")
+
+        reg.add_events([event("s1", n) for n in range(51, 101)])
+        with pytest.raises(RegistryError) as info:
+            await reg.flush()
+        assert "locked" in info.value.details["cause"]
+        assert info.value.code == "registry_error"
+        with pytest.raises(RegistryError):
+            await reg.put_session(session("s1"))
+        # The failed batch is kept, and replay still sees it.
+        reg.add_events([event("s1", n) for n in range(101, 121)])
+        assert seqs(await reg.events_after("s1", 40)) == list(range(41, 121))
+        assert await reg.last_seq("s1") == 120
+        with pytest.raises(RegistryError):
+            await reg.flush()  # still broken
+
+        other.execute("ROLLBACK")
+        await reg.flush()
+        assert stored_event_count(db_path) == 120
+        await reg.put_session(session("s1"))
+        assert await reg.get_session("s1") is not None
+    finally:
+        other.close()
+        await reg.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_sqlite_timer_retries_after_lock_clears(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=0.02, busy_timeout=0.05)
+    await reg.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        reg.add_events([event("s1", n) for n in range(1, 31)])
+        await asyncio.sleep(0.3)  # several automatic attempts fail meanwhile
+        other.execute("ROLLBACK")
+        # Nobody calls flush: the thread's own retries write the kept batch.
+        await eventually(lambda: stored_event_count(db_path) == 30, timeout=10.0)
+    finally:
+        other.close()
+        await reg.close()
+
+
+async def test_sqlite_full_disk_fails_then_recovers_without_loss(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+
+    async def on_thread(sql: str) -> Any:
+        # Fault injection on the registry's own connection (a private hook, on purpose).
+        return await reg._submit(lambda c: c.execute(sql).fetchone(), "test")
+
+    try:
+        reg.add_events([event("s1", 1)])
+        await reg.flush()
+        (pages,) = await on_thread("PRAGMA page_count")
+        await on_thread(f"PRAGMA max_page_count = {pages}")  # "the disk" is now full
+
+        blob = "x" * 2000
+        reg.add_events([event("s1", n, blob=blob) for n in range(2, 202)])
+        with pytest.raises(RegistryError, match="full") as info:
+            await reg.flush()
+        assert "full" in info.value.details["cause"]
+        assert await reg.last_seq("s1") == 201
+
+        await on_thread("PRAGMA max_page_count = 1073741823")  # space freed
+        await reg.flush()
+        assert stored_event_count(db_path) == 201
+        assert seqs(await reg.events_after("s1", 0)) == list(range(1, 202))
+        assert (await on_thread("PRAGMA integrity_check"))[0] == "ok"
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_close_reports_unwritten_events(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0, busy_timeout=0.05)
+    await reg.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        reg.add_events([event("s1", n) for n in range(1, 4)])
+        with pytest.raises(RegistryError) as info:
+            await reg.close()
+        assert info.value.details["lost_events"] == 3
+        await reg.close()  # already closed: no error
+        with pytest.raises(RegistryError, match="closed"):
+            await reg.get_session("s1")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_sqlite_concurrent_sessions_and_events_hit_the_file(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=0.01)
+    await reg.open()
+    try:
+
+        async def worker(i: int) -> None:
+            sid = f"s{i}"
+            await reg.put_session(session(sid, created_at=float(i)))
+            for s in range(1, 201):
+                reg.add_events([event(sid, s)])
+                if s % 50 == 0:
+                    await reg.put_session(session(sid, created_at=float(i), turns=s))
+
+        await asyncio.gather(*(worker(i) for i in range(25)))
+        await reg.flush()
+        assert stored_event_count(db_path) == 25 * 200
+        assert all(s.turns == 200 for s in await reg.list_sessions())
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_malformed_event_does_not_poison_the_batch(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+    try:
+        circular: dict[str, Any] = {}
+        circular["self"] = circular
+        bad_turn = EventRecord("s1", 2, cast(Any, None), "assistant", {}, 1.0)  # NOT NULL
+        odd_data = EventRecord("s1", 3, 1, "assistant", circular, 1.0)  # not JSON
+        reg.add_events([event("s1", 1), bad_turn, odd_data, event("s1", 4)])
+        await reg.flush()
+        got = await reg.events_after("s1", 0)
+        # The bad row alone is dropped; the unserialisable one is kept (no hole in the replay).
+        assert seqs(got) == [1, 3, 4]
+        assert "unserialisable" in got[1].data
+        reg.add_events([event("s1", 5)])
+        await reg.flush()  # nothing left stuck
+        assert stored_event_count(db_path) == 4
+    finally:
+        await reg.close()
+
+
+_KILLED_CHILD = """
+import asyncio, sys, time
+from hotsession.registry import EventRecord, SqliteRegistry
+
+def ev(seq):
+    return EventRecord("s1", seq, 1, "assistant", {"n": seq}, 0.0)
+
+async def main():
+    reg = SqliteRegistry(sys.argv[1], flush_interval=0.05)
+    await reg.open()
+    reg.add_events([ev(n) for n in range(1, 101)])
+    await reg.flush()                                   # durable: flushed
+    reg.add_events([ev(n) for n in range(101, 201)])
+    await asyncio.sleep(0.5)                            # durable: the timer wrote them
+    print("ready", flush=True)
+    while True:
+        reg.add_events([ev(n) for n in range(201, 2_000)])  # in flight when killed
+        await asyncio.sleep(0.001)
+
+asyncio.run(main())
+"""
+
+
+async def test_sqlite_kill_9_keeps_flushed_events_and_a_sound_file(db_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_CHILD,
+        str(db_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        assert line.strip() == b"ready"
+        await asyncio.sleep(0.1)
+    finally:
+        proc.kill()
+        await proc.wait()
+
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq LIMIT 200")]
+        assert stored == list(range(1, 201))
+    finally:
+        conn.close()
+    reg = SqliteRegistry(db_path)
+    await reg.open()  # reopens (and recovers the WAL) without complaint
+    try:
+        assert (await reg.events_after("s1", 0, limit=200))[-1].seq == 200
+    finally:
+        await reg.close()
