@@ -96,7 +96,8 @@ class Daemon:
         self.hub = hub = Hotsession(settings.config)
         await hub.start()
         try:
-            created = ensure_local_tenant(settings)
+            settings, created = ensure_local_tenant(settings)
+            self.settings = settings
             if created is not None:
                 log.warning(
                     "created the local token in %s (mode 0600); clients read it from there",

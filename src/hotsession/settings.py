@@ -1,10 +1,13 @@
 """Settings of the daemon: a TOML file, ``HOTSESSION_*`` environment variables and CLI flags.
 
-Precedence, highest first: CLI flags > environment > file > defaults. Every field of
-:class:`hotsession.config.Config` can be set in all three places under the same name
-(``pool_max`` in the file, ``HOTSESSION_POOL_MAX`` in the environment, ``--pool-max`` on the
-command line for the flags ``serve`` has), plus the daemon's own ``host``, ``port``,
-``log_level``, ``sse_keepalive_s`` and ``body_limit_bytes``.
+Precedence, highest first: CLI flags > environment > file > defaults. Every setting — each field
+of :class:`hotsession.config.Config` (the engine's) and of :class:`DaemonSettings` (``host``,
+``port``, ``log_level``, the SSE and body limits) — can be set in all three places under the same
+name (``pool_max`` in the file, ``HOTSESSION_POOL_MAX`` in the environment, ``--pool-max`` on the
+command line; ``cli/serve.py`` makes the flags from these models). No other ``HOTSESSION_*``
+variable is read. Values are validated by the pydantic models (frozen once built); this module
+only gathers them, turns ``none`` into "cleared" for optional settings and names the source of a
+bad value in its :class:`SettingsError`.
 
 Tenants exist only in the file::
 
@@ -25,7 +28,6 @@ config (their credentials keep working); a configured tenant with ``claude_confi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -36,9 +38,17 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hotsession.config import Config
 
@@ -49,43 +59,101 @@ LOCAL_TENANT = "local"
 TOKEN_FILE = "token"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Words that clear an optional setting (``--memory-budget-mb none``).
+CLEAR_WORDS = frozenset({"", "none", "null"})
 
 
 class SettingsError(ValueError):
     """The settings are invalid; the message says which key and why."""
 
 
-@dataclass(frozen=True)
-class Tenant:
-    """Who a token belongs to and where its sessions may start."""
+class Tenant(BaseModel):
+    """Who a token belongs to and where its sessions may start (a ``[[tenants]]`` table).
 
-    name: str
+    The file may give the ``token`` itself; it is hashed at once and only ``token_sha256`` is
+    kept. A new tenant setting is one field here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_TENANT_NAME.pattern)
     token_sha256: str
-    roots: tuple[str, ...]
+    roots: tuple[str, ...] = Field(min_length=1)
     claude_config_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_token(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if ("token" in data) == ("token_sha256" in data):
+            raise ValueError("give exactly one of 'token' and 'token_sha256'")
+        if "token" in data:
+            data = dict(data)
+            token = data.pop("token")
+            if not isinstance(token, str) or len(token) < 16:
+                raise ValueError("'token' must be a string of 16+ characters")
+            data["token_sha256"] = hash_token(token)
+        return data
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not _HEX64.match(value.lower()):
+            raise ValueError("'token_sha256' must be 64 hex digits")
+        return value.lower()
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(os.path.isabs(os.path.expanduser(r)) for r in roots):
+            raise ValueError("'roots' must be a non-empty list of absolute paths")
+        return tuple(os.path.realpath(os.path.expanduser(r)) for r in roots)
+
+    @field_validator("claude_config_dir")
+    @classmethod
+    def _config_dir(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError("'claude_config_dir' must be an absolute path")
+        return None if value is None else os.path.expanduser(value)
 
     def env(self) -> dict[str, str]:
         """Environment every agent process of this tenant gets on top of the daemon's."""
         return {"CLAUDE_CONFIG_DIR": self.claude_config_dir} if self.claude_config_dir else {}
 
 
-@dataclass
-class Settings:
-    """Everything ``serve`` needs: the engine's Config plus the HTTP side and the tenants."""
+class DaemonSettings(BaseModel):
+    """The HTTP side's own settings (the engine's are :class:`Config`)."""
 
-    config: Config = field(default_factory=Config)
-    host: str = "127.0.0.1"
-    port: int = 8765
-    log_level: str = "info"
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8765, ge=0, le=65535, description="Port to bind; 0 picks one.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log verbosity (debug also logs every request)."
+    )
     # A comment line on idle SSE streams, so proxies and clients see the connection is alive.
-    sse_keepalive_s: float = 15.0
+    sse_keepalive_s: float = Field(15.0, gt=0, description="Keep-alive comment interval.")
     # A response write that cannot go out for this long (a client that stopped reading, its
     # buffers full) drops the connection; the turn goes on and the client can replay it.
-    sse_send_timeout_s: float = 30.0
+    sse_send_timeout_s: float = Field(
+        30.0, gt=0, description="A blocked response write drops the connection after this."
+    )
     # Request bodies above this are refused before parsing (413). 0: derived from the prompt
     # limit (a JSON-escaped prompt can be up to 6x its UTF-8 size) plus room for the options.
-    body_limit_bytes: int = 0
-    tenants: list[Tenant] = field(default_factory=list)
+    body_limit_bytes: int = Field(0, ge=0, description="Request body cap (0: derived).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(DaemonSettings):
+    """Everything ``serve`` needs: the engine's Config plus the HTTP side and the tenants."""
+
+    config: Config = Field(default_factory=Config)
+    tenants: tuple[Tenant, ...] = ()
     token_file: Path | None = None  # set when the local tenant's token lives in a file
 
     @property
@@ -96,17 +164,22 @@ class Settings:
         return 6 * self.config.prompt_limit_bytes + 1024 * 1024
 
 
-_DAEMON_KEYS: dict[str, Any] = {
-    "host": str,
-    "port": int,
-    "log_level": str,
-    "sse_keepalive_s": float,
-    "sse_send_timeout_s": float,
-    "body_limit_bytes": int,
-}
-_CONFIG_TYPES: dict[str, Any] = typing.get_type_hints(Config)
-_CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)}
-_ALL_KEYS = set(_DAEMON_KEYS) | _CONFIG_KEYS
+def setting_fields() -> dict[str, Any]:
+    """Every setting by name (the engine's and the daemon's): its pydantic ``FieldInfo``."""
+    return {**Config.model_fields, **DaemonSettings.model_fields}
+
+
+def is_optional(name: str) -> bool:
+    """True for settings that ``none`` clears."""
+    hint = setting_fields()[name].annotation
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def value_type(name: str) -> Any:
+    """The setting's type without ``None`` (``int`` for ``int | None``)."""
+    hint = setting_fields()[name].annotation
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if isinstance(hint, types.UnionType) else hint
 
 
 def hash_token(token: str) -> str:
@@ -121,50 +194,74 @@ def load_settings(
 ) -> Settings:
     """Merge defaults, the TOML file, ``HOTSESSION_*`` variables and ``overrides`` (the flags).
 
-    ``overrides`` values that are None count as not given. Raises :class:`SettingsError`.
+    Only ``HOTSESSION_<SETTING>`` for the settings of :func:`setting_fields` (and
+    ``HOTSESSION_CONFIG``) are read. ``overrides`` values that are None count as not given; the
+    string ``none`` (any case, or empty) clears an optional setting in every place. Raises
+    :class:`SettingsError` naming where the bad value came from.
     """
     environ = os.environ if environ is None else environ
     if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
         config_file = environ[ENV_PREFIX + "CONFIG"]
+    fields = setting_fields()
     values: dict[str, Any] = {}
-    tenants: list[Tenant] = []
+    sources: dict[str, str] = {}
+
+    def put(name: str, raw: Any, source: str) -> None:
+        if name not in fields:
+            raise SettingsError(f"{source}: unknown setting")
+        if isinstance(raw, str) and is_optional(name) and raw.strip().lower() in CLEAR_WORDS:
+            raw = None
+        elif isinstance(raw, bool) and value_type(name) is not bool:
+            raise SettingsError(f"{source}: expected {value_type(name).__name__}, got {raw!r}")
+        elif isinstance(raw, str):
+            raw = raw.strip()
+        values[name], sources[name] = raw, source
+
+    tenants: tuple[Tenant, ...] = ()
     if config_file is not None:
         data = _read_toml(Path(config_file))
         tenant_tables = data.pop("tenants", [])
         for key, raw in data.items():
-            name = key.replace("-", "_")
-            if name not in _ALL_KEYS:
-                raise SettingsError(f"{config_file}: unknown setting {key!r}")
-            values[name] = _coerce(name, raw, source=f"{config_file}: {key}")
+            put(key.replace("-", "_"), raw, f"{config_file}: {key}")
         tenants = _parse_tenants(tenant_tables, source=str(config_file))
-    for name in sorted(_ALL_KEYS):
+    for name in sorted(fields):
         env_key = ENV_PREFIX + name.upper()
         if env_key in environ:
-            values[name] = _coerce(name, environ[env_key], source=env_key)
+            put(name, environ[env_key], env_key)
     for key, raw in (overrides or {}).items():
-        if raw is None:
-            continue
-        name = key.replace("-", "_")
-        if name not in _ALL_KEYS:
-            raise SettingsError(f"unknown setting {key!r}")
-        values[name] = _coerce(name, raw, source=f"--{name.replace('_', '-')}")
-    config = Config(**{k: v for k, v in values.items() if k in _CONFIG_KEYS})
-    config.state_dir = Path(config.state_dir).expanduser()
-    settings = Settings(config=config, tenants=tenants)
-    for name in _DAEMON_KEYS:
-        if name in values:
-            setattr(settings, name, values[name])
-    _validate(settings)
-    return settings
+        if raw is not None:
+            name = key.replace("-", "_")
+            put(name, raw, f"--{name.replace('_', '-')}")
+    engine = {k: v for k, v in values.items() if k in Config.model_fields}
+    daemon = {k: v for k, v in values.items() if k in DaemonSettings.model_fields}
+    try:
+        config = Config.model_validate(engine)
+        return Settings.model_validate({**daemon, "config": config, "tenants": tenants})
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, sources)) from None
 
 
-def ensure_local_tenant(settings: Settings) -> str | None:
+def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """One line for the first error: where the value came from, and what is wrong with it."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"] if part != "config"]
+    name = loc[0] if loc else ""
+    where = sources.get(name, name or "settings")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
+    if "input" in err and err["type"] != "value_error" and name:
+        return f"{where}: {msg} (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def ensure_local_tenant(settings: Settings) -> tuple[Settings, str | None]:
     """With no tenant configured, create (first start) or read the local token.
 
-    Returns the token when it was created now (so the caller can say where it went), else None.
+    Returns the settings with the local tenant, and the token when it was created now (so the
+    caller can say where it went), else None.
     """
     if settings.tenants:
-        return None
+        return settings, None
     state_dir = Path(settings.config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / TOKEN_FILE
@@ -184,9 +281,8 @@ def ensure_local_tenant(settings: Settings) -> str | None:
             f.write(token + "\n")
         os.chmod(path, 0o600)
         created = token
-    settings.tenants = [Tenant(LOCAL_TENANT, hash_token(token), ("/",))]
-    settings.token_file = path
-    return created
+    local = Tenant(name=LOCAL_TENANT, token_sha256=hash_token(token), roots=("/",))
+    return settings.model_copy(update={"tenants": (local,), "token_file": path}), created
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -204,137 +300,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: invalid TOML: {exc}") from None
 
 
-def _expected_type(name: str) -> Any:
-    if name in _DAEMON_KEYS:
-        return _DAEMON_KEYS[name]
-    hint = _CONFIG_TYPES[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return (args[0], True)  # optional
-    return hint
-
-
-def _coerce(name: str, raw: Any, *, source: str) -> Any:
-    """Turn a file, env or flag value into the field's type (``none``/"" clear an optional)."""
-    expected = _expected_type(name)
-    optional = False
-    if isinstance(expected, tuple):
-        expected, optional = expected
-    if isinstance(raw, str):
-        text = raw.strip()
-        if optional and text.lower() in ("", "none", "null"):
-            return None
-        try:
-            if expected is bool:
-                low = text.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
-            if expected is int:
-                return int(text)
-            if expected is float:
-                return float(text)
-        except ValueError:
-            raise SettingsError(f"{source}: expected {expected.__name__}, got {raw!r}") from None
-        if expected is Path:
-            return Path(text)
-        return text
-    if raw is None and optional:
-        return None
-    ok = (
-        (expected is bool and isinstance(raw, bool))
-        or (expected is int and isinstance(raw, int) and not isinstance(raw, bool))
-        or (expected is float and isinstance(raw, int | float) and not isinstance(raw, bool))
-        or (expected is Path and isinstance(raw, os.PathLike))
-    )
-    if not ok:
-        raise SettingsError(f"{source}: expected {expected.__name__}, got {raw!r}")
-    return float(raw) if expected is float else raw
-
-
-def _parse_tenants(tables: Any, *, source: str) -> list[Tenant]:
+def _parse_tenants(tables: Any, *, source: str) -> tuple[Tenant, ...]:
     if not isinstance(tables, list):
         raise SettingsError(f"{source}: 'tenants' must be an array of tables ([[tenants]])")
     out: list[Tenant] = []
     for i, table in enumerate(tables):
-        where = f"{source}: tenants[{i}]"
+        name = table.get("name") if isinstance(table, dict) else None
+        where = f"{source}: tenant {name!r}" if isinstance(name, str) else f"{source}: tenants[{i}]"
         if not isinstance(table, dict):
             raise SettingsError(f"{where}: must be a table")
-        unknown = set(table) - {"name", "token", "token_sha256", "roots", "claude_config_dir"}
-        if unknown:
-            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        name = table.get("name")
-        if not isinstance(name, str) or not _TENANT_NAME.match(name):
-            raise SettingsError(f"{where}: 'name' must be 1-64 letters, digits, '_', '.', '-'")
-        where = f"{source}: tenant {name!r}"
-        token, digest = table.get("token"), table.get("token_sha256")
-        if (token is None) == (digest is None):
-            raise SettingsError(f"{where}: give exactly one of 'token' and 'token_sha256'")
-        if token is not None:
-            if not isinstance(token, str) or len(token) < 16:
-                raise SettingsError(f"{where}: 'token' must be a string of 16+ characters")
-            digest = hash_token(token)
-        elif not isinstance(digest, str) or not _HEX64.match(digest.lower()):
-            raise SettingsError(f"{where}: 'token_sha256' must be 64 hex digits")
-        roots = table.get("roots")
-        if (
-            not isinstance(roots, list)
-            or not roots
-            or not all(isinstance(r, str) and os.path.isabs(os.path.expanduser(r)) for r in roots)
-        ):
-            raise SettingsError(f"{where}: 'roots' must be a non-empty list of absolute paths")
-        resolved = tuple(os.path.realpath(os.path.expanduser(r)) for r in roots)
-        for root in resolved:
+        try:
+            tenant = Tenant.model_validate(table)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            raise SettingsError(f"{where}: {field + ': ' if field else ''}{msg}") from None
+        for root in tenant.roots:
             if not os.path.isdir(root):
-                log.warning("tenant %s: root %s does not exist (yet)", name, root)
-        config_dir = table.get("claude_config_dir")
-        if config_dir is not None:
-            if not isinstance(config_dir, str) or not os.path.isabs(os.path.expanduser(config_dir)):
-                raise SettingsError(f"{where}: 'claude_config_dir' must be an absolute path")
-            config_dir = os.path.expanduser(config_dir)
-        out.append(Tenant(name, digest.lower(), resolved, config_dir))
+                log.warning("tenant %s: root %s does not exist (yet)", tenant.name, root)
+        out.append(tenant)
     names = [t.name for t in out]
     if len(set(names)) != len(names):
         raise SettingsError(f"{source}: tenant names must be unique")
     digests = [t.token_sha256 for t in out]
     if len(set(digests)) != len(digests):
         raise SettingsError(f"{source}: two tenants share a token")
-    return out
-
-
-def _validate(settings: Settings) -> None:
-    c = settings.config
-    if not 0 <= settings.port <= 65535:
-        raise SettingsError(f"port must be 0-65535, got {settings.port}")
-    if settings.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
-        raise SettingsError("log_level must be debug, info, warning, error or critical")
-    settings.log_level = settings.log_level.lower()
-    if settings.sse_keepalive_s <= 0:
-        raise SettingsError("sse_keepalive_s must be positive")
-    if settings.sse_send_timeout_s <= 0:
-        raise SettingsError("sse_send_timeout_s must be positive")
-    for name in ("prompt_limit_bytes", "queue_max", "max_line_bytes"):
-        if getattr(c, name) < 1:
-            raise SettingsError(f"{name} must be at least 1")
-    for name in ("pool_min", "pool_max", "max_concurrent_spawns"):
-        if getattr(c, name) < 0:
-            raise SettingsError(f"{name} must not be negative")
-    if c.pool_min > c.pool_max:
-        raise SettingsError("pool_min must not exceed pool_max")
-    for name in (
-        "spawn_timeout_s",
-        "watchdog_s",
-        "interrupt_grace_s",
-        "permission_timeout_s",
-        "keep_alive_s",
-    ):
-        if getattr(c, name) <= 0:
-            raise SettingsError(f"{name} must be positive")
-    for name in ("memory_budget_mb", "agent_memory_cap_mb", "agent_max_age_s"):
-        value = getattr(c, name)
-        if value is not None and value <= 0:
-            raise SettingsError(f"{name} must be positive")
-    if c.agent_max_turns is not None and c.agent_max_turns < 1:
-        raise SettingsError("agent_max_turns must be at least 1")
+    return tuple(out)

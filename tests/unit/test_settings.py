@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults():
     s = load_settings(None, {}, environ={})
     assert (s.host, s.port, s.log_level) == ("127.0.0.1", 8765, "info")
-    assert s.config.pool_max == 8 and s.tenants == []
+    assert s.config.pool_max == 8 and s.tenants == ()
     assert s.max_body_bytes == 6 * s.config.prompt_limit_bytes + 1024 * 1024
 
 
@@ -62,14 +62,14 @@ def test_env_types_and_optionals(tmp_path: Path):
     ("text", "env", "flags", "needle"),
     [
         ("bogus = 1\n", {}, {}, "unknown setting"),
-        ("port = 'x'\n", {}, {}, "expected int"),
+        ("port = 'x'\n", {}, {}, "port: input should be a valid integer"),
         ("port = true\n", {}, {}, "expected int"),
         ("", {"HOTSESSION_PORT": "eighty"}, {}, "HOTSESSION_PORT"),
-        ("", {"HOTSESSION_ALLOW_ROOT_BYPASS": "maybe"}, {}, "expected bool"),
-        ("", {}, {"port": 70000}, "port must be"),
-        ("", {}, {"pool_max": -1}, "pool_max"),
-        ("", {}, {"prompt_limit_bytes": 0}, "prompt_limit_bytes"),
-        ("", {}, {"log_level": "loud"}, "log_level"),
+        ("", {"HOTSESSION_ALLOW_ROOT_BYPASS": "maybe"}, {}, "HOTSESSION_ALLOW_ROOT_BYPASS: .*bool"),
+        ("", {}, {"port": 70000}, "--port: input should be less than or equal to 65535"),
+        ("", {}, {"pool_max": -1}, "--pool-max: input should be greater than or equal to 0"),
+        ("", {}, {"prompt_limit_bytes": 0}, "--prompt-limit-bytes"),
+        ("", {}, {"log_level": "loud"}, "--log-level: input should be 'debug'"),
         ("port = [\n", {}, {}, "invalid TOML"),
     ],
 )
@@ -106,12 +106,15 @@ roots = ["{root}", "/tmp"]
     s = load_settings(path, {}, environ={})
     alice, bob = s.tenants
     assert alice == Tenant(
-        "alice", hash_token("alice-secret-token-123"), (str(root),), "/srv/alice/.claude"
+        name="alice",
+        token_sha256=hash_token("alice-secret-token-123"),
+        roots=(str(root),),
+        claude_config_dir="/srv/alice/.claude",
     )
     assert alice.env() == {"CLAUDE_CONFIG_DIR": "/srv/alice/.claude"}
     assert bob.token_sha256 == digest and bob.env() == {}
     assert bob.roots == (str(root), os.path.realpath("/tmp"))
-    assert ensure_local_tenant(s) is None and s.token_file is None  # tenants configured
+    assert ensure_local_tenant(s) == (s, None) and s.token_file is None  # tenants configured
 
 
 @pytest.mark.parametrize(
@@ -143,7 +146,7 @@ def test_duplicate_tenants(tmp_path: Path):
 
 def test_local_token_created_once_with_mode_0600(tmp_path: Path):
     s = load_settings(None, {"state_dir": str(tmp_path / "state")}, environ={})
-    token = ensure_local_tenant(s)
+    s, token = ensure_local_tenant(s)
     assert token and s.token_file == tmp_path / "state" / "token"
     assert stat.S_IMODE(s.token_file.stat().st_mode) == 0o600
     assert s.token_file.read_text().strip() == token
@@ -153,14 +156,15 @@ def test_local_token_created_once_with_mode_0600(tmp_path: Path):
     # the next start reuses it (and tightens a loosened mode)
     os.chmod(s.token_file, 0o644)
     again = load_settings(None, {"state_dir": str(tmp_path / "state")}, environ={})
-    assert ensure_local_tenant(again) is None
+    again, created = ensure_local_tenant(again)
+    assert created is None
     assert again.tenants[0].token_sha256 == tenant.token_sha256
     assert stat.S_IMODE(s.token_file.stat().st_mode) == 0o600
 
 
 def test_authenticator():
-    a = Tenant("a", hash_token("token-a-0123456789"), ("/",))
-    b = Tenant("b", hash_token("token-b-0123456789"), ("/",))
+    a = Tenant(name="a", token_sha256=hash_token("token-a-0123456789"), roots=("/",))
+    b = Tenant(name="b", token_sha256=hash_token("token-b-0123456789"), roots=("/",))
     auth = Authenticator([a, b])
     assert auth.authenticate("Bearer token-b-0123456789") is b
     assert auth.authenticate("bearer   token-a-0123456789 ") is a
@@ -183,7 +187,7 @@ def test_roots(tmp_path: Path):
     assert within("/anything", "/")
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
-    t = Tenant("t", "0" * 64, (str(root.resolve()),))
+    t = Tenant(name="t", token_sha256="0" * 64, roots=(str(root.resolve()),))
     assert resolve_cwd(t, None) == str(root.resolve())
     assert resolve_cwd(t, str(root / "sub" / "..")) == str(root.resolve())
     for bad in (str(root / ".."), str(tmp_path), str(root) + "x"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable
 
 from hotsession.errors import Forbidden, InvalidRequest, Unauthorized
 from hotsession.settings import Tenant
@@ -24,7 +25,7 @@ from hotsession.settings import Tenant
 class Authenticator:
     """Maps ``Authorization: Bearer <token>`` to a tenant."""
 
-    def __init__(self, tenants: list[Tenant]) -> None:
+    def __init__(self, tenants: Iterable[Tenant]) -> None:
         self._table = [(bytes.fromhex(t.token_sha256), t) for t in tenants]
 
     def authenticate(self, authorization: str | None) -> Tenant:

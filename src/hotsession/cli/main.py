@@ -1,8 +1,9 @@
 """Entry point of the ``hotsession`` command; each family of subcommands lives in its own module.
 
 ``serve`` (cli/serve.py) runs the daemon; ``ask``, ``chat``, ``sessions``, ``pool``, ``warm``
-(cli/client.py) talk to it over the public HTTP API; ``bench`` (bench/) measures it. Every option
-also reads a ``HOTSESSION_<OPTION>`` environment variable.
+(cli/client.py) talk to it over the public HTTP API; ``bench`` (bench/) measures it. Only the
+documented ``HOTSESSION_*`` variables are read (no automatic prefix: click's would make ``serve``
+read ``HOTSESSION_SERVE_PORT`` too).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from hotsession import __version__
 _COMMAND_MODULES = ("hotsession.cli.serve", "hotsession.cli.client", "hotsession.bench.command")
 
 
-@click.group(
-    context_settings={"auto_envvar_prefix": "HOTSESSION", "help_option_names": ["-h", "--help"]}
-)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hotsession")
 def main() -> None:
     """hotsession: Claude Code sessions that answer instantly."""
