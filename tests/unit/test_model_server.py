@@ -331,6 +331,43 @@ def test_stall_after_message_start(server: ModelServer) -> None:
     assert arrivals[1][1] - arrivals[0][1] >= 0.65
 
 
+def _frame_arrivals(server: ModelServer, prompt: str) -> list[tuple[str, dict[str, Any], float]]:
+    out: list[tuple[str, dict[str, Any], float]] = []
+    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+        t0 = time.monotonic()
+        with c.stream("POST", "/v1/messages", json=body(prompt)) as r:
+            buf = ""
+            for chunk in r.iter_text():
+                buf += chunk
+                while "\n\n" in buf:
+                    frame, buf = buf.split("\n\n", 1)
+                    lines = dict(line.split(": ", 1) for line in frame.split("\n"))
+                    out.append((lines["event"], json.loads(lines["data"]), time.monotonic() - t0))
+    return out
+
+
+def test_stream_directive_sends_n_word_deltas_with_gaps(server: ModelServer) -> None:
+    frames = _frame_arrivals(server, "go [[stream:5:120]]")
+    deltas = [(d, t) for n, d, t in frames if n == "content_block_delta"]
+    assert [d["delta"]["text"] for d, _ in deltas] == ["w1 ", "w2 ", "w3 ", "w4 ", "w5"]
+    gaps = [b - a for (_, a), (_, b) in zip(deltas, deltas[1:], strict=False)]
+    assert min(gaps) >= 0.1  # each delta waits for the gap (4 gaps of 120 ms)
+    assert frames[-1][0] == "message_stop"
+
+
+def test_stream_directive_cuts_the_say_text_into_n_pieces(client: httpx.Client) -> None:
+    events = stream_events(client, body("[[say:abcdefghij]][[stream:4]]"))
+    deltas = [d["delta"]["text"] for n, d in events if n == "content_block_delta"]
+    assert deltas == ["abc", "def", "gh", "ij"]
+    short = stream_events(client, body("[[say:ab]][[stream:500]]"))
+    assert [d["delta"]["text"] for n, d in short if n == "content_block_delta"] == ["a", "b"]
+    many = stream_events(client, body("[[stream:500]]"))
+    assert len([n for n, _ in many if n == "content_block_delta"]) == 500
+    assert text_of(many) == " ".join(f"w{i}" for i in range(1, 501))
+    plain = client.post("/v1/messages", json=body("[[stream:3:50]]", stream=False)).json()
+    assert plain["content"] == [{"type": "text", "text": "w1 w2 w3"}]
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 

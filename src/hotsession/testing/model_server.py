@@ -47,6 +47,10 @@ ignored (but listed in the log).
                        invalid_request_error, other 5xx: api_error)
 ``[[big:BYTES]]``      reply text of exactly BYTES ASCII bytes (deterministic)
 ``[[marker:ID]]``      copied into the log entry's ``markers`` (several allowed)
+``[[stream:N]]``,      stream the final text as N ``text_delta`` events, GAP_MS milliseconds
+``[[stream:N:GAP_MS]]`` apart (default 0). The text is the ``say``/``big`` text cut into N pieces
+                       (fewer when it is shorter than N characters), else N words
+                       ``w1 w2 … wN`` of one delta each. Non-streaming: the same text at once
 =====================  ==========================================================================
 
 Tool sequences: several ``tool``/``bash`` directives run one per request. ``step`` = number of
@@ -323,6 +327,20 @@ class Script:
         return status if 400 <= status <= 599 else 500
 
     @property
+    def stream(self) -> tuple[int, float] | None:
+        """``[[stream:N:GAP_MS]]`` as (N pieces, gap in seconds); None without it."""
+        d = self.first("stream")
+        if d is None or d.arg is None:
+            return None
+        count, _, gap = d.arg.partition(":")
+        try:
+            n = int(count.strip())
+            gap_ms = float(gap.strip()) if gap.strip() else 0.0
+        except ValueError:
+            return None
+        return (max(1, n), max(0.0, gap_ms) / 1000.0)
+
+    @property
     def thinking(self) -> str | None:
         d = self.first("think")
         return None if d is None else (d.arg or "")
@@ -338,7 +356,39 @@ class Script:
         say = self.first("say")
         if say is not None:
             return say.arg or ""
+        stream = self.stream
+        if stream is not None:
+            return _words(stream[0])
         return "done" if self.tools else "ok"
+
+    def text_pieces(self, text: str) -> list[str]:
+        """How the final text is cut into ``text_delta`` events."""
+        stream = self.stream
+        if stream is None:
+            return _chunks(text)
+        if self.first("big") is None and self.first("say") is None:
+            return [w + " " for w in text.split(" ")[:-1]] + [text.rsplit(" ", 1)[-1]]
+        return _pieces(text, stream[0])
+
+
+def _words(n: int) -> str:
+    """``w1 w2 … wN``: the default text of ``[[stream:N]]`` (one word per delta)."""
+    return " ".join(f"w{i}" for i in range(1, n + 1))
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    """``text`` cut into ``n`` pieces as even as possible (fewer when shorter than ``n``)."""
+    if not text:
+        return [text]
+    n = min(n, len(text))
+    size, extra = divmod(len(text), n)
+    out: list[str] = []
+    pos = 0
+    for i in range(n):
+        end = pos + size + (1 if i < extra else 0)
+        out.append(text[pos:end])
+        pos = end
+    return out
 
 
 def _big_text(n: int) -> str:
@@ -535,11 +585,14 @@ def _message_start(msg_id: str, model: str, input_tokens: int) -> bytes:
     )
 
 
-def _block_events(index: int, block: dict[str, Any], first: bool) -> Iterable[bytes]:
+def _block_events(
+    index: int, block: dict[str, Any], first: bool, script: Script | None = None
+) -> Iterable[bytes]:
     btype = block["type"]
     if btype == "text":
         start: dict[str, Any] = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": c} for c in _chunks(block["text"])]
+        pieces = script.text_pieces(block["text"]) if script else _chunks(block["text"])
+        deltas = [{"type": "text_delta", "text": c} for c in pieces]
     elif btype == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
         deltas = [{"type": "thinking_delta", "thinking": c} for c in _chunks(block["thinking"])]
@@ -885,8 +938,15 @@ class ModelServer:
         if script.stall_s:
             await asyncio.sleep(script.stall_s)
         reply = _build_reply(script)
+        stream = script.stream
+        gap = stream[1] if stream is not None else 0.0
         for index, block in enumerate(reply.blocks):
-            for event in _block_events(index, block, first=index == 0):
+            deltas = 0
+            for event in _block_events(index, block, index == 0, script):
+                if gap and block["type"] == "text" and event.startswith(b"event: content_block_d"):
+                    if deltas:
+                        await asyncio.sleep(gap)  # the model "writing": a gap between deltas
+                    deltas += 1
                 yield event
         yield _sse(
             "message_delta",
