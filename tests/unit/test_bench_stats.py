@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hotsession.bench.http_modes import pool_counts
+from hotsession.bench.daemon import pool_counts
 from hotsession.bench.memory import summarize_role
 from hotsession.bench.runner import RunResult
 from hotsession.bench.stats import (

@@ -23,6 +23,7 @@ from hotsession.bench.environment import BenchEnv, BenchError
 from hotsession.bench.memory import measure
 from hotsession.bench.modes import (
     BareCli,
+    BarePreSpawned,
     FreshPrint,
     LeanTransport,
     Mode,
@@ -31,16 +32,18 @@ from hotsession.bench.modes import (
     SdkQuery,
 )
 from hotsession.bench.output import PlotUnavailable, print_result, write_json, write_plot
-from hotsession.bench.runner import Runner, RunResult
+from hotsession.bench.runner import Runner, RunResult, machine_info
 from hotsession.cli.main import main
 
-BASELINES: tuple[type[Mode], ...] = (FreshPrint, ResumePrint, SdkQuery, BareCli)
+BASELINES: tuple[type[Mode], ...] = (FreshPrint, ResumePrint, SdkQuery, BareCli, BarePreSpawned)
 TRANSPORTS: tuple[type[Mode], ...] = (BareCli, LeanTransport, SdkClient)
 
 QUICK_ROUNDS = 5
 DEFAULT_ROUNDS = 30
 QUICK_TRANSPORT_ROUNDS = 40
 DEFAULT_TRANSPORT_ROUNDS = 200
+QUICK_CPU_TURNS = 100
+DEFAULT_CPU_TURNS = 300
 QUICK_CONCURRENCY_ROUNDS = 5
 DEFAULT_CONCURRENCY_ROUNDS = 20
 
@@ -161,6 +164,12 @@ async def _run_concurrency(
 @click.option("--transport", is_flag=True, help="Compare transports (bare CLI, lean, SDK client).")
 @click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
 @click.option(
+    "--cpu",
+    "cpu",
+    is_flag=True,
+    help="The daemon's CPU per turn against the CLI's (plain and 500-delta turns), idle rate.",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(1),
     default=None,
@@ -195,6 +204,7 @@ def bench(
     warmup: int,
     transport: bool,
     load: bool,
+    cpu: bool,
     concurrency: int | None,
     rate: float,
     duration: float,
@@ -216,15 +226,26 @@ def bench(
             raise click.ClickException(
                 "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
             ) from None
-    if sum((transport, load, concurrency is not None)) > 1:
-        raise click.UsageError("--transport, --load and --concurrency are separate runs; pick one")
+    if sum((transport, load, cpu, concurrency is not None)) > 1:
+        raise click.UsageError(
+            "--transport, --load, --cpu and --concurrency are separate runs; pick one"
+        )
     try:
         env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
     except Exception as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         env.start()
-        if load:
+        if cpu:
+            from hotsession.bench.cpu import run_cpu
+
+            console.print("starting hotsession serve … (--cpu)")
+            n = rounds or (QUICK_CPU_TURNS if quick else DEFAULT_CPU_TURNS)
+            figures = asyncio.run(
+                run_cpu(env, turns=n, streamed_turns=max(10, n // 5), idle_s=5 if quick else 20)
+            )
+            result = RunResult("cpu", [], machine_info(), cpu=figures)
+        elif load:
             from hotsession.bench.load import run_load
 
             result = asyncio.run(

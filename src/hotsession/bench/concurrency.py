@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from hotsession import __version__
+from hotsession.bench.daemon import Daemon
 from hotsession.bench.environment import BenchEnv, BenchError
-from hotsession.bench.http_modes import Daemon
 from hotsession.bench.memory import measure
 from hotsession.bench.modes import BareCli
 from hotsession.bench.runner import SAMPLE_TIMEOUT_S, RunResult, machine_info

@@ -20,8 +20,8 @@ from typing import Any
 
 from rich.console import Console
 
+from hotsession.bench.daemon import Daemon, pool_counts
 from hotsession.bench.environment import BenchEnv
-from hotsession.bench.http_modes import Daemon, pool_counts
 from hotsession.bench.memory import measure
 from hotsession.bench.runner import RunResult, machine_info
 from hotsession.bench.stats import Sample, match_model_requests, poisson_arrivals

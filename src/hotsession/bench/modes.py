@@ -12,6 +12,9 @@ Baselines, all with the same CLI binary, env and permission mode:
 * ``sdk query()``        — ``claude_agent_sdk.query()`` per prompt (a process per prompt);
 * ``bare CLI (floor)``   — one live stream-json process driven directly over stdin, with the same
   argv as hotsession's processes: nothing can beat it by more than noise.
+* ``bare CLI (pre-spawned)`` — a new conversation on a stream-json process spawned ahead
+  (``initialize`` answered, then left until it is idle) and driven over stdin: the plainest
+  pre-warmed pool, with no daemon and no warm-up. ``hs new (spare)`` must beat it.
 
 Transports (``hotsession bench --transport``, the measurement behind docs/transport.md):
 
@@ -203,43 +206,8 @@ class BareCli(Mode):
 
     async def setup(self) -> None:
         """Spawn with hotsession's own argv, complete ``initialize``, run one warm-up turn."""
-        options = SessionOptions.create(
-            str(self.env.workdir),
-            permission_mode=self.env.permission_mode,
-        )
-        argv = build_argv(self.env.cli_path, options, session_id=str(uuid.uuid4()))
-        env = build_env(options, base=self.env.agent_env(), allow_root_bypass=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=self.env.workdir,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            limit=_LINE_LIMIT,
-            start_new_session=True,
-        )
-        await self._write(
-            {
-                "type": "control_request",
-                "request_id": "req_init",
-                "request": {"subtype": "initialize", "hooks": None},
-            }
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(60):
-            while True:
-                line = await self.proc.stdout.readline()
-                if not line:
-                    raise BenchError("the bare CLI exited during initialize")
-                if b'"control_response"' in line:
-                    break
+        self.proc = await spawn_initialized(self.env)
         await self.sample(Sample(self.name, -1, "setup", 0.0), "[[say:setup]]")
-
-    async def _write(self, obj: dict[str, Any]) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-        await self.proc.stdin.drain()
 
     async def sample(self, s: Sample, prompt: str) -> None:
         """Write one user message, read until its result."""
@@ -262,20 +230,94 @@ class BareCli(Mode):
     async def teardown(self) -> None:
         """Close stdin, then kill if it lingers."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            await proc.wait()
+        if proc is not None:
+            await end_process(proc)
 
     def pids(self) -> dict[str, int]:
         """The live process."""
         return {"bare CLI": self.proc.pid} if self.proc and self.proc.returncode is None else {}
+
+
+class BarePreSpawned(BareCli):
+    """A new conversation on a bare CLI spawned ahead and left idle (a naive pre-spawned pool)."""
+
+    name = "bare CLI (pre-spawned)"
+    description = "new conversation on a stream-json CLI spawned ahead and idle (no daemon)"
+    group = "baseline"
+
+    async def setup(self) -> None:
+        """Nothing: each sample gets its own process in ``prepare``."""
+
+    async def prepare(self) -> None:
+        """End the last sample's process; spawn the next one and wait until it is idle."""
+        if self.proc is not None:
+            await end_process(self.proc)
+        self.proc = await spawn_initialized(self.env)
+        await wait_idle(self.proc.pid)
+
+    def pids(self) -> dict[str, int]:
+        """The live process."""
+        if self.proc and self.proc.returncode is None:
+            return {"bare CLI (pre-spawned)": self.proc.pid}
+        return {}
+
+
+async def spawn_initialized(env: BenchEnv) -> asyncio.subprocess.Process:
+    """A stream-json CLI with hotsession's own argv, its ``initialize`` answered."""
+    options = SessionOptions.create(str(env.workdir), permission_mode=env.permission_mode)
+    argv = build_argv(env.cli_path, options, session_id=str(uuid.uuid4()))
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=env.workdir,
+        env=build_env(options, base=env.agent_env(), allow_root_bypass=True),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        limit=_LINE_LIMIT,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    request = {
+        "type": "control_request",
+        "request_id": "req_init",
+        "request": {"subtype": "initialize", "hooks": None},
+    }
+    proc.stdin.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+    await proc.stdin.drain()
+    async with asyncio.timeout(60):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise BenchError("the bare CLI exited during initialize")
+            if b'"control_response"' in line:
+                return proc
+
+
+async def wait_idle(pid: int, quiet_s: float = 0.2, timeout: float = 10.0) -> None:
+    """Until the process used no CPU for ``quiet_s`` (its start-up work done), bounded."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    last = -1.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            used = sum(psutil.Process(pid).cpu_times()[:2])
+            if used == last:
+                return
+            last = used
+        await asyncio.sleep(quiet_s)
+
+
+async def end_process(proc: asyncio.subprocess.Process) -> None:
+    """Close stdin, then kill the group if it lingers."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        await proc.wait()
 
 
 # -- transports -------------------------------------------------------------------------------

@@ -103,16 +103,64 @@ def memory_table(memory: dict[str, Any]) -> Table | None:
     return t
 
 
+def cpu_table(cpu: dict[str, Any]) -> Table:
+    """``--cpu``: the daemon's CPU per turn beside the CLI's, and the idle rate."""
+    idle = cpu.get("idle") or {}
+    t = Table(
+        title="hotsession bench --cpu — CPU ms per turn (daemon: minus its idle rate)",
+        caption=(
+            f"idle daemon ({idle.get('sessions')} idle sessions, spares ready): "
+            f"{idle.get('ms_per_s')} ms of CPU per s over {idle.get('seconds')} s"
+        ),
+    )
+    for col in ("turn", "n", "wall ms", "daemon ms", "CLI ms", "daemon / CLI", "target"):
+        t.add_column(col, justify="left" if col == "turn" else "right")
+    for name, row in (cpu.get("turns") or {}).items():
+        target = row.get("target")
+        verdict = "—"
+        if target is not None:
+            verdict = f"≤ {target:.0%} " + (
+                "[green]met[/]" if row.get("met") else "[red]not met[/]"
+            )
+        ratio_ = row.get("ratio")
+        t.add_row(
+            name,
+            str(row["turns"]),
+            f"{row['wall_ms_per_turn']:.1f}",
+            f"{row['daemon_ms_per_turn']:.2f}",
+            f"{row['cli_ms_per_turn']:.1f}",
+            "—" if ratio_ is None else f"{ratio_:.1%}",
+            verdict,
+        )
+    return t
+
+
 def print_result(result: RunResult, console: Console | None = None) -> None:
     """Print the tables (and load / error notes) to the terminal."""
     # Piped output (a file, CI) would wrap the table at 80 columns; keep it readable there.
     console = console or Console(width=None if sys.stdout.isatty() else 170)
+    if result.cpu:
+        console.print(cpu_table(result.cpu))
+        return
     console.print(table(result))
     for mode, out in result.outside_cli().items():
         console.print(
             f"{mode}: time outside the CLI (HTTP in, daemon, SSE out) median "
             f"{out['median']:.2f} ms, p95 {out['p95']:.2f}, min {out['min']:.2f} (n={out['n']})"
         )
+    for target in result.targets():
+        verdict = "[green]met[/]" if target["met"] else "[red]not met[/]"
+        if "ratio" in target:
+            console.print(
+                f"target: {target['mode']} ≤ {target['limit']}× {target['reference']} "
+                f"({_LABELS.get(target['metric'], target['metric'])}): "
+                f"{target['ratio']:.2f}× {verdict}"
+            )
+        else:
+            console.print(
+                f"target: claim (POST /v1/sessions, a spare ready) ≤ {target['limit_ms']} ms "
+                f"median: {target['median_ms']:.2f} ms {verdict}"
+            )
     mem = memory_table(result.memory)
     if mem is not None:
         console.print(mem)

@@ -66,6 +66,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    # (mode, reference mode, metric, the ratio of medians to stay under) — issue 13
+    ("hs new (spare)", "bare CLI (pre-spawned)", "to_model_ms", 0.8),
+    ("hs new (miss)", "claude -p", "to_model_ms", 1.1),
+)
+CLAIM_TARGET_MS = 3.0
+"""``POST /v1/sessions`` with a ready spare: the median to stay under (issue 13)."""
+
+
 @dataclass
 class RunResult:
     """Everything a run produced."""
@@ -75,6 +84,7 @@ class RunResult:
     meta: dict[str, Any]
     memory: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
 
@@ -138,6 +148,43 @@ class RunResult:
                 out[mode] = summary.to_dict()
         return out
 
+    def targets(self) -> list[dict[str, Any]]:
+        """Each target of ``TARGETS`` whose modes ran: the ratio of medians, and whether met;
+        then the claim's median (``claim_ms`` of ``hs new (spare)`` samples) against its own."""
+        summaries = self.summaries()
+        out: list[dict[str, Any]] = []
+        for mode, ref, metric, limit in TARGETS:
+            value = ratio(summaries.get(mode, {}).get(metric), summaries.get(ref, {}).get(metric))
+            if value is not None:
+                out.append(
+                    {
+                        "mode": mode,
+                        "reference": ref,
+                        "metric": metric,
+                        "ratio": round(value, 3),
+                        "limit": limit,
+                        "met": value <= limit,
+                    }
+                )
+        claims = summarize(
+            [
+                float(s.extra["claim_ms"])
+                for s in self.samples
+                if s.ok and s.mode == "hs new (spare)" and s.extra.get("claim_ms") is not None
+            ]
+        )
+        if claims is not None:
+            out.append(
+                {
+                    "mode": "hs new (spare)",
+                    "metric": "claim_ms",
+                    "median_ms": round(claims.median, 2),
+                    "limit_ms": CLAIM_TARGET_MS,
+                    "met": claims.median <= CLAIM_TARGET_MS,
+                }
+            )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form: meta, summaries, ratios, memory, load, and every raw sample."""
         return {
@@ -157,9 +204,11 @@ class RunResult:
             "ratios": self.ratios(),
             "overhead_vs_floor_ms": self.overheads(),
             "outside_cli_ms": self.outside_cli(),
+            "targets": self.targets(),
             "errors": error_counts(self.samples),
             "memory": self.memory,
             "load": self.load,
+            "cpu": self.cpu,
             "samples": [s.to_dict() for s in self.samples],
         }
 

@@ -1,0 +1,148 @@
+"""``hotsession bench --cpu``: the daemon's own CPU per turn, against the CLI's for the same turns.
+
+Method. One ``hotsession serve`` (the bench's harness, :mod:`hotsession.bench.daemon`) with its
+default pool. CPU times come from ``/proc`` (user + system, through psutil): the daemon's own
+process (its threads included: the registry's, uvicorn's), and the session's CLI process.
+
+1. Idle rate: a few sessions with a turn each, the pool's spares ready, nothing running; the
+   daemon's CPU over ``idle_s`` seconds gives its idle rate (ms of CPU per second).
+2. Per kind of turn, ``turns`` turns one after the other on one session, each read to its
+   ``result`` by the bench's lean client (:mod:`hotsession.bench.wire`; the client's CPU is the
+   bench's, not counted). Daemon CPU per turn = (its CPU over the run − idle rate × the run's
+   wall time) / turns; CLI CPU per turn = the session's process CPU over the run / turns.
+
+Kinds: ``plain follow-up`` (a one-word reply: 3 lines from the CLI); ``streamed 500 deltas``
+(``[[stream:500]]`` on a session opened with ``include_partial_messages``: ~510 lines);
+``500 deltas, not asked`` (the same reply on a session that did not ask for partial messages:
+the CLI still writes the deltas, which the daemon drops unread beyond their first bytes).
+Targets (issue 13): plain ≤ 3 % of the CLI's CPU, streamed ≤ 8 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from hotsession.bench.daemon import Daemon
+from hotsession.bench.environment import BenchEnv, BenchError
+from hotsession.bench.stats import Sample
+
+IDLE_SESSIONS = 3
+TARGETS = {"plain follow-up": 0.03, "streamed 500 deltas": 0.08}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of turn measured."""
+
+    name: str
+    prompt: str
+    partial: bool
+
+
+KINDS = (
+    Kind("plain follow-up", "hi", False),
+    Kind("streamed 500 deltas", "[[stream:500]]", True),
+    Kind("500 deltas, not asked", "[[stream:500]]", False),
+)
+
+
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def _open(d: Daemon, env: BenchEnv, partial: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"cwd": str(env.workdir), "permission_mode": env.permission_mode}
+    if partial:
+        body["include_partial_messages"] = True
+    out = await d.json("POST", "/v1/sessions", body)
+    assert isinstance(out, dict)
+    return out
+
+
+async def _turn(d: Daemon, session_id: str, prompt: str) -> None:
+    s = Sample("cpu", 0, "", 0.0)
+    await d.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s)
+    if not s.ok:
+        raise BenchError(f"a turn failed: {s.error}")
+
+
+async def idle_rate(d: Daemon, env: BenchEnv, idle_s: float) -> dict[str, Any]:
+    """The daemon's CPU per second with a few idle sessions and the pool's spares ready."""
+    opened = []
+    for _ in range(IDLE_SESSIONS):
+        created = await _open(d, env, False)
+        await _turn(d, str(created["id"]), "[[say:idle]]")
+        opened.append(str(created["id"]))
+    await d.wait_spare()
+    await asyncio.sleep(1.0)
+    assert d.proc is not None
+    c0, t0 = _cpu_s(d.proc.pid), time.monotonic()
+    await asyncio.sleep(idle_s)
+    c1, t1 = _cpu_s(d.proc.pid), time.monotonic()
+    for sid in opened:
+        await d.close_session(sid)
+    return {
+        "sessions": IDLE_SESSIONS,
+        "seconds": round(t1 - t0, 2),
+        "ms_per_s": round((c1 - c0) / (t1 - t0) * 1000, 3),
+    }
+
+
+async def measure_kind(
+    d: Daemon, env: BenchEnv, kind: Kind, turns: int, idle_ms_per_s: float
+) -> dict[str, Any]:
+    """Daemon and CLI CPU per turn of one kind (see the module docstring)."""
+    created = await _open(d, env, kind.partial)
+    sid = str(created["id"])
+    try:
+        for _ in range(3):  # the first turns of a process cost more; not counted
+            await _turn(d, sid, kind.prompt)
+        pid = (await d.session(sid)).get("pid")
+        if not isinstance(pid, int):
+            raise BenchError("the session has no process")
+        await d.wait_quiet()
+        assert d.proc is not None
+        d0, a0, t0 = _cpu_s(d.proc.pid), _cpu_s(pid), time.monotonic()
+        for _ in range(turns):
+            await _turn(d, sid, kind.prompt)
+        d1, a1, t1 = _cpu_s(d.proc.pid), _cpu_s(pid), time.monotonic()
+    finally:
+        await d.close_session(sid)
+    wall = t1 - t0
+    daemon_ms = ((d1 - d0) * 1000 - idle_ms_per_s * wall) / turns
+    cli_ms = (a1 - a0) * 1000 / turns
+    out: dict[str, Any] = {
+        "turns": turns,
+        "wall_ms_per_turn": round(wall * 1000 / turns, 2),
+        "daemon_ms_per_turn": round(daemon_ms, 3),
+        "cli_ms_per_turn": round(cli_ms, 3),
+        "ratio": round(daemon_ms / cli_ms, 4) if cli_ms > 0 else None,
+    }
+    target = TARGETS.get(kind.name)
+    if target is not None and out["ratio"] is not None:
+        out["target"] = target
+        out["met"] = out["ratio"] <= target
+    return out
+
+
+async def run_cpu(
+    env: BenchEnv, *, turns: int, streamed_turns: int, idle_s: float
+) -> dict[str, Any]:
+    """The whole ``--cpu`` run: idle rate, then each kind of turn."""
+    d = Daemon(env)
+    await d.start()
+    try:
+        idle = await idle_rate(d, env, idle_s)
+        kinds: dict[str, Any] = {}
+        for kind in KINDS:
+            n = turns if kind.prompt == "hi" else streamed_turns
+            kinds[kind.name] = await measure_kind(d, env, kind, n, idle["ms_per_s"])
+        return {"idle": idle, "turns": kinds}
+    finally:
+        await d.stop()
