@@ -2,8 +2,9 @@
 
 Schemathesis generates requests for every operation of ``/openapi.json`` (bounded examples per
 operation) and sends them with a valid token; hypothesis drives the parsers (``Last-Event-ID``,
-the settings file, ``cwd``). The invariants: never a 500, never a hang, no session lost, and
-every refusal a JSON error with a machine-readable code.
+the settings file, ``cwd``). The invariants: never a 500, never a hang, no session lost, every
+refusal a JSON error with a machine-readable code, and every answer as the document says (its
+status documented for the operation, its content type, its body's schema).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from tests.api.conftest import (  # noqa: F401 - fixtures
     ALICE_TOKEN,
     BOB_TOKEN,
@@ -43,6 +51,16 @@ FUZZ = settings(
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
+
+
+# The answer is what /openapi.json says it is.
+DOCUMENT_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 def _no_500(r: httpx.Response | Any) -> None:
@@ -86,6 +104,7 @@ async def test_schema_fuzz_never_500(start_daemon, caplog: pytest.LogCaptureFixt
                 r = case.call(base_url=d.url, headers=auth, timeout=60)
                 calls.append(r.status_code)
                 _no_500(r)
+                case.validate_response(r, checks=DOCUMENT_CHECKS, headers=auth)
 
             check()
 

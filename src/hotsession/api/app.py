@@ -39,7 +39,9 @@ from hotsession import __version__
 from hotsession.api import fastpath, sessions
 from hotsession.api.auth import Authenticator
 from hotsession.api.deps import Api, ApiState, CurrentTenant
+from hotsession.api.docs import add_viewers, errors, ok
 from hotsession.api.metrics import CONTENT_TYPE, Metrics
+from hotsession.api.schemas import HealthOut
 from hotsession.errors import HotsessionError, ShuttingDown, Unauthorized
 from hotsession.hub import Hotsession
 from hotsession.settings import Settings
@@ -263,8 +265,12 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
         title="hotsession",
         version=__version__,
         summary="Claude Code sessions that answer instantly.",
+        description="The reference is docs/api.md; this document is at `/openapi.json`.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's viewers load their scripts from a CDN; add_viewers' do not
+        redoc_url=None,
     )
+    add_viewers(app)
     state = ApiState(
         hub=hub, settings=settings, auth=Authenticator(settings.tenants), metrics=Metrics(hub)
     )
@@ -273,13 +279,29 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(sessions.router)
 
-    @app.get("/healthz", summary="Liveness (no token)")
+    @app.get(
+        "/healthz",
+        summary="Liveness (no token)",
+        response_class=JSONResponse,
+        responses=ok(HealthOut),
+    )
     async def healthz(api: Api) -> JSONResponse:
         """`status`, the version, and the Claude Code CLI in use."""
         cli: dict[str, str | None] = dict(api.cli) or {"path": None, "version": None}
         return JSONResponse({"status": "ok", "version": __version__, "cli": cli})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **errors(),
+        },
+    )
     async def metrics(api: Api, tenant: CurrentTenant) -> Response:
         """The exposition format."""
         return Response(api.metrics.render(), media_type=CONTENT_TYPE)

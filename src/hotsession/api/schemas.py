@@ -1,8 +1,10 @@
-"""Request bodies at the HTTP edge (pydantic validates them; the engine never sees pydantic).
+"""Request bodies at the HTTP edge (pydantic validates them; the engine never sees pydantic),
+and the response schemas of the OpenAPI document.
 
-Unknown fields are refused (422), so a typo in an option never silently falls back to a
-default. Responses are plain dicts built from the engine's own snapshots; events are never
-validated per event (the SSE hot path serialises each one once with :mod:`json`).
+Unknown request fields are refused (422), so a typo in an option never silently falls back to a
+default. Responses are plain dicts built from the engine's own snapshots, described by the
+``*Out`` models below but not validated per request; events are never validated per event (the
+SSE hot path serialises each one once with :mod:`json`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hotsession.registry.records import SessionState, TurnStatus
 
 PermissionModeName = Literal[
     "default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"
@@ -127,3 +131,198 @@ class PermissionAnswerIn(Strict):
         default=None, description="allow only: the tool input to use instead of the requested one."
     )
     message: str | None = Field(default=None, description="deny only: told to the model.")
+
+
+# -- responses ------------------------------------------------------------------------------------
+#
+# What the routes answer, for the OpenAPI document (``responses=`` on each route). The routes build
+# plain dicts and do not validate them per request (the hot path stays free of pydantic); the
+# hostile-input test checks every answer against these schemas. Objects allow fields beyond the
+# listed ones (``extra="allow"``), so a client written against the document keeps working when a
+# field is added.
+
+
+class Open(BaseModel):
+    """A response object: the listed fields, and possibly more."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(Open):
+    """What went wrong, machine-readable; some codes carry more fields (``limit``, ``field``,
+    ``errors``, ``session_id``, ``exit_code``, ``stderr_tail``)."""
+
+    code: str = Field(description="Machine-readable, e.g. `not_found`, `queue_full`.")
+    message: str = Field(description="For a human.")
+
+
+class ErrorOut(BaseModel):
+    """Every error: ``{"error": {"code", "message", ...}}``."""
+
+    error: ErrorDetail
+
+
+class MemoryOut(Open):
+    """A process tree's memory in MB (``pss_mb`` only where asked for: one session's details)."""
+
+    anon_mb: float | None = None
+    rss_mb: float | None = None
+    pss_mb: float | None = None
+
+
+class TimingOut(Open):
+    """A turn's timing in milliseconds (docs/api.md, "timing")."""
+
+    queued_ms: float = 0
+    claim_ms: float = 0
+    ttfe_ms: float = 0
+    thinking_ms: float = 0
+    tools_ms: float = 0
+    tool_calls: int = 0
+    total_ms: float = 0
+    source: str | None = Field(default=None, description="hot, warm, spare, spawn, resume, ...")
+
+
+class PendingPermissionOut(Open):
+    """A permission request waiting for an answer."""
+
+    request_id: str
+    tool_name: str
+    input: dict[str, Any]
+    tool_use_id: str | None = None
+    turn: int
+
+
+class SessionOut(Open):
+    """A session as listings show it."""
+
+    id: str
+    tenant: str
+    cli_session_id: str
+    state: SessionState
+    cwd: str
+    model: str | None
+    permission_mode: str | None
+    profile: str = Field(description="The key of its profile (equal options, equal key).")
+    pid: int | None
+    turns: int
+    queued: int
+    created_at: float = Field(description="Unix time.")
+    updated_at: float
+    last_active_at: float | None
+    last_timing: TimingOut | None
+    pending_permissions: list[PendingPermissionOut]
+    metadata: dict[str, Any]
+    error: str | None
+    source: str | None = Field(description="How its process came: spare, spawn, resume.")
+    closed_at: float | None
+    memory: MemoryOut | None = Field(
+        default=None, description="Its process tree's memory (null without a process)."
+    )
+    last_seq: int | None = Field(default=None, description="The seq of its newest event.")
+
+
+class TurnSummaryOut(Open):
+    """One of a session's recent turns."""
+
+    turn: int
+    status: TurnStatus
+    prompt: str = Field(description="Its first 200 characters.")
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+    timing: TimingOut | None
+    error_code: str | None
+    error_message: str | None
+
+
+class SessionDetailOut(SessionOut):
+    """One session, with its recent turns."""
+
+    recent_turns: list[TurnSummaryOut]
+
+
+class SessionListOut(BaseModel):
+    """The tenant's sessions."""
+
+    sessions: list[SessionOut]
+
+
+class InterruptOut(BaseModel):
+    """``interrupted`` is false when no turn was running."""
+
+    id: str
+    interrupted: bool
+
+
+class WarmOut(BaseModel):
+    """``warming`` is false when there was nothing to do."""
+
+    id: str
+    warming: bool
+
+
+class PermissionAnsweredOut(BaseModel):
+    """The answer was passed to the CLI."""
+
+    request_id: str
+    behavior: Literal["allow", "deny"]
+
+
+class PoolProfileOut(Open):
+    """One profile of the warm pool (or, ``pooled`` false, of live sessions it never served)."""
+
+    profile: str
+    tenant: str
+    cwd: str
+    model: str | None
+    permission_mode: str | None
+    ready: int
+    spawning: int
+    live_sessions: int
+    hits: int
+    misses: int
+    hit_rate: float | None
+    lambda_per_s: float
+    tau_s: float | None
+    target: int
+    min: int
+    max: int | None
+    memory_mb: float
+    failing: str | None
+    pooled: bool
+
+
+class PoolMemoryOut(Open):
+    """The pool's memory figures in MB."""
+
+    used_mb: float
+    budget_mb: float
+    spares_mb: float
+    sessions_mb: float
+
+
+class PoolOut(Open):
+    """The warm pool's statistics (``enabled`` false: no pool, ``profiles`` empty)."""
+
+    enabled: bool
+    profiles: list[PoolProfileOut]
+    memory: PoolMemoryOut | None
+    evictions: dict[str, int]
+    recycles: dict[str, int]
+    spawned_total: int = Field(description="Agent processes started, as hotsession_spawns_total.")
+
+
+class CliOut(BaseModel):
+    """The Claude Code CLI in use."""
+
+    path: str | None
+    version: str | None
+
+
+class HealthOut(BaseModel):
+    """The daemon is up."""
+
+    status: Literal["ok"]
+    version: str
+    cli: CliOut

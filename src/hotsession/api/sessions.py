@@ -22,8 +22,21 @@ from hotsession import memory
 from hotsession.api import events as sse
 from hotsession.api.auth import resolve_cwd
 from hotsession.api.deps import Api, ApiState, CurrentTenant
+from hotsession.api.docs import SESSION_EVENTS, errors, ok, sse_events
 from hotsession.api.feed import Feed
-from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
+from hotsession.api.schemas import (
+    AskIn,
+    InterruptOut,
+    PermissionAnsweredOut,
+    PermissionAnswerIn,
+    PoolOut,
+    SessionDetailOut,
+    SessionListOut,
+    SessionOptionsIn,
+    SessionOut,
+    TurnIn,
+    WarmOut,
+)
 from hotsession.errors import Conflict, InvalidRequest, NotFound, PromptTooLarge
 from hotsession.registry import SessionRecord
 from hotsession.session import Session
@@ -34,12 +47,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 _MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 
-_SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-sent events: `id:` seq, `event:` type, `data:` JSON.",
-        "content": {"text/event-stream": {}},
-    }
-}
+_BODY = (400, 413, 422)  # a route that reads a JSON body
+_LIVE = (404, 409)  # a route on an open session
+_OPENS = (403, 404, 409, 502, 503, 504)  # a route that opens a session (claim, spawn, resume)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -165,7 +175,16 @@ async def _counted(api: ApiState, body: Any) -> Any:
 # -- sessions -----------------------------------------------------------------------------------
 
 
-@router.post("/sessions", status_code=201, summary="Open a session")
+@router.post(
+    "/sessions",
+    status_code=201,
+    summary="Open a session",
+    response_class=JSONResponse,
+    responses={
+        **ok(SessionOut, 201, "The session, with a live process."),
+        **errors(*_BODY, *_OPENS),
+    },
+)
 async def create_session(
     api: Api, tenant: CurrentTenant, body: Annotated[SessionOptionsIn | None, Body()] = None
 ) -> JSONResponse:
@@ -175,7 +194,12 @@ async def create_session(
     return JSONResponse(session_view(api, session), status_code=201)
 
 
-@router.get("/sessions", summary="List sessions")
+@router.get(
+    "/sessions",
+    summary="List sessions",
+    response_class=JSONResponse,
+    responses={**ok(SessionListOut), **errors(422)},
+)
 async def list_sessions(
     api: Api,
     tenant: CurrentTenant,
@@ -192,7 +216,12 @@ async def list_sessions(
     return JSONResponse({"sessions": out})
 
 
-@router.get("/sessions/{session_id}", summary="One session")
+@router.get(
+    "/sessions/{session_id}",
+    summary="One session",
+    response_class=JSONResponse,
+    responses={**ok(SessionDetailOut), **errors(404, 422)},
+)
 async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
     """State, pid, memory, turns (the recent ones with their timing), last timing."""
     session = api.hub.sessions.get(session_id)
@@ -225,7 +254,15 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
     return JSONResponse(out)
 
 
-@router.delete("/sessions/{session_id}", summary="Close a session")
+@router.delete(
+    "/sessions/{session_id}",
+    summary="Close a session",
+    response_class=JSONResponse,
+    responses={
+        **ok(SessionOut, description="The session as it was closed."),
+        **errors(*_LIVE, 422),
+    },
+)
 async def delete_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
     """End its process; queued prompts fail, a running turn is interrupted. History stays."""
     session = await live_session(api, session_id, tenant)
@@ -242,7 +279,12 @@ async def delete_session(session_id: str, api: Api, tenant: CurrentTenant) -> JS
     "/sessions/{session_id}/turns",
     summary="Send a prompt (SSE)",
     response_class=StreamingResponse,
-    responses=_SSE_DOC,
+    responses={
+        **sse_events(
+            *SESSION_EVENTS, description="The turn's events; the last is `result` or `error`."
+        ),
+        **errors(*_BODY, *_LIVE, 429),
+    },
 )
 async def post_turn(session_id: str, body: TurnIn, api: Api, tenant: CurrentTenant) -> Response:
     """Stream the turn's events; ends after its `result` or `error`. The turn runs on even if
@@ -265,7 +307,12 @@ async def start_turn(api: ApiState, session_id: str, prompt: str, tenant: Tenant
     "/sessions/{session_id}/events",
     summary="Replay and follow events (SSE)",
     response_class=StreamingResponse,
-    responses=_SSE_DOC,
+    responses={
+        **sse_events(
+            *SESSION_EVENTS, description="The session's events after `after`, then live ones."
+        ),
+        **errors(404, 422),
+    },
 )
 async def get_events(
     session_id: str,
@@ -313,14 +360,24 @@ async def _replay(api: ApiState, session_id: str, after: int) -> Any:
             return
 
 
-@router.post("/sessions/{session_id}/interrupt", summary="Interrupt the running turn")
+@router.post(
+    "/sessions/{session_id}/interrupt",
+    summary="Interrupt the running turn",
+    response_class=JSONResponse,
+    responses={**ok(InterruptOut), **errors(*_LIVE, 413, 422)},
+)
 async def interrupt(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
     """`interrupted` is false when no turn was running."""
     session = await live_session(api, session_id, tenant)
     return JSONResponse({"id": session.id, "interrupted": await session.interrupt()})
 
 
-@router.post("/sessions/{session_id}/warm", summary="Resume-ahead")
+@router.post(
+    "/sessions/{session_id}/warm",
+    summary="Resume-ahead",
+    response_class=JSONResponse,
+    responses={**ok(WarmOut), **errors(*_LIVE, 413, 422)},
+)
 async def warm(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse:
     """Start the session's process now so its next turn is hot; `warming` is false when there
     was nothing to do (already hot, or busy)."""
@@ -329,7 +386,10 @@ async def warm(session_id: str, api: Api, tenant: CurrentTenant) -> JSONResponse
 
 
 @router.post(
-    "/sessions/{session_id}/permissions/{request_id}", summary="Answer a permission request"
+    "/sessions/{session_id}/permissions/{request_id}",
+    summary="Answer a permission request",
+    response_class=JSONResponse,
+    responses={**ok(PermissionAnsweredOut), **errors(*_BODY, *_LIVE)},
 )
 async def answer_permission(
     session_id: str,
@@ -351,7 +411,15 @@ async def answer_permission(
 
 
 @router.post(
-    "/ask", summary="Quick turn (SSE)", response_class=StreamingResponse, responses=_SSE_DOC
+    "/ask",
+    summary="Quick turn (SSE)",
+    response_class=StreamingResponse,
+    responses={
+        **sse_events(
+            "session", *SESSION_EVENTS, description="`session` (its id), then the turn's."
+        ),
+        **errors(*_BODY, *_OPENS),
+    },
 )
 async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
     """Open a session (from the pool when a spare is ready) and run one turn. The first event,
@@ -452,7 +520,12 @@ def _unpooled_profiles(api: ApiState, tenant: str, known: set[str]) -> list[dict
     return rows
 
 
-@router.get("/pool", summary="Warm pool statistics")
+@router.get(
+    "/pool",
+    summary="Warm pool statistics",
+    response_class=JSONResponse,
+    responses={**ok(PoolOut), **errors()},
+)
 async def pool(api: Api, tenant: CurrentTenant) -> JSONResponse:
     """The pool's per-profile stats, memory, evictions and recycles."""
     return JSONResponse(pool_view(api, tenant.name), headers={"Cache-Control": "no-store"})
@@ -483,7 +556,12 @@ def pool_sample(api: ApiState, tenant: str) -> dict[str, Any]:
     "/stream",
     summary="Every session, turn milestone and pool figure of the tenant (SSE)",
     response_class=StreamingResponse,
-    responses=_SSE_DOC,
+    responses={
+        **sse_events(
+            "session", "turn", "pool", "error", description="See the route's description."
+        ),
+        **errors(422),
+    },
 )
 async def tenant_stream(
     api: Api,
