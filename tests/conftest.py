@@ -25,7 +25,7 @@ from hotsession.testing.model_server import ModelServer
 from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres
 
 CLI = bundled_cli_path()
-CLI_TIERS = ("tests/integration", "tests/api", "tests/reliability")
+CLI_TIERS = ("tests/integration", "tests/api", "tests/reliability", "tests/security")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

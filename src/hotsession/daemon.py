@@ -42,7 +42,9 @@ import uvicorn
 from hotsession import __version__
 from hotsession.api.app import create_app
 from hotsession.api.deps import ApiState
+from hotsession.cli_binary import resolve_cli_path
 from hotsession.hub import Hotsession
+from hotsession.isolation import prepare as prepare_isolation
 from hotsession.settings import Settings, ensure_local_tenant
 
 log = logging.getLogger("hotsession.daemon")
@@ -90,10 +92,14 @@ class Daemon:
     async def run(self, sock: socket.socket | None = None) -> None:
         """Serve until shut down. ``sock`` is an already bound listening socket (tests)."""
         settings = self.settings
-        # The hub takes the state dir's lock before anything else touches the directory: a second
-        # daemon on it stops here (StateDirBusy), before its sweep could take the running
-        # daemon's agents for orphans.
-        self.hub = hub = Hotsession(settings.config)
+        # Isolation is checked first: a config that cannot keep tenants apart is refused before
+        # anything runs. Then the hub takes the state dir's lock before anything else touches
+        # the directory: a second daemon on it stops there (StateDirBusy), before its sweep
+        # could take the running daemon's agents for orphans.
+        isolation = prepare_isolation(
+            settings, cli_path=str(resolve_cli_path(settings.config.cli_path))
+        )
+        self.hub = hub = Hotsession(settings.config, spawn_policy=isolation)
         await hub.start()
         try:
             settings, created = ensure_local_tenant(settings)
@@ -153,6 +159,7 @@ class Daemon:
             if self._state is not None:
                 self._state.begin_shutdown()
             await hub.stop()
+            isolation.close()
             with contextlib.suppress(OSError):
                 self.discovery_path.unlink()
             log.info("hotsession stopped")

@@ -9,6 +9,11 @@ Leases. A CLI session id belongs to at most one session at a time, and that sess
 one process for it (two processes resuming one id would both append to the transcript and fork the
 conversation). ``acquire`` takes the lease for a session; another session asking for the same id
 gets ``LeaseConflict`` until it is released.
+
+Spawn policy. Who a process runs as, its base environment and extra CLI flags may depend on the
+session's tenant (hotsession.isolation: an OS user per tenant, per-tenant secrets, the Bash
+sandbox). The host asks an optional ``SpawnPolicy`` for a ``SpawnPlan`` per tenant; without one
+a process gets the daemon's own environment and user, as a single-user install always has.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -24,7 +30,7 @@ from hotsession.errors import LeaseConflict
 from hotsession.options import SessionOptions, build_argv, build_env
 
 if TYPE_CHECKING:
-    from hotsession.supervisor import Supervisor
+    from hotsession.supervisor import RunAs, Supervisor
 
 # "spare-switched": a spare of a sibling profile, switched to this model / mode at claim time.
 Source = Literal["spare", "spare-switched", "spawn", "resume", "warm"]
@@ -37,6 +43,22 @@ class Placement:
     process: AgentProcess
     cli_session_id: str
     source: Source
+
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    """How a tenant's processes are started: environment base, extra argv, OS identity."""
+
+    env: Mapping[str, str] | None = None  # None: the daemon's own environment
+    extra_argv: tuple[str, ...] = ()
+    run_as: RunAs | None = None  # None: the daemon's own user
+
+
+class SpawnPolicy(Protocol):
+    """Per-tenant spawn plans (implemented by hotsession.isolation)."""
+
+    def plan(self, tenant: str) -> SpawnPlan:
+        """The plan for processes of ``tenant``."""
 
 
 class SpareProvider(Protocol):
@@ -78,11 +100,17 @@ class LocalHost:
     """Processes on this machine, spawned by the supervisor (or taken from the pool)."""
 
     def __init__(
-        self, supervisor: Supervisor, *, cli_path: str, allow_root_bypass: bool = False
+        self,
+        supervisor: Supervisor,
+        *,
+        cli_path: str,
+        allow_root_bypass: bool = False,
+        policy: SpawnPolicy | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.cli_path = cli_path
         self.allow_root_bypass = allow_root_bypass
+        self.policy = policy
         self.pool: SpareProvider | None = None
         self._leases: dict[str, str] = {}
 
@@ -128,15 +156,22 @@ class LocalHost:
             argv = build_argv(self.cli_path, options, resume=cli_session_id)
         else:
             argv = build_argv(self.cli_path, options, session_id=cli_session_id)
-        env = build_env(options, allow_root_bypass=self.allow_root_bypass)
+        plan = self.policy.plan(options.tenant) if self.policy is not None else SpawnPlan()
+        env = build_env(
+            options,
+            base=plan.env,
+            allow_root_bypass=self.allow_root_bypass,
+            as_root=None if plan.run_as is None else plan.run_as.uid == 0,
+        )
         return await self.supervisor.spawn(
-            argv,
+            [*argv, *plan.extra_argv],
             cwd=options.cwd,
             env=env,
             label=f"{role}:{session_id or cli_session_id[:8]}",
             role=role,
             session_id=session_id,
             cli_session_id=cli_session_id,
+            run_as=plan.run_as,
         )
 
     async def start_new(

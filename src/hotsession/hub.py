@@ -27,7 +27,7 @@ from typing import Any
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.config import Config
 from hotsession.errors import Conflict, HotsessionError, NotFound, RegistryError, ShuttingDown
-from hotsession.host import LocalHost
+from hotsession.host import LocalHost, SpawnPolicy
 from hotsession.options import SessionOptions
 from hotsession.registry import Registry, SessionRecord
 from hotsession.session import Session
@@ -45,10 +45,17 @@ def new_session_id() -> str:
 class Hotsession:
     """Persistent Claude Code sessions with transparent resume (and a warm pool when enabled)."""
 
-    def __init__(self, config: Config | None = None, *, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        registry: Registry | None = None,
+        spawn_policy: SpawnPolicy | None = None,
+    ) -> None:
         self.config = config or Config()
         self._registry = registry
         self._state_lock: StateLock | None = None
+        self.spawn_policy = spawn_policy  # per-tenant users, env, sandbox (hotsession.isolation)
         self.sessions: dict[str, Session] = {}
         self.shutting_down = False
         self.started = False
@@ -131,6 +138,7 @@ class Hotsession:
             self._supervisor,
             cli_path=self._cli_path,
             allow_root_bypass=self.config.allow_root_bypass,
+            policy=self.spawn_policy,
         )
         await self._load_sessions()
         if self.config.pool_enabled:

@@ -144,11 +144,13 @@ def build_env(
     *,
     base: Mapping[str, str] | None = None,
     allow_root_bypass: bool = False,
+    as_root: bool | None = None,
 ) -> dict[str, str]:
-    """The CLI's environment: the daemon's own, then the profile's ``env``.
+    """The CLI's environment: ``base`` (default the daemon's own), then the profile's ``env``.
 
     On a root machine the CLI refuses ``bypassPermissions`` unless ``IS_SANDBOX=1``; hotsession
     sets it only when the operator allowed it (``allow_root_bypass``), never by accident.
+    ``as_root`` says whether the agent runs as root (None: as the daemon does).
     """
     env = dict(os.environ if base is None else base)
     env.pop("CLAUDECODE", None)  # set inside a Claude Code session; would confuse the child
@@ -157,7 +159,7 @@ def build_env(
     env["PWD"] = options.cwd
     if (
         options.permission_mode == "bypassPermissions"
-        and _is_root()
+        and (_is_root() if as_root is None else as_root)
         and env.get("IS_SANDBOX") != "1"
     ):
         if not allow_root_bypass:

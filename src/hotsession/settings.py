@@ -15,7 +15,14 @@ Tenants exist only in the file::
     name = "alice"
     token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     roots = ["/srv/alice"]
+    user = "hs-alice"                          # the OS user her agents run as (daemon as root)
+    env = { ANTHROPIC_API_KEY = "sk-..." }     # her own secrets, for her agents only
     claude_config_dir = "/srv/alice/.claude"   # optional
+
+Several tenants need a ``user`` each, or ``shared_user = true`` (insecure, see
+docs/security.md); hotsession.isolation checks this, the accounts and the roots at start.
+``pass_env`` (top level, file only) names more daemon variables that agents of tenants with a
+``user`` inherit.
 
 With no tenant configured the daemon serves one local tenant, ``local``: its token is created on
 the first start and kept in ``<state_dir>/token`` (mode 0600), and its root is ``/``. A root
@@ -58,6 +65,7 @@ ENV_PREFIX = "HOTSESSION_"
 LOCAL_TENANT = "local"
 TOKEN_FILE = "token"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Words that clear an optional setting (``--memory-budget-mb none``).
 CLEAR_WORDS = frozenset({"", "none", "null"})
@@ -80,6 +88,14 @@ class Tenant(BaseModel):
     token_sha256: str
     roots: tuple[str, ...] = Field(min_length=1)
     claude_config_dir: str | None = None
+    # Isolation (hotsession.isolation, docs/security.md).
+    user: str | None = Field(None, min_length=1)  # the OS account its agents run as
+    home: str | None = None  # its HOME (default: the account's home directory)
+    env: dict[str, str] = Field(default_factory=dict)  # its own variables (secrets)
+    sandbox: bool | Literal["auto"] = "auto"  # Claude Code's Bash sandbox, "auto": where it works
+    sandbox_settings: dict[str, Any] = Field(default_factory=dict)  # merged into ``sandbox``
+    memory_max_mb: float | None = Field(None, ge=64)  # all its agents together
+    processes_max: int | None = Field(None, ge=8)  # tasks of its user (RLIMIT_NPROC)
 
     @model_validator(mode="before")
     @classmethod
@@ -117,9 +133,27 @@ class Tenant(BaseModel):
             raise ValueError("'claude_config_dir' must be an absolute path")
         return None if value is None else os.path.expanduser(value)
 
-    def env(self) -> dict[str, str]:
-        """Environment every agent process of this tenant gets on top of the daemon's."""
-        return {"CLAUDE_CONFIG_DIR": self.claude_config_dir} if self.claude_config_dir else {}
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and value.isdigit():
+            raise ValueError("'user' must be the name of an OS account")
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError("'home' must be an absolute path")
+        return None if value is None else os.path.normpath(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not _ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"'env': {bad[0]!r} is not a variable name")
+        return value
 
 
 class DaemonSettings(BaseModel):
@@ -142,6 +176,10 @@ class DaemonSettings(BaseModel):
     # Request bodies above this are refused before parsing (413). 0: derived from the prompt
     # limit (a JSON-escaped prompt can be up to 6x its UTF-8 size) plus room for the options.
     body_limit_bytes: int = Field(0, ge=0, description="Request body cap (0: derived).")
+    shared_user: bool = Field(
+        False,
+        description="Let several tenants run as the daemon's user (insecure: docs/security.md).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -155,6 +193,17 @@ class Settings(DaemonSettings):
     config: Config = Field(default_factory=Config)
     tenants: tuple[Tenant, ...] = ()
     token_file: Path | None = None  # set when the local tenant's token lives in a file
+    config_file: Path | None = None  # the TOML file the settings came from
+    # More daemon variables for agents of tenants with a user (file only; hotsession.isolation).
+    pass_env: tuple[str, ...] = ()
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in names if not _ENV_NAME.match(n.removesuffix("*"))]
+        if bad:
+            raise ValueError(f"pass_env: {bad[0]!r} is not a variable name (or PREFIX_*)")
+        return names
 
     @property
     def max_body_bytes(self) -> int:
@@ -218,9 +267,16 @@ def load_settings(
         values[name], sources[name] = raw, source
 
     tenants: tuple[Tenant, ...] = ()
+    extra: dict[str, Any] = {}
     if config_file is not None:
         data = _read_toml(Path(config_file))
         tenant_tables = data.pop("tenants", [])
+        if "pass_env" in data:
+            extra["pass_env"], sources["pass_env"] = (
+                data.pop("pass_env"),
+                f"{config_file}: pass_env",
+            )
+        extra["config_file"] = Path(config_file)
         for key, raw in data.items():
             put(key.replace("-", "_"), raw, f"{config_file}: {key}")
         tenants = _parse_tenants(tenant_tables, source=str(config_file))
@@ -236,7 +292,7 @@ def load_settings(
     daemon = {k: v for k, v in values.items() if k in DaemonSettings.model_fields}
     try:
         config = Config.model_validate(engine)
-        return Settings.model_validate({**daemon, "config": config, "tenants": tenants})
+        return Settings.model_validate({**daemon, **extra, "config": config, "tenants": tenants})
     except ValidationError as exc:
         raise SettingsError(_explain(exc, sources)) from None
 

@@ -20,6 +20,13 @@ environment (``HOTSESSION_AGENT=<daemon pid>:<random>``), which its tools inheri
 exits, the processes carrying its tag are killed, and at start-up ``sweep_orphans`` kills tagged
 processes whose daemon is gone.
 
+Another user. A child may run as another OS user (``RunAs``: a tenant's account, see
+hotsession.isolation). The switch happens in the child between fork and exec, in this order:
+join the tenant's cgroups (as root), set groups, gid, uid, then lower the rlimits and set the
+parent-death signal (the kernel clears it on a uid change, so it must come after). Process
+groups, signals and the orphan sweep work unchanged: the daemon is root, and root may signal
+and read the environment of any process.
+
 Spawn readiness. ``spawn`` returns only after the control protocol's ``initialize`` is answered,
 and raises ``AgentStartError`` (with the stderr tail) if the process dies or does not answer in
 time; a half-started process is always killed.
@@ -33,10 +40,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -52,12 +62,42 @@ AGENT_TAG_ENV = "HOTSESSION_AGENT"
 _ALL_CHILDREN: set[int] = set()  # pids, for the atexit reaper (all supervisors of the process)
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """The OS identity a child runs as, and the limits it starts under (the daemon is root)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    # (resource, limit) pairs set as soft and hard limit after the switch, e.g. RLIMIT_NPROC.
+    rlimits: tuple[tuple[int, int], ...] = ()
+    # ``cgroup.procs`` files the child writes itself into before it drops root.
+    cgroups: tuple[str, ...] = ()
+
+
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except Exception:  # pragma: no cover - non-Linux: the atexit reaper and sweep remain
         pass
+
+
+def _become(run_as: RunAs) -> Callable[[], None]:
+    """The child's set-up for ``run_as`` (runs between fork and exec; see the docstring)."""
+
+    def setup() -> None:
+        for procs in run_as.cgroups:
+            with open(procs, "w") as f:
+                f.write("0")
+        os.setgroups(list(run_as.groups))
+        os.setresgid(run_as.gid, run_as.gid, run_as.gid)
+        os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+        for res, limit in run_as.rlimits:
+            resource.setrlimit(res, (limit, limit))
+        _set_pdeathsig()
+
+    return setup
 
 
 @atexit.register
@@ -97,8 +137,12 @@ class Supervisor:
         role: str = "session",
         session_id: str | None = None,
         cli_session_id: str | None = None,
+        run_as: RunAs | None = None,
     ) -> AgentProcess:
-        """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure."""
+        """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure.
+
+        ``run_as``: start it as another OS user (the daemon must be root).
+        """
         if not os.path.isdir(cwd):
             raise AgentStartError(f"working directory does not exist: {cwd}")
         tag = f"{os.getpid()}:{secrets.token_hex(8)}"
@@ -112,9 +156,9 @@ class Supervisor:
                 env={**env, AGENT_TAG_ENV: tag},
                 limit=self.max_line_bytes,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig,
+                preexec_fn=_set_pdeathsig if run_as is None else _become(run_as),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             self.spawn_failures_total += 1
             raise AgentStartError(f"cannot start the Claude Code CLI: {exc}") from exc
         agent = AgentProcess(proc, label=label, max_line_bytes=self.max_line_bytes)

@@ -69,6 +69,9 @@ def write_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path, Path]:
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     alice.mkdir()
     bob.mkdir()
+    # Two tenants on the daemon's own user: these tests are about the API's walls, not the OS's
+    # (tests/security runs tenants as their own users).
+    extra.setdefault("shared_user", True)
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     lines += [
         "[[tenants]]",

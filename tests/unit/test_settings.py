@@ -111,8 +111,8 @@ roots = ["{root}", "/tmp"]
         roots=(str(root),),
         claude_config_dir="/srv/alice/.claude",
     )
-    assert alice.env() == {"CLAUDE_CONFIG_DIR": "/srv/alice/.claude"}
-    assert bob.token_sha256 == digest and bob.env() == {}
+    assert alice.claude_config_dir == "/srv/alice/.claude" and alice.user is None
+    assert bob.token_sha256 == digest and bob.env == {} and bob.sandbox == "auto"
     assert bob.roots == (str(root), os.path.realpath("/tmp"))
     assert ensure_local_tenant(s) == (s, None) and s.token_file is None  # tenants configured
 

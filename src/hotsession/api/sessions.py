@@ -132,7 +132,6 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
     session = await api.hub.open(
         cwd,
         tenant=tenant.name,
-        env=tenant.env(),
         resume=body.resume,
         fork=body.fork,
         metadata=body.metadata,
