@@ -24,6 +24,7 @@ import pytest
 
 from hotsession.daemon import Daemon, bind
 from hotsession.settings import Settings, load_settings
+from hotsession.sse import SSEDecoder
 
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdef"
@@ -142,26 +143,19 @@ async def read_sse(
 ) -> list[Event]:
     """Parse an SSE response until it ends (or ``limit`` events were read)."""
     out: list[Event] = []
-    kind, data, eid = "message", "", None
-    lines = response.extensions.get("sse_lines")
-    if lines is None:  # resumable: a later call goes on where this one stopped
-        lines = response.extensions["sse_lines"] = response.aiter_lines()
+    state = response.extensions.get("sse_state")
+    if state is None:  # resumable: a later call goes on where this one stopped
+        state = response.extensions["sse_state"] = (response.aiter_lines(), SSEDecoder())
+    lines, decoder = state
+    decoder.on_comment = comments.append if comments is not None else None
     async for line in lines:
-        if line == "":
-            if data:
-                out.append(Event(kind, json.loads(data), eid))
-                if limit is not None and len(out) >= limit:
-                    return out
-            kind, data, eid = "message", "", None
-        elif line.startswith(":"):
-            if comments is not None:
-                comments.append(line)
-        elif line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
-        elif line.startswith("id: "):
-            eid = int(line[4:])
+        frame = decoder.feed(line)
+        if frame is not None:
+            out.append(
+                Event(frame.event, frame.json(), None if frame.id is None else int(frame.id))
+            )
+            if limit is not None and len(out) >= limit:
+                return out
     return out
 
 

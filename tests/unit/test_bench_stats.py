@@ -15,7 +15,6 @@ from hotsession.bench.stats import (
     match_model_requests,
     outside_cli_ms,
     paired_overhead,
-    parse_sse,
     percentile,
     poisson_arrivals,
     summarize,
@@ -124,28 +123,6 @@ def test_paired_overhead_pairs_slot_with_slot_under_concurrency():
     # three pairs (1, 3, 2 ms), not one: every slot of the round is paired with its own
     assert s is not None and s.n == 3
     assert s.median == pytest.approx(2.0) and s.min == pytest.approx(1.0)
-
-
-def test_parse_sse_events_with_ids_and_multiline_data():
-    lines = [
-        ": a comment",
-        "event: session",
-        'data: {"id": "hs_1"}',
-        "",
-        "id: 7",
-        "event: message",
-        "data: line one",
-        "data: line two",
-        "",
-        "",
-        "event: result",
-        "data: {}",
-    ]
-    assert parse_sse(lines) == [
-        ("session", '{"id": "hs_1"}', None),
-        ("message", "line one\nline two", "7"),
-        ("result", "{}", None),  # the stream's end ends the pending event
-    ]
 
 
 def test_poisson_arrivals_rate_and_bounds():

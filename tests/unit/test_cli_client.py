@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hotsession.cli.client import iter_sse
+from hotsession.cli.api import iter_sse
 from hotsession.cli.main import main
 from hotsession.cli.render import format_duration, format_timing, summarize_tool
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hotsession.sse import decode_text
 from hotsession.testing.model_server import ModelServer, parse_directives
 
 MODEL = "claude-test-model"
@@ -63,13 +64,10 @@ def body(
 
 def parse_sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = []
-    for frame in raw.split("\n\n"):
-        if not frame.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
-        data = json.loads(lines["data"])
-        assert data["type"] == lines["event"]
-        events.append((lines["event"], data))
+    for frame in decode_text(raw):
+        data = frame.json()
+        assert data["type"] == frame.event
+        events.append((frame.event, data))
     return events
 
 

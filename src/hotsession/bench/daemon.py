@@ -26,8 +26,9 @@ import psutil
 
 from hotsession.bench.environment import BenchEnv, BenchError, is_root
 from hotsession.bench.memory import cli_children
-from hotsession.bench.stats import Sample, SSEDecoder
+from hotsession.bench.stats import Sample
 from hotsession.bench.wire import WireClient
+from hotsession.sse import SSEDecoder
 
 QUIET_TIMEOUT_S = 30.0
 SPARE_TIMEOUT_S = 30.0

@@ -1,7 +1,7 @@
 """Entry point of the ``hotsession`` command; each family of subcommands lives in its own module.
 
 ``serve`` (cli/serve.py) runs the daemon; ``ask``, ``chat``, ``sessions``, ``pool``, ``warm``
-(cli/client.py) talk to it over the public HTTP API; ``bench`` (bench/) measures it. Only the
+(cli/commands.py) talk to it over the public HTTP API; ``bench`` (bench/) measures it. Only the
 documented ``HOTSESSION_*`` variables are read (no automatic prefix: click's would make ``serve``
 read ``HOTSESSION_SERVE_PORT`` too).
 """
@@ -16,7 +16,7 @@ from hotsession import __version__
 
 # Subcommand modules register themselves on ``main``; a module that is missing (not built yet)
 # simply contributes no commands.
-_COMMAND_MODULES = ("hotsession.cli.serve", "hotsession.cli.client", "hotsession.bench.command")
+_COMMAND_MODULES = ("hotsession.cli.serve", "hotsession.cli.commands", "hotsession.bench.command")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,15 +1,10 @@
 """The client commands: ``ask``, ``chat``, ``sessions``, ``pool``, ``warm``, ``close``.
 
-They speak only the daemon's public HTTP API (httpx, synchronous: one request or one stream at
-a time is all a terminal needs). Design points:
+They speak only the daemon's public HTTP API (``cli/api.py``); a turn is driven by
+``cli/turns.py`` and shown by ``cli/render.py``. Design points:
 
-* **Auth.** ``--token`` / ``HOTSESSION_TOKEN``, else the local token the daemon wrote to
-  ``<state-dir>/token``.
 * **Errors** are one line on stderr, ``hotsession: <code>: <message>``, exit 1; a daemon that
   cannot be reached (or a connection lost beyond repair) exits 2.
-* **Streams.** A turn is an SSE stream that ends after ``result`` or ``error``. If the stream
-  breaks mid-turn the client reconnects to ``GET /v1/sessions/{id}/events`` with
-  ``Last-Event-ID`` and carries on: the turn never depended on the connection.
 * **Ctrl-C** during a turn sends ``POST …/interrupt``: ``chat`` returns to its prompt, ``ask``
   exits 130. At the ``chat`` prompt, Ctrl-C or Ctrl-D leaves.
 * **Permissions.** A ``permission_request`` is asked y/n on the terminal; ``ask`` without a
@@ -19,192 +14,30 @@ a time is all a terminal needs). Design points:
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hotsession.cli.api import DEFAULT_URL, ClientError, ConnectionProblem, connect
 from hotsession.cli.main import main
 from hotsession.cli.render import TurnPrinter, format_duration
-from hotsession.config import default_state_dir
-
-DEFAULT_URL = "http://127.0.0.1:8765"
-TERMINAL_EVENTS = frozenset({"result", "error"})
-# Reconnects in a row that bring no new event before the client gives up on a turn's stream.
-MAX_RECONNECTS = 3
-# Default codes for error answers that carry no ``{"error": {"code"}}`` body (a proxy, say).
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "prompt_too_large",
-    422: "invalid_request",
-    429: "queue_full",
-    503: "unavailable",
-}
+from hotsession.cli.turns import (
+    PermissionAnswer,
+    TurnRun,
+    ask_permission,
+    deny_noninteractive,
+    error_line,
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class ClientError(click.ClickException):
-    """A failure shown as one line, ``hotsession: <message>``, with its exit code."""
-
-    exit_code = 1
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"hotsession: {self.message}", err=True)
-
-
-class ConnectionProblem(ClientError):
-    """The daemon cannot be reached, or the connection to it broke (exit 2)."""
-
-    exit_code = 2
-
-
-class StreamLost(ConnectionProblem):
-    """The connection broke in the middle of a stream."""
-
-
-@dataclass(frozen=True)
-class SseEvent:
-    """One server-sent event: ``id`` (the session's sequence number), type and JSON data."""
-
-    id: str | None
-    event: str
-    data: dict[str, Any]
-
-    def to_json(self) -> str:
-        """The NDJSON line of ``--json``."""
-        seq: int | str | None = int(self.id) if self.id and self.id.isdigit() else self.id
-        return json.dumps({"id": seq, "event": self.event, "data": self.data}, ensure_ascii=False)
-
-
-def iter_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
-    """Parse an SSE stream (hand-written: the format is four field names and a blank line,
-    and httpx-sse is not a dependency)."""
-    event_id: str | None = None
-    kind = "message"
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield SseEvent(event_id, kind, _parse_data("\n".join(data)))
-            # Unlike a browser's EventSource, an event without its own ``id:`` gets None: the
-            # daemon's untracked frames (``session``, the shutdown ``error``) are not in the log.
-            event_id, kind, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue  # a comment: keep-alive
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            kind = value
-        elif name == "id":
-            event_id = value
-
-
-def _parse_data(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise ClientError(f"the daemon sent an event that is not JSON: {text[:80]!r}") from None
-    return value if isinstance(value, dict) else {"value": value}
-
-
-class Api:
-    """The daemon's HTTP API, with errors turned into :class:`ClientError`."""
-
-    def __init__(self, url: str, token: str | None, token_hint: str) -> None:
-        self.url = url.rstrip("/")
-        self.token_hint = token_hint
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        # Creating a session may spawn a process; a stream waits as long as the turn takes.
-        self.http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(120.0, connect=5.0)
-        )
-
-    def close(self) -> None:
-        self.http.close()
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            raise ConnectionProblem(
-                f"cannot reach the daemon at {self.url} — start it with `hotsession serve`"
-            ) from None
-        except httpx.TimeoutException:
-            raise ConnectionProblem(f"the daemon at {self.url} did not answer in time") from None
-        except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
-            raise StreamLost(f"lost the connection to the daemon at {self.url}: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise ConnectionProblem(f"request to {self.url} failed: {exc}") from None
-
-    def _check(self, response: httpx.Response) -> None:
-        if response.status_code < 400:
-            return
-        code = _STATUS_CODES.get(response.status_code, f"http_{response.status_code}")
-        message = response.reason_phrase or "request failed"
-        with contextlib.suppress(ValueError):
-            body = response.json()
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict):
-                code = str(error.get("code") or code)
-                message = str(error.get("message") or message)
-            elif isinstance(body, dict) and isinstance(body.get("detail"), str):
-                message = body["detail"]
-        if response.status_code == 401:
-            message = f"{message} — {self.token_hint}"
-        raise ClientError(f"{code}: {message}")
-
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """One JSON request; the decoded answer (``{}`` when empty)."""
-        with self._errors():
-            response = self.http.request(method, path, json=body)
-        self._check(response)
-        if not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError:
-            raise ClientError(
-                f"the daemon answered {path} with something that is not JSON"
-            ) from None
-
-    @contextlib.contextmanager
-    def stream(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Iterator[Iterator[SseEvent]]:
-        """An SSE stream's events; transport errors while reading become :class:`StreamLost`."""
-        timeout = httpx.Timeout(None, connect=5.0)
-        with (
-            self._errors(),
-            self.http.stream(method, path, json=body, headers=headers, timeout=timeout) as resp,
-        ):
-            if resp.status_code >= 400:
-                resp.read()
-                self._check(resp)
-            yield iter_sse(resp.iter_lines())
-
 
 # -- common options ----------------------------------------------------------------------------
 
@@ -265,138 +98,12 @@ def _session_body(
     return body
 
 
-@contextlib.contextmanager
-def connect(url: str, token: str | None, state_dir: Path | None) -> Iterator[Api]:
-    """An :class:`Api` for the given options, closed afterwards."""
-    if token:
-        hint = "check --token / HOTSESSION_TOKEN"
-    else:
-        path = (state_dir or default_state_dir()) / "token"
-        try:
-            token = path.read_text().strip() or None
-            hint = f"check the token in {path} (or pass --token)"
-        except OSError:
-            hint = f"no token given and none in {path}: pass --token or --state-dir"
-    api = Api(url, token, hint)
-    try:
-        yield api
-    finally:
-        api.close()
-
-
 def _stdout() -> Console:
     return Console(highlight=False)
 
 
 def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
-
-
-# -- turns -------------------------------------------------------------------------------------
-
-PermissionAnswer = Callable[[Mapping[str, Any]], dict[str, Any]]
-StreamOpener = Callable[[], contextlib.AbstractContextManager[Iterator[SseEvent]]]
-
-
-@dataclass
-class TurnRun:
-    """What a streamed turn needs: where it goes, how it is shown, how permissions are answered."""
-
-    api: Api
-    printer: TurnPrinter | None  # None: --json
-    answer_permission: PermissionAnswer | None
-    session_id: str | None = None
-
-    def drive(self, method: str, path: str, body: Mapping[str, Any]) -> SseEvent:
-        """Stream the turn to its end and return its terminal event (``result`` or ``error``)."""
-        last_id: str | None = None
-        failures = 0
-
-        opener: StreamOpener = functools.partial(self.api.stream, method, path, body)
-        while True:
-            progressed = False
-            try:
-                with opener() as events:
-                    for event in events:
-                        if event.event == "session":
-                            self.session_id = str(event.data.get("id") or "") or self.session_id
-                        elif event.id is not None:
-                            last_id = event.id
-                            progressed = True
-                        self._show(event)
-                        if event.event == "permission_request":
-                            self._answer(event.data)
-                        if event.event in TERMINAL_EVENTS:
-                            return event
-            except StreamLost:
-                if self.session_id is None or last_id is None:
-                    raise
-            if self.session_id is None or last_id is None:
-                raise ConnectionProblem("the daemon ended the stream before the turn finished")
-            failures = 0 if progressed else failures + 1
-            if failures >= MAX_RECONNECTS:
-                raise ConnectionProblem("the turn's event stream keeps breaking; giving up")
-            # Replay what the broken stream missed, then follow live: exactly once.
-            opener = functools.partial(
-                self.api.stream,
-                "GET",
-                f"/v1/sessions/{self.session_id}/events",
-                headers={"Last-Event-ID": last_id},
-            )
-
-    def _show(self, event: SseEvent) -> None:
-        if self.printer is None:
-            click.echo(event.to_json())
-        else:
-            self.printer.handle(event.event, event.data)
-
-    def _answer(self, request: Mapping[str, Any]) -> None:
-        if self.answer_permission is None or self.session_id is None:
-            return
-        answer = self.answer_permission(request)
-        path = f"/v1/sessions/{self.session_id}/permissions/{request.get('request_id')}"
-        try:
-            self.api.request("POST", path, answer)
-        except StreamLost:
-            raise
-        except ClientError as exc:  # answered elsewhere, timed out: the stream will say
-            if self.printer is not None:
-                self.printer.note(f"hotsession: {exc.message}", style="yellow")
-
-    def interrupt(self) -> None:
-        """Ask the daemon to stop the session's running turn (best effort)."""
-        if self.session_id is None:
-            return
-        with contextlib.suppress(ClientError):
-            self.api.request("POST", f"/v1/sessions/{self.session_id}/interrupt")
-
-
-def _ask_permission(read: Callable[[str], str], err: Console) -> PermissionAnswer:
-    def answer(request: Mapping[str, Any]) -> dict[str, Any]:
-        from hotsession.cli.render import summarize_tool
-
-        tool = summarize_tool(str(request.get("tool_name", "tool")), request.get("input"))
-        err.print(f"[yellow]?[/] allow [bold]{tool}[/]?", highlight=False, soft_wrap=True)
-        try:
-            reply = read("  [y/N] ").strip().lower()
-        except EOFError:
-            reply = ""
-        if reply in ("y", "yes"):
-            return {"behavior": "allow"}
-        return {"behavior": "deny", "message": "Denied by the user."}
-
-    return answer
-
-
-def _deny_noninteractive(request: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "behavior": "deny",
-        "message": "hotsession ask has no terminal to ask on; use `hotsession chat` to approve.",
-    }
-
-
-def _error_line(data: Mapping[str, Any]) -> str:
-    return f"{data.get('code', 'error')}: {data.get('message', 'the turn failed')}"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -432,9 +139,9 @@ def ask(
         if as_json:
             answer: PermissionAnswer | None = None
         elif sys.stdin.isatty():
-            answer = _ask_permission(input, err)
+            answer = ask_permission(input, err)
         else:
-            answer = _deny_noninteractive
+            answer = deny_noninteractive
         run = TurnRun(api, None if as_json else TurnPrinter(err), answer, session_id)
         method_path = f"/v1/sessions/{session_id}/turns" if session_id else "/v1/ask"
         try:
@@ -445,7 +152,7 @@ def ask(
                 run.printer.note("⏹ interrupted", style="yellow")
             sys.exit(130)
     if end.event == "error":
-        raise ClientError(_error_line(end.data))
+        raise ClientError(error_line(end.data))
     if end.data.get("is_error"):
         sys.exit(1)
 
@@ -489,7 +196,7 @@ def chat(
             highlight=False,
             soft_wrap=True,
         )
-        answer = _ask_permission(input, err)
+        answer = ask_permission(input, err)
         while True:
             try:
                 prompt = input("› ")
@@ -517,7 +224,7 @@ def chat(
             if end.event == "error":
                 code = end.data.get("code")
                 style = "yellow" if code == "interrupted" else "red"
-                printer.note(f"hotsession: {_error_line(end.data)}", style=style)
+                printer.note(f"hotsession: {error_line(end.data)}", style=style)
     err.print(
         f"session {session_id} stays open — `hotsession close {session_id}` ends it",
         style="dim",
