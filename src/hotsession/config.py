@@ -33,6 +33,19 @@ class Config(BaseModel):
         description="Registry, token, daemon.json and the lock (one hotsession per state dir).",
     )
     cli_path: str | None = Field(None, description="Another Claude Code binary.")
+    # Where the registry lives: SQLite in state_dir, or Postgres (needs the `postgres` extra).
+    database_url: str | None = Field(
+        None,
+        description="A postgresql:// URL: keep the registry in Postgres (docs/cluster.md).",
+    )
+    database_schema: str = Field(
+        "hotsession",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The Postgres schema of the registry's tables.",
+    )
+    database_retry_s: float = Field(
+        5.0, ge=0, description="Retry a lost Postgres connection this long before a 503."
+    )
     # A line of CLI output may hold a whole image or a large file: the SDK's 1 MiB default
     # silently kills sessions (cli-and-sdk notes §0.4). 64 MiB covers what we have seen.
     max_line_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Longest CLI output line.")
@@ -96,6 +109,13 @@ class Config(BaseModel):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:

@@ -124,9 +124,9 @@ class Hotsession:
         state_dir = Path(self.config.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._registry is None:
-            from hotsession.registry.sqlite import SqliteRegistry
+            from hotsession.registry.backends import registry_for
 
-            self._registry = SqliteRegistry(self.config.db_path)
+            self._registry = registry_for(self.config)
         await self._registry.open()
         self._supervisor = Supervisor(
             self._registry,
@@ -370,7 +370,8 @@ class Hotsession:
         if failure is None:
             return
         self.registry_task(self._probe_registry(session))
-        raise RegistryError(
+        # The same class as the failure: an unreachable store keeps its code (503 either way).
+        raise type(failure)(
             f"prompts are refused until the store can be written again ({failure.message})",
             cause=failure.details.get("cause"),
         )

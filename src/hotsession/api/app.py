@@ -42,7 +42,7 @@ from hotsession.api.deps import Api, ApiState, CurrentTenant
 from hotsession.api.docs import add_viewers, errors, ok
 from hotsession.api.metrics import CONTENT_TYPE, Metrics
 from hotsession.api.schemas import HealthOut
-from hotsession.errors import HotsessionError, ShuttingDown, Unauthorized
+from hotsession.errors import HotsessionError, RegistryUnavailable, ShuttingDown, Unauthorized
 from hotsession.hub import Hotsession
 from hotsession.settings import Settings
 
@@ -326,8 +326,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _hotsession_error(request: Request, exc: HotsessionError) -> Response:
         if exc.status >= 500 and not isinstance(exc, ShuttingDown):
             log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.message, exc.code)
+        # The store is down (a Postgres restart): the client may try again shortly.
+        retry = {"Retry-After": "1"} if isinstance(exc, RegistryUnavailable) else None
         return Response(
-            error_body(**exc.to_dict()), status_code=exc.status, media_type="application/json"
+            error_body(**exc.to_dict()),
+            status_code=exc.status,
+            media_type="application/json",
+            headers=retry,
         )
 
     @app.exception_handler(RequestValidationError)
