@@ -67,6 +67,10 @@ def sample(name: str, tmp_path: Path) -> tuple[str, Any]:
         return str(tmp_path / "elsewhere"), tmp_path / "elsewhere"
     if name == "log_level":
         return "debug", "debug"
+    if name == "database_url":
+        return "postgresql://hs@db.example/hs", "postgresql://hs@db.example/hs"
+    if name == "database_schema":
+        return "team_a", "team_a"
     if kind is bool:
         return str(not default).lower(), not default
     if kind is int:
