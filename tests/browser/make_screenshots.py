@@ -53,7 +53,11 @@ def populate(page: Page, base: Path) -> str:
     for d in (repo, docs):
         d.mkdir(parents=True)
     new_session(page, docs, "acceptEdits")
-    send(page, "[[think:The user wants a summary.]][[say:The site builds with two warnings.]]")
+    send(
+        page,
+        "[[think:The user wants a summary.]][[say:The site builds with **two warnings**:\n\n"
+        "- `img/logo.svg` is missing\n- a broken link in `faq.md`]]",
+    )
     expect(page.locator("#log .timing")).to_have_count(1)
 
     page.click("#ask-btn")

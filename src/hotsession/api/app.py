@@ -59,6 +59,15 @@ _HTTP_CODES = {
 }
 
 
+# The dashboard runs its own scripts only: even if the model's text got past the Markdown
+# sanitiser (dashboard/static/markdown.js), no inline script or handler of it would run, and the
+# page reaches no other host.
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
 def error_body(code: str, message: str, **details: Any) -> bytes:
     """The JSON body of every error."""
     err: dict[str, Any] = {"code": code, "message": message}
@@ -310,7 +319,9 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
     async def index() -> Response:
         page = DASHBOARD_DIR / "index.html"
         if page.is_file():
-            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+            return FileResponse(
+                page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": _PAGE_CSP}
+            )
         return HTMLResponse(
             "<!doctype html><title>hotsession</title><p>hotsession is running; "
             'the dashboard is not installed. API: <a href="/docs">/docs</a>.</p>'
