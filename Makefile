@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser postgres serve test lint typecheck check clean unit integration
+.PHONY: install browser sandbox postgres serve test lint typecheck check clean unit integration
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,15 @@ browser:
 postgres:
 	@scripts/install-postgres.sh
 
+# Claude Code's Bash sandbox (bubblewrap and socat from the distribution): multi-tenant hosts
+# switch it on per tenant (docs/security.md), and the security tests measure it.
+sandbox:
+	@scripts/install-sandbox.sh
+
 serve: $(STAMP)
 	$(BIN)/hotsession serve $(ARGS)
 
-test: $(STAMP) browser postgres
+test: $(STAMP) browser postgres sandbox
 	$(BIN)/python -m pytest $(ARGS)
 
 unit: $(STAMP)

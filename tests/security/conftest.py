@@ -11,6 +11,7 @@ cannot enter (a checkout under /root), the fixture links (or copies) it to where
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -211,3 +212,18 @@ async def start_daemon(
             await c.aclose()
         r.daemon.request_shutdown()
         await asyncio.wait_for(r.task, 30)
+
+
+async def turn(client: httpx.AsyncClient, sid: str, prompt: str) -> dict[str, Any]:
+    """Run one turn over HTTP; the data of its ``result`` event (fails on an ``error``)."""
+    async with client.stream("POST", f"/v1/sessions/{sid}/turns", json={"prompt": prompt}) as r:
+        assert r.status_code == 200, await r.aread()
+        kind = None
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in ("result", "error"):
+                data: dict[str, Any] = json.loads(line[6:])
+                assert kind == "result", data
+                return data
+    raise AssertionError("the turn ended without a result")

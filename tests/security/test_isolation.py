@@ -15,7 +15,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tests.security.conftest import TOKEN_A, TOKEN_B, Lab, Running, tenant_toml, write_config
+from tests.security.conftest import (
+    TOKEN_A,
+    TOKEN_B,
+    Lab,
+    Running,
+    tenant_toml,
+    turn,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,22 +69,6 @@ def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-async def _turn(client, sid: str, prompt: str) -> dict:
-    async with client.stream("POST", f"/v1/sessions/{sid}/turns", json={"prompt": prompt}) as r:
-        assert r.status_code == 200, await r.aread()
-        last = None
-        async for line in r.aiter_lines():
-            if line.startswith("event: "):
-                last = line[7:]
-            elif line.startswith("data: ") and last in ("result", "error"):
-                import json
-
-                data = json.loads(line[6:])
-                assert last == "result", data
-                return data
-    raise AssertionError("the turn ended without a result")
-
-
 async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
     lab: Lab, start_daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,7 +108,7 @@ async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
     assert rb.status_code == 201, rb.text
     sb = rb.json()
     b_prompt = "B-PROMPT-SECRET-" + secrets.token_hex(4)
-    assert (await _turn(b, sb["id"], f"[[say:hi]] {b_prompt}"))["result"] == "hi"
+    assert (await turn(b, sb["id"], f"[[say:hi]] {b_prompt}"))["result"] == "hi"
     b_pid = sb["pid"]
     b_proc = psutil.Process(b_pid)
     assert b_proc.uids().real == lab.b.uid and b_proc.gids().real == lab.b.gid
@@ -145,7 +137,7 @@ async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
         )
     )
     os.chown(script, lab.a.uid, lab.a.gid)
-    result = await _turn(a, sa["id"], f"[[bash:bash {script}]]")
+    result = await turn(a, sa["id"], f"[[bash:bash {script}]]")
     assert result["result"] == "done", result
     assert (out / "finished").exists(), "the attack script did not run to its end"
 
@@ -180,7 +172,7 @@ async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
         for path in sorted(out.iterdir()):
             print(f"== {path.name}\n{path.read_text()[:400]}")
     # B's session goes on untouched.
-    assert (await _turn(b, sb["id"], "[[say:still here]]"))["result"] == "still here"
+    assert (await turn(b, sb["id"], "[[say:still here]]"))["result"] == "still here"
 
 
 def test_attack_script_quoting(tmp_path: Path) -> None:
