@@ -11,6 +11,10 @@ Trust authentication on 127.0.0.1 only, ``fsync`` off (a test server's data may 
 power cut; it is deleted anyway), superuser ``hotsession``. The binaries are looked up in
 ``$HOTSESSION_PG_BINDIR``, then Debian's ``/usr/lib/postgresql/<version>/bin`` (newest), then
 ``PATH``; ``scripts/install-postgres.sh`` installs them when missing.
+
+Why not pytest-postgresql: its executor runs ``initdb``/``pg_ctl`` as the current user, which
+Postgres refuses when that is root (as in CI here), and ``bench --cluster`` needs the same
+server outside pytest; what is left to write is this small module.
 """
 
 from __future__ import annotations
