@@ -447,3 +447,29 @@ async def test_fenced_events_of_several_sessions_in_one_batch(registry: Registry
     assert seqs(await registry.events_after("a", 0)) == [1, 2]
     assert await registry.events_after("b", 0) == []
     assert seqs(await registry.events_after("c", 0)) == [1]
+
+
+async def test_writes_racing_a_takeover_never_land_after_it(store: Store) -> None:
+    node_a = await store.open()
+    node_b = await store.open()
+    held = await node_a.claim("s1", "node-a", expect_epoch=0)
+    written: list[int] = []
+
+    async def old_owner() -> None:  # keeps writing until the store refuses it
+        for i in range(1, 10_000):
+            try:
+                await node_a.put_session(session("s1", turns=i), epoch=held.epoch)
+            except StaleEpoch:
+                return
+            written.append(i)
+            await asyncio.sleep(0)
+        raise AssertionError("never fenced")
+
+    writer = asyncio.create_task(old_owner())
+    while len(written) < 20:
+        await asyncio.sleep(0.001)
+    taken = await node_b.claim("s1", "node-b", expect_epoch=held.epoch)
+    await node_b.put_session(session("s1", turns=-1), epoch=taken.epoch)
+    await writer
+    got = await node_b.get_session("s1")
+    assert got is not None and got.turns == -1  # nothing of node-a's after the takeover
