@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,120 @@ async def test_the_conversation_follows_its_newest_turn(
     await expect(page.locator("#log .turn .timing")).to_have_count(8)
     await expect(page.locator("#log .turn").last.locator(".timing")).to_be_in_viewport()
     assert _at_bottom(await _log_position(page))
+
+
+def _frame(seq: int, event: str, data: dict[str, Any]) -> str:
+    return f"id: {seq}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _delta(index: int, text: str) -> dict[str, Any]:
+    return {
+        "type": "stream_event",
+        "event": {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "text_delta", "text": text},
+        },
+    }
+
+
+def _block(kind: str, index: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "stream_event", "event": {"type": kind, "index": index, **extra}}
+
+
+def _assistant(*content: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "assistant", "message": {"role": "assistant", "content": list(content)}}
+
+
+async def test_streamed_deltas_are_not_shown_twice(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    """The streaming contract (docs/api.md, include_partial_messages) as a turn's stream brings
+    it: text deltas, then the same text whole in `assistant` messages, around a tool call."""
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+    async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
+        sid = (await client.post("/v1/sessions", json={"cwd": str(workdir)})).json()["id"]
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message", _block("content_block_start", 0, content_block={"type": "text", "text": ""})),
+        ("message", _delta(0, "Let me **che")),
+        ("message", _delta(0, "ck** the ")),
+        ("message", _delta(0, "files.")),
+        ("message", _block("content_block_stop", 0)),
+        ("message", _assistant({"type": "text", "text": "Let me **check** the files."})),
+        ("message", _block("content_block_start", 1, content_block={"type": "tool_use"})),
+        ("message", _block("content_block_stop", 1)),
+        (
+            "message",
+            _assistant(
+                {"type": "tool_use", "id": "tu_1", "name": "Bash", "input": {"command": "ls"}}
+            ),
+        ),
+        (
+            "message",
+            {
+                "type": "user",
+                "message": {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "tu_1", "content": "a.py"}],
+                },
+            },
+        ),
+        ("message", _delta(0, "There is ")),  # no content_block_start: a delta opens the block
+        ("message", _delta(0, "`a.py`.")),
+        ("message", _block("content_block_stop", 0)),
+        ("message", _assistant({"type": "text", "text": "There is `a.py`."})),
+        (
+            "result",
+            {
+                "turn": 2,
+                "subtype": "success",
+                "is_error": False,
+                "result": "There is `a.py`.",
+                "timing": {
+                    "total_ms": 500,
+                    "ttfe_ms": 50,
+                    "thinking_ms": 400,
+                    "tools_ms": 50,
+                    "tool_calls": 1,
+                    "source": "hot",
+                },
+            },
+        ),
+    ]
+    # First a turn cut short after its deltas (interrupted): the text shows from them alone.
+    cut: list[tuple[str, dict[str, Any]]] = [
+        ("message", _delta(0, "Partial **te")),
+        ("message", _delta(0, "xt**")),
+        ("error", {"turn": 1, "code": "interrupted", "message": "the turn was interrupted"}),
+    ]
+    bodies = [
+        "".join(_frame(10_000 + i, kind, data) for i, (kind, data) in enumerate(cut)),
+        "".join(_frame(20_000 + i, kind, data) for i, (kind, data) in enumerate(events)),
+    ]
+
+    async def turn_stream(route: Any) -> None:
+        body = bodies.pop(0)
+        await route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    await page.route(f"**/v1/sessions/{sid}/turns", turn_stream)
+    await login(page, daemon)
+    await page.goto(f"{daemon.url}/#/sessions/{sid}")
+    await expect(page.locator("#d-id")).to_have_text(sid)
+    await page.fill("#prompt", "start")
+    await page.press("#prompt", "Enter")
+    await expect(page.locator("#log .msg.error")).to_contain_text("interrupted")
+    partial = page.locator("#log .turn").last.locator(".msg.assistant")
+    await expect(partial).to_have_text("Partial text")
+    await expect(partial.locator("strong")).to_have_text("text")
+
+    await page.fill("#prompt", "look around")
+    await page.press("#prompt", "Enter")
+    await expect(page.locator("#log .turn .timing")).to_have_count(1)
+    turn = page.locator("#log .turn").last
+    texts = await turn.locator(".msg.assistant, .tool").evaluate_all(
+        "(els) => els.map((e) => e.classList.contains('tool') ? 'TOOL' : e.textContent.trim())"
+    )
+    assert texts == ["Let me check the files.", "TOOL", "There is a.py."]
+    await expect(turn.locator(".msg.assistant strong")).to_have_text("check")
+    await expect(turn.locator(".msg.assistant code")).to_have_text("a.py")
+    await expect(turn.locator(".streaming")).to_have_count(0)
