@@ -125,3 +125,31 @@ async def test_tenants_do_not_see_each_other(make: Make) -> None:
     assert await bob.list_sessions(KEY["project_key"]) == []
     await bob.append(KEY, [{"type": "user", "uuid": "u1", "secret": "bob's"}])
     assert await alice.load(KEY) == [{"type": "user", "uuid": "u1", "secret": "alice's"}]
+
+
+async def test_postgres_restart_during_appends_loses_and_doubles_nothing(
+    postgres_server: PrivatePostgres, pg_schema: str
+) -> None:
+    store = PostgresSessionStore(postgres_server.url, schema=pg_schema, retry_for=30.0)
+    await store.open()
+    done = 0
+
+    async def writer() -> None:
+        nonlocal done
+        for n in range(400):
+            await store.append(KEY, [{"type": "user", "uuid": f"u{n}", "n": n}])
+            done = n + 1
+            await asyncio.sleep(0.002)
+
+    try:
+        task = asyncio.create_task(writer())
+        while done < 30:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(postgres_server.restart)
+        await task
+        loaded = await store.load(KEY)
+        assert [e["n"] for e in loaded or []] == list(range(400))
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        await store.close()
