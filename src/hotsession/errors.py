@@ -7,10 +7,12 @@ status the service answers with. Foreign exceptions are translated at the bounda
 
 * HotsessionError (code "internal", 500)
   + InvalidRequest ("invalid_request", 422)      bad options, bad prompt
-    - PromptTooLarge ("prompt_too_large", 413)
+    - PromptTooLarge ("prompt_too_large", 413)  with ``limit``, wherever the prompt comes in
+    - BodyTooLarge ("body_too_large", 413)      a request body over the cap (not a prompt's)
   + Forbidden ("forbidden", 403)                 cwd outside the tenant's roots
   + Unauthorized ("unauthorized", 401)
   + NotFound ("not_found", 404)                  unknown (or another tenant's) session
+    - ConversationNotFound ("conversation_not_found", 404)  resume of an unknown CLI session id
   + Conflict ("conflict", 409)                   closed session, lease held elsewhere, bad state
     - LeaseConflict ("lease_conflict", 409)
     - StaleEpoch ("stale_epoch", 409)            a session's ownership moved to a newer epoch
@@ -61,6 +63,11 @@ class PromptTooLarge(InvalidRequest):
     status = 413
 
 
+class BodyTooLarge(InvalidRequest):
+    code = "body_too_large"
+    status = 413
+
+
 class Unauthorized(HotsessionError):
     code = "unauthorized"
     status = 401
@@ -74,6 +81,10 @@ class Forbidden(HotsessionError):
 class NotFound(HotsessionError):
     code = "not_found"
     status = 404
+
+
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
 
 
 class Conflict(HotsessionError):

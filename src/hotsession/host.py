@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hotsession.agent import AgentProcess
-from hotsession.errors import LeaseConflict
+from hotsession.errors import (
+    AgentStartError,
+    ConversationNotFound,
+    HotsessionError,
+    LeaseConflict,
+)
 from hotsession.options import SessionOptions, build_argv, build_env
 
 if TYPE_CHECKING:
@@ -217,6 +222,9 @@ class LocalHost:
                 resume=fork_to is None,
                 fork_from=cli_session_id if fork_to else None,
             )
+        except AgentStartError as exc:
+            self.release(session_id, target)
+            raise not_found_on_resume(exc, cli_session_id) from exc
         except BaseException:
             self.release(session_id, target)
             raise
@@ -235,3 +243,17 @@ class LocalHost:
             "spawn_failures_total": self.supervisor.spawn_failures_total,
             "leases": len(self._leases),
         }
+
+
+# What the CLI says when ``--resume`` names a conversation it does not have.
+_NO_CONVERSATION = "No conversation found with session ID"
+
+
+def not_found_on_resume(exc: AgentStartError, cli_session_id: str) -> HotsessionError:
+    """A resume the CLI refused because it has no such conversation is the caller's error
+    (``ConversationNotFound``, 404), not a failed start (502); other failures stay as they are."""
+    if _NO_CONVERSATION in f"{exc.message}\n{exc.stderr_tail or ''}":
+        return ConversationNotFound(
+            f"no Claude Code conversation {cli_session_id} to resume", cli_session_id=cli_session_id
+        )
+    return exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import httpx
@@ -148,14 +149,28 @@ async def test_size_limits(start_daemon):
     r = await c.post("/v1/ask", json={"prompt": "é" * 600, "cwd": str(d.alice_root)})
     e = err(r, 413, "prompt_too_large")
     assert e["limit"] == 1000
-    # bodies over the cap are refused before parsing, by length or counted when chunked
-    err(await c.post("/v1/ask", content=b"x" * 60_000), 413, "body_too_large")
+    # a follow-up's prompt over the limit says the same (the fast path and the route)
+    sid = (await c.post("/v1/sessions", json={"cwd": str(d.alice_root)})).json()["id"]
+    turns = f"/v1/sessions/{sid}/turns"
+    for body in ({"prompt": "é" * 600}, {"prompt": "é" * 600, "extra": 1}):
+        r = await c.post(turns, json=body)
+        if "extra" in body:
+            err(r, 422, "invalid_request")
+            continue
+        assert err(r, 413, "prompt_too_large")["limit"] == 1000
+    # bodies over the cap are refused before parsing, by length or counted when chunked; where
+    # the body is a prompt, the answer is the prompt's
+    for path in ("/v1/ask", turns):
+        e = err(await c.post(path, content=b"x" * 60_000), 413, "prompt_too_large")
+        assert e["limit"] == 1000
 
     async def chunks():
         for _ in range(70):
             yield b"x" * 1000
 
-    err(await c.post("/v1/sessions", content=chunks()), 413, "body_too_large")
+    assert err(await c.post("/v1/sessions", content=chunks()), 413, "body_too_large")["limit"]
+    e = err(await c.post(turns, content=chunks()), 413, "prompt_too_large")
+    assert e["limit"] == 1000
 
     async def small():
         yield b'{"prompt": "'
@@ -240,3 +255,17 @@ async def test_requests_during_shutdown_get_503(start_daemon):
     state.begin_shutdown()  # the gate alone; the server itself keeps running for this check
     err(await c.get("/v1/sessions"), 503, "shutting_down")
     err(await c.post("/v1/ask", json={"prompt": "x"}), 503, "shutting_down")
+
+
+async def test_resume_of_an_unknown_conversation_is_404(start_daemon):
+    """The CLI has no such conversation: the caller's error, not a failed start (was 502)."""
+    d: Running = await start_daemon()
+    unknown = str(uuid.uuid4())
+    body = {"cwd": str(d.alice_root), "resume": unknown}
+    e = err(await d.alice.post("/v1/sessions", json=body), 404, "conversation_not_found")
+    assert e["cli_session_id"] == unknown
+    r = await d.alice.post("/v1/ask", json={**body, "prompt": "hi"})
+    err(r, 404, "conversation_not_found")
+    assert (await d.alice.get("/v1/sessions")).json()["sessions"] == []
+    # the lease went with the failed start: a real session may take the id later
+    assert d.daemon.hub is not None and d.daemon.hub.host.lease_holder(unknown) is None

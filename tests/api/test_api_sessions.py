@@ -33,6 +33,7 @@ async def test_session_lifecycle_over_http(start_daemon, model_server: ModelServ
     sid = s["id"]
     assert s["state"] == "idle" and s["source"] == "spawn" and s["pid"]
     assert s["metadata"] == {"ticket": 7} and s["cli_session_id"]
+    assert s["memory"]["rss_mb"] > 0 and s["memory"]["anon_mb"] > 0  # as documented (item 21)
 
     m1, m2 = mark(), mark()
     events = await stream_post(

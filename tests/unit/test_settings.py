@@ -189,6 +189,11 @@ def test_roots(tmp_path: Path):
     (root / "sub").mkdir(parents=True)
     t = Tenant(name="t", token_sha256="0" * 64, roots=(str(root.resolve()),))
     assert resolve_cwd(t, None) == str(root.resolve())
+    # the local tenant's root is /: it must be asked for, never a default (issue 12 item 2)
+    local = Tenant(name="local", token_sha256="0" * 64, roots=("/",))
+    with pytest.raises(InvalidRequest, match="cwd is required"):
+        resolve_cwd(local, None)
+    assert resolve_cwd(local, "/") == "/"
     assert resolve_cwd(t, str(root / "sub" / "..")) == str(root.resolve())
     for bad in (str(root / ".."), str(tmp_path), str(root) + "x"):
         with pytest.raises(Forbidden):

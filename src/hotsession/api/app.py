@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,7 +43,14 @@ from hotsession.api.deps import Api, ApiState, CurrentTenant
 from hotsession.api.docs import add_viewers, errors, ok
 from hotsession.api.metrics import CONTENT_TYPE, Metrics
 from hotsession.api.schemas import HealthOut
-from hotsession.errors import HotsessionError, RegistryUnavailable, ShuttingDown, Unauthorized
+from hotsession.errors import (
+    BodyTooLarge,
+    HotsessionError,
+    PromptTooLarge,
+    RegistryUnavailable,
+    ShuttingDown,
+    Unauthorized,
+)
 from hotsession.hub import Hotsession
 from hotsession.settings import Settings
 
@@ -120,7 +128,7 @@ class EdgeMiddleware:
                 await _send_error(send, None, status=400, message="bad Content-Length")
                 return
             if too_big:
-                await _send_too_large(send, cap)
+                await _send_too_large(send, scope, state.settings)
                 return
         elif scope["method"] in ("POST", "PUT", "PATCH"):
             # No length given (chunked): read the body here, counting, then replay it.
@@ -133,7 +141,7 @@ class EdgeMiddleware:
                 body = message.get("body", b"")
                 size += len(body)
                 if size > cap:
-                    await _send_too_large(send, cap)
+                    await _send_too_large(send, scope, state.settings)
                     return
                 chunks.append(body)
                 if not message.get("more_body", False):
@@ -234,18 +242,27 @@ async def _send_error(
         status, body = exc.status, error_body(**exc.to_dict())
     else:
         body = error_body(_HTTP_CODES.get(status, "http_error"), message)
-    if status == 413:
-        body = error_body("body_too_large", message)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_too_large(send: Send, cap: int) -> None:
-    await _send_error(
-        send, None, status=413, message=f"the request body is over the {cap} byte limit"
-    )
+_PROMPT_PATHS = re.compile(r"/v1/ask|/v1/sessions/[^/]+/turns")
+
+
+async def _send_too_large(send: Send, scope: Scope, settings: Settings) -> None:
+    """413 for a body over the cap: on the endpoints that take a prompt, the body is the prompt,
+    so the answer is the prompt's (``prompt_too_large`` with its ``limit``), as it is for a
+    prompt under the body cap but over the prompt limit."""
+    cap, prompt_limit = settings.max_body_bytes, settings.config.prompt_limit_bytes
+    if scope["method"] == "POST" and _PROMPT_PATHS.fullmatch(scope["path"]):
+        exc: HotsessionError = PromptTooLarge(
+            f"the prompt is over the {prompt_limit} byte limit", limit=prompt_limit
+        )
+    else:
+        exc = BodyTooLarge(f"the request body is over the {cap} byte limit", limit=cap)
+    await _send_error(send, exc)
 
 
 def create_app(hub: Hotsession, settings: Settings) -> FastAPI:

@@ -56,11 +56,19 @@ def within(path: str, root: str) -> bool:
 def resolve_cwd(tenant: Tenant, cwd: str | None) -> str:
     """The resolved working directory for a new session of ``tenant``.
 
-    None means the tenant's first root. Raises ``Forbidden`` (outside the roots) or
-    ``InvalidRequest`` (relative, not a directory).
+    None means the tenant's first root — unless that is ``/`` (the local tenant's): an agent
+    started in the filesystem root by default surprises everyone, so ``/`` must be asked for.
+    Raises ``Forbidden`` (outside the roots) or ``InvalidRequest`` (relative, not a directory,
+    missing where the default would be ``/``).
     """
     if cwd is None:
         cwd = tenant.roots[0]
+        if cwd == "/":
+            raise InvalidRequest(
+                'cwd is required: give the working directory ("cwd": "/" to mean the '
+                "filesystem root)",
+                field="cwd",
+            )
     if "\x00" in cwd:
         raise InvalidRequest("cwd must not contain NUL", field="cwd")
     if not os.path.isabs(cwd):

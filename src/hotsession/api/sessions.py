@@ -60,6 +60,7 @@ def session_view(api: ApiState, session: Session, *, with_memory: bool = False) 
     out = session.snapshot()
     out["source"] = api.sources.get(session.id)
     out["closed_at"] = None
+    out["memory"] = None
     if with_memory:
         pid = out.get("pid")
         sample = memory.sample(pid, pss=True) if pid else None
@@ -190,7 +191,7 @@ async def create_session(
     """Open a session (a warm spare of its profile when one is ready). `source` says how its
     process came: `spare`, `spawn` or `resume`. An empty body takes every default."""
     session = await open_session(api, tenant, body or SessionOptionsIn())
-    return JSONResponse(session_view(api, session), status_code=201)
+    return JSONResponse(session_views(api, [session])[0], status_code=201)
 
 
 @router.get(
