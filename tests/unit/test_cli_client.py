@@ -66,8 +66,8 @@ POOL = {
         }
     ],
     "memory": {"used_mb": 1024.0, "budget_mb": 4096.0, "spares_mb": 400.0, "sessions_mb": 624.0},
-    "evictions": 2,
-    "recycles": 1,
+    "evictions": {"keep_alive": 2, "memory": 0},  # the API's shape: counts by reason
+    "recycles": {"max_turns": 1},
     "spawned_total": 14,
 }
 
@@ -101,6 +101,7 @@ class FakeDaemon:
         self.answers: dict[str, dict[str, Any]] = {}
         self.interrupted: set[str] = set()
         self.ask_source, self.turn_source = "spare", "spare"
+        self.warming = True
         self.main_thread = threading.main_thread().ident
         self.app = Starlette(
             routes=[
@@ -127,6 +128,7 @@ class FakeDaemon:
         self.answers.clear()
         self.interrupted.clear()
         self.ask_source, self.turn_source = "spare", "spare"
+        self.warming = True
 
     def paths(self, method: str | None = None) -> list[str]:
         return [p for m, p, _ in self.requests if method is None or m == method]
@@ -192,6 +194,10 @@ class FakeDaemon:
             return
         if prompt.startswith("perm"):
             request = {"request_id": "r1", "tool_name": "Bash", "input": {"command": "rm -rf x"}}
+            if prompt.startswith("permwrite"):
+                content = "\n".join(f"line {i}" for i in range(1, 31))
+                tool_input = {"file_path": "/tmp/w.txt", "content": content}
+                request = {"request_id": "r1", "tool_name": "Write", "input": tool_input}
             yield self._emit(sid, "permission_request", request)
             await self._wait(lambda: "r1" in self.answers)
             behavior = self.answers["r1"]["behavior"]
@@ -309,7 +315,8 @@ class FakeDaemon:
         return JSONResponse({"interrupted": True})
 
     async def warm(self, request: Request) -> Response:
-        return await self._enter(request) or JSONResponse({"state": "starting"})
+        failed = await self._enter(request)
+        return failed or JSONResponse({"id": request.path_params["sid"], "warming": self.warming})
 
     async def permission(self, request: Request) -> Response:
         if failed := await self._enter(request):
@@ -345,8 +352,14 @@ def daemon(daemon_server: tuple[FakeDaemon, str]) -> FakeDaemon:
 
 
 @pytest.fixture
-def hs(daemon_server: tuple[FakeDaemon, str]) -> Any:
-    """Run ``hotsession ARGS`` against the fake daemon."""
+def hs(
+    daemon_server: tuple[FakeDaemon, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Run ``hotsession ARGS`` against the fake daemon, from a directory of its own
+    (``hs.cwd``: new sessions start there)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
 
     def run(*args: str, input: str | None = None, token: str | None = TOKEN) -> Result:
         extra = ["--url", daemon_server[1]]
@@ -355,6 +368,7 @@ def hs(daemon_server: tuple[FakeDaemon, str]) -> Any:
         env = {"HOTSESSION_TOKEN": None, "HOTSESSION_URL": None}
         return CliRunner().invoke(main, [*args, *extra], input=input, env=env)
 
+    run.cwd = str(here.resolve())  # type: ignore[attr-defined]
     return run
 
 
@@ -429,7 +443,7 @@ def test_ask_streams_text_tools_and_the_timing_line(hs: Any, daemon: FakeDaemon)
     assert err[0] == "session s1"
     assert "  ⚙ Bash(ls -la)" in err
     assert err[-1] == "⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 6% · pool hit"
-    assert daemon.requests[0] == ("POST", "/v1/ask", {"prompt": "hello there"})
+    assert daemon.requests[0] == ("POST", "/v1/ask", {"prompt": "hello there", "cwd": hs.cwd})
 
 
 def test_ask_names_a_spawned_session_a_cold_start(hs: Any, daemon: FakeDaemon) -> None:
@@ -553,22 +567,29 @@ def test_sessions_table(hs: Any, daemon: FakeDaemon) -> None:
     assert hs("ask", "one").exit_code == 0
     daemon.sessions["s1"]["last_timing"] = TIMING
     daemon.sessions["s1"]["last_active_at"] = time.time() - 2 * 3600 - 30
-    result = hs("sessions")
+    result = hs("sessions")  # stdout is not a terminal here: one plain line per session
     assert result.exit_code == 0, result.output
-    header, row = result.stdout.splitlines()[:2]
-    assert header.split() == [
+    header, row = result.stdout.splitlines()
+    assert header.split("\t") == [
         "ID",
         "State",
         "Turns",
         "Model",
         "Cwd",
         "PID",
-        "Last",
-        "turn",
+        "Last turn",
         "Active",
     ]
-    assert row.split()[:6] == ["s1", "idle", "1", "default", "/srv/work", "4242"]
-    assert "1.2s spare" in row and "2h ago" in row
+    assert row.split("\t") == [
+        "s1",
+        "idle",
+        "1",
+        "default",
+        "/srv/work",
+        "4242",
+        "1.2s spare",
+        "2h ago",
+    ]
     raw = hs("sessions", "--json")
     assert json.loads(raw.stdout)[0]["id"] == "s1"
 
@@ -592,18 +613,24 @@ def test_pool_table_and_memory_line(hs: Any, daemon: FakeDaemon) -> None:
     assert lines[2].strip() == "local · default · acceptEdits"
     assert out.splitlines()[-1] == (
         "memory 1,024 MB of 4,096 MB budget · spares 400 MB · sessions 624 MB · "
-        "evictions 2 · recycles 1 · spawned 14"
+        "evictions 2 (keep_alive 2) · recycles 1 (max_turns 1) · spawned 14"
     )
 
 
 def test_warm_and_close(hs: Any, daemon: FakeDaemon) -> None:
     assert hs("ask", "one").exit_code == 0
     warmed = hs("warm", "s1")
-    assert (warmed.exit_code, warmed.stdout) == (0, "warming s1 (starting)\n")
+    assert (warmed.exit_code, warmed.stdout) == (0, "warming s1\n")
+    daemon.warming = False  # the API's answer when it had nothing to do: say so
+    hot = hs("warm", "s1")
+    assert (hot.exit_code, hot.stdout) == (
+        0,
+        "s1 needs no warming: its process is running (idle)\n",
+    )
     closed = hs("close", "s1")
     assert (closed.exit_code, closed.stdout) == (0, "closed s1\n")
     assert daemon.requests[-2:] == [
-        ("POST", "/v1/sessions/s1/warm", None),
+        ("GET", "/v1/sessions/s1", None),
         ("DELETE", "/v1/sessions/s1", None),
     ]
 
@@ -614,7 +641,7 @@ def test_warm_and_close(hs: Any, daemon: FakeDaemon) -> None:
 def test_chat_two_prompts_then_eof(hs: Any, daemon: FakeDaemon) -> None:
     result = hs("chat", input="hello\n\nperm please\ny\n")
     assert result.exit_code == 0, result.output
-    assert daemon.requests[0] == ("POST", "/v1/sessions", {})
+    assert daemon.requests[0] == ("POST", "/v1/sessions", {"cwd": hs.cwd})
     turns = [(p, b) for m, p, b in daemon.requests if p.endswith("/turns")]
     assert turns == [
         ("/v1/sessions/s1/turns", {"prompt": "hello"}),
@@ -623,6 +650,7 @@ def test_chat_two_prompts_then_eof(hs: Any, daemon: FakeDaemon) -> None:
     assert daemon.answers["r1"] == {"behavior": "allow"}
     assert "echo: hello" in result.stdout and "permission allow" in result.stdout
     assert "allow Bash(rm -rf x)?" in result.stderr
+    assert "    $ rm -rf x" in result.stderr  # what would run, not only its name
     assert result.stderr.count("⏱ 1.2s") == 2
     assert "stays open" in result.stderr
 
@@ -662,3 +690,183 @@ def test_chat_unknown_session_is_404(hs: Any, daemon: FakeDaemon) -> None:
     result = hs("chat", "nope", input="hi\n")
     assert result.exit_code == 1
     assert _one_error_line(result) == "hotsession: not_found: no session nope"
+
+
+# -- the first hour (issue 12): defaults, input, permissions, chat commands --------------------
+
+
+def test_a_new_session_starts_in_the_callers_directory(hs: Any, daemon: FakeDaemon) -> None:
+    assert hs("ask", "hi").exit_code == 0
+    assert daemon.requests[-1][2]["cwd"] == hs.cwd
+
+
+def test_the_filesystem_root_must_be_asked_for(
+    hs: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")
+    for command in (["ask", "hi"], ["chat"]):
+        refused = hs(*command, input="")
+        assert refused.exit_code == 2, refused.output
+        assert "pass --cwd /" in refused.output
+    assert daemon.requests == []
+    assert hs("ask", "hi", "--cwd", "/").exit_code == 0
+    assert daemon.requests[-1][2]["cwd"] == "/"
+
+
+def test_ask_reads_the_prompt_from_stdin_or_a_file(
+    hs: Any, daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    big = "x" * 300_000 + "\nend"  # over what an argument may hold
+    assert hs("ask", "-", input=big).exit_code == 0
+    assert daemon.requests[-1][2]["prompt"] == big
+    path = tmp_path / "prompt.txt"
+    path.write_text("from a file\n")
+    assert hs("ask", "--file", str(path)).exit_code == 0
+    assert daemon.requests[-1][2]["prompt"] == "from a file\n"
+    assert hs("ask", "--file", "-", input="piped").exit_code == 0
+    assert daemon.requests[-1][2]["prompt"] == "piped"
+    n = len(daemon.requests)
+    for args, needle in [
+        (("ask",), "no prompt"),
+        (("ask", "-"), "the prompt is empty"),
+        (("ask", "hi", "--file", str(path)), "not both"),
+        (("ask", "--file", str(tmp_path / "missing")), "No such file"),
+    ]:
+        refused = hs(*args, input="")
+        assert refused.exit_code == 2 and needle in refused.output, refused.output
+    assert len(daemon.requests) == n
+
+
+def test_permission_mode_choices_are_every_mode_and_a_bad_one_exits_2(
+    hs: Any, daemon: FakeDaemon
+) -> None:
+    from hotsession.options import PERMISSION_MODES
+
+    help_text = " ".join(hs("ask", "--help").output.split())
+    assert "dontAsk" in help_text and "auto" in help_text and "bypassPermissions" in help_text
+    assert hs("ask", "x", "--permission-mode", "dontAsk").exit_code == 0
+    bad = hs("ask", "x", "--permission-mode", "yolo")
+    assert bad.exit_code == 2 and "yolo" in bad.output
+    assert len(PERMISSION_MODES) == 6
+
+
+def test_permission_prompt_shows_the_input_cut_and_all_on_request(
+    hs: Any, daemon: FakeDaemon
+) -> None:
+    result = hs("chat", input="permwrite\nv\ny\n")
+    assert result.exit_code == 0, result.output
+    err = result.stderr
+    assert "allow Write(/tmp/w.txt)?" in err
+    first = err.index("    line 1\n")
+    more = err.index("19 more line(s): v shows all")  # the path and 11 lines were shown
+    assert first < more and "    line 11\n" in err[first:more] and "line 12" not in err[:more]
+    assert "    line 30\n" in err[more:]  # "v" showed all of it, then asked again
+    assert daemon.answers["r1"] == {"behavior": "allow"}
+
+
+def test_the_humans_wait_is_not_tool_time(daemon_server: tuple[FakeDaemon, str]) -> None:
+    """Time spent answering a permission question leaves Tools for its own part."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hotsession.cli.api import Api
+    from hotsession.cli.render import TurnPrinter
+    from hotsession.cli.turns import TurnRun
+
+    fake, url = daemon_server
+    fake.reset()
+    sid = fake._new_session()["id"]
+    err = StringIO()
+    printer = TurnPrinter(Console(file=err, width=200))
+
+    def slow_human(request: Any) -> dict[str, Any]:
+        time.sleep(0.3)
+        return {"behavior": "allow"}
+
+    api = Api(url, TOKEN, "")
+    try:
+        end = TurnRun(api, printer, slow_human, sid).drive(
+            "POST", f"/v1/sessions/{sid}/turns", {"prompt": "perm"}
+        )
+    finally:
+        api.close()
+    assert end.event == "result" and printer.human_wait_ms >= 300
+    # the turn's timing (from the daemon) counted the wait as tool time: 72 of 1200 ms here
+    printer.human_wait_ms = 60.0
+    assert printer.timing_line(TIMING) == (
+        "⏱ 1.2s · TTFE 4% · Thinking 90% · Tools 1% · Waiting for you 5% (60ms) · pool hit"
+    )
+
+
+def test_chat_commands_stay_local(hs: Any, daemon: FakeDaemon) -> None:
+    result = hs("chat", input="/help\n/session\nhello\n/quit\nnever sent\n")
+    assert result.exit_code == 0, result.output
+    turns = [b["prompt"] for m, p, b in daemon.requests if p.endswith("/turns")]
+    assert turns == ["hello"]  # /help, /session and /quit never reached the model
+    assert "/help" in result.stderr and "/session" in result.stderr and "/exit" in result.stderr
+    assert "s1 · idle · /srv/work" in result.stderr
+    assert "/help lists commands" in result.stderr
+
+
+def test_sessions_table_on_a_terminal(
+    hs: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotsession.cli import commands
+
+    assert hs("ask", "one").exit_code == 0
+    monkeypatch.setattr(commands, "_stdout_is_terminal", lambda: True)
+    result = hs("sessions")
+    assert result.exit_code == 0
+    header, row = result.stdout.splitlines()[:2]
+    assert "\t" not in header and header.split()[:3] == ["ID", "State", "Turns"]
+    assert row.split()[:6] == ["s1", "idle", "1", "default", "/srv/work", "4242"]
+
+
+def test_stream_asks_for_partial_messages(hs: Any, daemon: FakeDaemon) -> None:
+    assert hs("ask", "x", "--stream").exit_code == 0
+    assert daemon.requests[-1][2]["include_partial_messages"] is True
+    assert hs("ask", "x").exit_code == 0  # stdout is no terminal here: off by default
+    assert "include_partial_messages" not in daemon.requests[-1][2]
+    assert hs("chat", "--stream", input="").exit_code == 0
+    assert daemon.requests[-1] == (
+        "POST",
+        "/v1/sessions",
+        {"cwd": hs.cwd, "include_partial_messages": True},
+    )
+
+
+def _delta(text: str) -> dict[str, Any]:
+    event = {"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}}
+    return {"type": "stream_event", "event": event}
+
+
+def test_streamed_text_is_printed_as_it_comes_and_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """The streaming contract: deltas print at once; the full message does not repeat them."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hotsession.cli.render import TurnPrinter
+
+    err = StringIO()
+    p = TurnPrinter(Console(file=err, width=200))
+    p.handle("message", {"type": "system", "subtype": "init"})
+    p.handle("message", _delta("Hel"))
+    assert capsys.readouterr().out == "Hel"  # no waiting for the whole message
+    p.handle("message", _delta("lo."))
+    p.handle("message", _assistant({"type": "text", "text": "Hello."}))
+    p.handle(
+        "message", _assistant({"type": "tool_use", "name": "Bash", "input": {"command": "ls"}})
+    )
+    p.handle("message", _delta("Done"))
+    p.handle("message", _delta("!"))
+    p.handle("message", _assistant({"type": "text", "text": "Done!"}))
+    p.handle("result", _result("Hello.\n\nDone!", 1))
+    assert capsys.readouterr().out == "lo.\nDone!\n"
+    assert "⚙ Bash(ls)" in err.getvalue() and "⏱" in err.getvalue()
+
+
+def test_bench_help_explains_warmup() -> None:
+    out = " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())
+    assert "--warmup INTEGER RANGE Untimed rounds" in out

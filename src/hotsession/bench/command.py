@@ -160,7 +160,13 @@ async def _run_concurrency(
 @main.command()
 @click.option("--quick", is_flag=True, help="A first look in about a minute (few rounds).")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="Timed rounds per mode.")
-@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option(
+    "--warmup",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Untimed rounds of every mode before the timed ones (first spawns, caches).",
+)
 @click.option("--transport", is_flag=True, help="Compare transports (bare CLI, lean, SDK client).")
 @click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
 @click.option(

@@ -145,6 +145,51 @@ def summarize_tool(name: str, tool_input: object, width: int = 100) -> str:
     return line
 
 
+# How much of a tool call's input a permission question shows before "v shows all".
+PREVIEW_LINES = 12
+PREVIEW_WIDTH = 160
+
+
+def tool_input_lines(name: str, tool_input: object) -> list[str]:
+    """What a tool call would do, as lines for a human deciding on it: the command of ``Bash``,
+    the path and content of ``Write``, the replaced and new text of ``Edit``, else the input as
+    indented JSON."""
+    if not isinstance(tool_input, Mapping):
+        return [] if tool_input is None else [str(tool_input)]
+    lines: list[str] = []
+    if name == "Bash" and isinstance(tool_input.get("command"), str):
+        lines = [
+            f"$ {line}" if i == 0 else f"  {line}"
+            for i, line in enumerate(tool_input["command"].splitlines() or [""])
+        ]
+        if isinstance(tool_input.get("description"), str):
+            lines.append(f"# {tool_input['description']}")
+    elif name == "Write" and isinstance(tool_input.get("content"), str):
+        lines = [f"{tool_input.get('file_path')}:", *tool_input["content"].splitlines()]
+    elif name in ("Edit", "MultiEdit"):
+        edits = tool_input.get("edits")
+        if not isinstance(edits, list):
+            edits = [tool_input]
+        lines = [f"{tool_input.get('file_path')}:"]
+        for edit in edits:
+            if isinstance(edit, Mapping):
+                lines += [f"- {x}" for x in str(edit.get("old_string", "")).splitlines()]
+                lines += [f"+ {x}" for x in str(edit.get("new_string", "")).splitlines()]
+    if not lines:
+        lines = json.dumps(tool_input, ensure_ascii=False, indent=2).splitlines()
+    return lines
+
+
+def preview(lines: list[str]) -> tuple[list[str], int]:
+    """The first ``PREVIEW_LINES`` lines cut to ``PREVIEW_WIDTH``; and how many were left out
+    (a cut line counts as one left out: the full view shows it whole)."""
+    shown = [ln if len(ln) <= PREVIEW_WIDTH else ln[: PREVIEW_WIDTH - 1] + "…" for ln in lines]
+    shown = shown[:PREVIEW_LINES]
+    hidden = max(0, len(lines) - PREVIEW_LINES)
+    hidden += sum(1 for ln in lines[:PREVIEW_LINES] if len(ln) > PREVIEW_WIDTH)
+    return shown, hidden
+
+
 def _tool_result_text(block: Mapping[str, Any]) -> str:
     content = block.get("content")
     if isinstance(content, list):
@@ -162,6 +207,7 @@ class TurnPrinter:
         self.wrote_text = False  # the turn printed some assistant text
         self._streamed = False  # text arrived as partial deltas; skip it in the full message
         self.session_source: str | None = None  # how /v1/ask got its session (its first event)
+        self.human_wait_ms = 0.0  # time the user took to answer permission questions
 
     # -- output primitives -----------------------------------------------------------------
 
@@ -254,4 +300,19 @@ class TurnPrinter:
                 # /v1/ask opens the session before the turn, so the turn finds its process "hot";
                 # where that process came from (spare or spawn) is what the user waited on.
                 timing = {**timing, "source": self.session_source}
-            self.note(format_timing(timing))
+            self.note(self.timing_line(timing))
+
+    def timing_line(self, timing: Mapping[str, Any]) -> str:
+        """The timing line, with the user's own time answering permission questions shown
+        apart: the daemon counts a tool call from its request to its result, so that wait is
+        inside ``tools_ms``; here it leaves Tools and gets its own part."""
+        waited = self.human_wait_ms
+        if waited <= 0:
+            return format_timing(timing)
+        tools = _number(timing, "tools_ms")
+        waited = min(waited, tools) if tools > 0 else waited
+        line = format_timing({**timing, "tools_ms": max(0.0, tools - waited)})
+        total = _number(timing, "total_ms")
+        share = f" {_percent(100 * waited / total)}" if total > 0 else ""
+        head, _, source = line.rpartition(" · ")
+        return f"{head} · Waiting for you{share} ({format_duration(waited)}) · {source}"

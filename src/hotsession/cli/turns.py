@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from hotsession.cli.api import Api, ClientError, ConnectionProblem, SseEvent, StreamLost
-from hotsession.cli.render import TurnPrinter
+from hotsession.cli.render import TurnPrinter, preview, summarize_tool, tool_input_lines
 
 TERMINAL_EVENTS = frozenset({"result", "error"})
 # Reconnects in a row that bring no new event before the client gives up on a turn's stream.
@@ -86,7 +88,10 @@ class TurnRun:
     def _answer(self, request: Mapping[str, Any]) -> None:
         if self.answer_permission is None or self.session_id is None:
             return
+        asked = time.monotonic()
         answer = self.answer_permission(request)
+        if self.printer is not None:  # the human's time, not the tool's (the timing line)
+            self.printer.human_wait_ms += (time.monotonic() - asked) * 1000
         path = f"/v1/sessions/{self.session_id}/permissions/{request.get('request_id')}"
         try:
             self.api.request("POST", path, answer)
@@ -104,21 +109,50 @@ class TurnRun:
             self.api.request("POST", f"/v1/sessions/{self.session_id}/interrupt")
 
 
-def ask_permission(read: Callable[[str], str], err: Console) -> PermissionAnswer:
-    def answer(request: Mapping[str, Any]) -> dict[str, Any]:
-        from hotsession.cli.render import summarize_tool
+class PermissionPrompt:
+    """Asks the user about a tool call on the terminal, showing what the call would do.
 
-        tool = summarize_tool(str(request.get("tool_name", "tool")), request.get("input"))
-        err.print(f"[yellow]?[/] allow [bold]{tool}[/]?", highlight=False, soft_wrap=True)
-        try:
-            reply = read("  [y/N] ").strip().lower()
-        except EOFError:
-            reply = ""
+    The input is shown below the question, cut to ``PREVIEW_LINES`` lines of at most
+    ``PREVIEW_WIDTH`` characters (a ``Write`` of a large file, a long script); answering ``v``
+    shows all of it and asks again.
+    """
+
+    def __init__(self, read: Callable[[str], str], err: Console) -> None:
+        self.read = read
+        self.err = err
+
+    def __call__(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        name = str(request.get("tool_name", "tool"))
+        tool_input = request.get("input")
+        question = Text.assemble(
+            ("?", "yellow"), " allow ", (summarize_tool(name, tool_input), "bold"), "?"
+        )
+        self.err.print(question, highlight=False, soft_wrap=True)
+        lines = tool_input_lines(name, tool_input)
+        shown, hidden = preview(lines)
+        self._show(shown)
+        choices = "  [y/N/v] " if hidden else "  [y/N] "
+        if hidden:
+            self.err.print(
+                f"    … {hidden} more line(s): v shows all", style="dim", highlight=False
+            )
+        while True:
+            try:
+                reply = self.read(choices).strip().lower()
+            except EOFError:
+                reply = ""
+            if reply in ("v", "view") and hidden:
+                self._show(lines)
+                choices, hidden = "  [y/N] ", 0
+                continue
+            break
         if reply in ("y", "yes"):
             return {"behavior": "allow"}
         return {"behavior": "deny", "message": "Denied by the user."}
 
-    return answer
+    def _show(self, lines: list[str]) -> None:
+        for line in lines:
+            self.err.print(Text("    " + line), style="dim", highlight=False, soft_wrap=True)
 
 
 def deny_noninteractive(request: Mapping[str, Any]) -> dict[str, Any]:
