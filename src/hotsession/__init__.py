@@ -1,16 +1,38 @@
 """hotsession: Claude Code sessions that answer instantly.
 
 Persistent stream-json sessions, a warm pool of spare processes and transparent ``--resume``.
+
+The names below are imported on first use (PEP 562), so a command that needs none of them (the
+``hotsession-claude`` shim, whose start-up time users pay on every call) does not load the engine.
 """
 
-from hotsession.config import Config
-from hotsession.errors import HotsessionError
-from hotsession.events import Event
-from hotsession.hub import Hotsession
-from hotsession.options import SessionOptions
-from hotsession.session import Session, Turn
+from __future__ import annotations
+
+import importlib
+
+# Not ``typing.TYPE_CHECKING``: importing typing costs the shim several milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from hotsession.config import Config
+    from hotsession.errors import HotsessionError
+    from hotsession.events import Event
+    from hotsession.hub import Hotsession
+    from hotsession.options import SessionOptions
+    from hotsession.session import Session, Turn
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "hotsession.config",
+    "Event": "hotsession.events",
+    "Hotsession": "hotsession.hub",
+    "HotsessionError": "hotsession.errors",
+    "Session": "hotsession.session",
+    "SessionOptions": "hotsession.options",
+    "Turn": "hotsession.session",
+}
 
 __all__ = [
     "Config",
@@ -22,3 +44,12 @@ __all__ = [
     "Turn",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hotsession' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -45,7 +45,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from hotsession.errors import AgentDied, AgentError, AgentProtocolError, AgentTimeout
@@ -163,9 +163,15 @@ class AgentProcess:
         finally:
             self._pending.pop(request_id, None)
 
-    async def initialize(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Complete the control protocol's handshake; the process is ready after it."""
-        self.init_response = await self.request("initialize", timeout=timeout, hooks=None)
+    async def initialize(
+        self, timeout: float = 60.0, fields: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Complete the control protocol's handshake; the process is ready after it.
+
+        ``fields``: more fields of the request (agents, system prompt, …), which the CLI binds
+        at its first ``initialize`` only."""
+        payload = {"hooks": None, **(fields or {})}
+        self.init_response = await self.request("initialize", timeout=timeout, **payload)
         return self.init_response
 
     async def interrupt(self, timeout: float = 10.0) -> None:

@@ -19,6 +19,7 @@ a process gets the daemon's own environment and user, as a single-user install a
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -177,6 +178,7 @@ class LocalHost:
             session_id=session_id,
             cli_session_id=cli_session_id,
             run_as=plan.run_as,
+            initialize=json.loads(options.initialize) if options.initialize else None,
         )
 
     async def start_new(

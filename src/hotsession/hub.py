@@ -221,6 +221,7 @@ class Hotsession:
         options: SessionOptions | None = None,
         resume: str | None = None,
         fork: bool = False,
+        cli_session_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         tenant: str = "local",
         **option_fields: Any,
@@ -228,6 +229,8 @@ class Hotsession:
         """Open a session with a live process (a warm spare when one is ready).
 
         ``resume`` adopts an existing Claude Code session id (``fork`` copies it to a new id).
+        ``cli_session_id`` chooses the Claude Code session id of a new conversation or a fork
+        (a direct spawn: a spare's id was chosen before).
         """
         if self.shutting_down:
             raise ShuttingDown("the service is shutting down")
@@ -247,12 +250,14 @@ class Hotsession:
                     "that Claude Code session is open in another hotsession session",
                     session_id=holder if self._visible(holder, options.tenant) else None,
                 )
+        if cli_session_id is not None:
+            _check_uuid(cli_session_id)
         if resume and fork:
-            cli_session_id, origin = str(uuid.uuid4()), f"fork:{resume}"
+            cli_session_id, origin = cli_session_id or str(uuid.uuid4()), f"fork:{resume}"
         elif resume:
             cli_session_id, origin = resume, "resume"
         else:
-            cli_session_id, origin = "", "new"
+            cli_session_id, origin = cli_session_id or "", "new"
         opts = options.to_dict()
         opts["origin"] = origin
         rec = SessionRecord(
@@ -268,7 +273,9 @@ class Hotsession:
         began = time.monotonic()
         async with session._lock:
             if origin == "new":
-                placement = await self.host.start_new(options, session_id=rec.id)
+                placement = await self.host.start_new(
+                    options, session_id=rec.id, cli_session_id=cli_session_id or None
+                )
                 rec.cli_session_id = placement.cli_session_id
             else:
                 placement = await session._start_process()

@@ -35,6 +35,13 @@ class SessionOptions:
     mcp_config: str | None = None
     max_turns: int | None = None
     env: tuple[tuple[str, str], ...] = field(default=())
+    # Drop-in clients (``hotsession-claude``): CLI flags passed verbatim after the typed ones; the
+    # JSON object of ``initialize`` fields the process starts with (agents, system prompt, …:
+    # they bind at the first ``initialize`` only); the permission prompt tool (None: as the CLI
+    # does without one). At their defaults they leave the profile key unchanged.
+    extra_args: tuple[str, ...] = ()
+    initialize: str | None = None
+    permission_prompt_tool: str | None = "stdio"
 
     def __post_init__(self) -> None:
         if self.permission_mode is not None and self.permission_mode not in PERMISSION_MODES:
@@ -52,7 +59,7 @@ class SessionOptions:
         cls, cwd: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any
     ) -> SessionOptions:
         """Build options from plain values (lists become tuples, env a sorted tuple)."""
-        for name in ("allowed_tools", "disallowed_tools", "setting_sources"):
+        for name in ("allowed_tools", "disallowed_tools", "setting_sources", "extra_args"):
             if kw.get(name) is not None:
                 kw[name] = tuple(kw[name])
         return cls(cwd=os.fspath(cwd), env=tuple(sorted((env or {}).items())), **kw)
@@ -69,14 +76,18 @@ class SessionOptions:
         """JSON-able form (env as a dict)."""
         out = asdict(self)
         out["env"] = dict(self.env)
-        for name in ("allowed_tools", "disallowed_tools", "setting_sources"):
+        for name in ("allowed_tools", "disallowed_tools", "setting_sources", "extra_args"):
             if out[name] is not None:
                 out[name] = list(out[name])
         return out
 
     def profile_key(self) -> str:
         """A short stable hash of every option: equal options, equal key."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = self.to_dict()
+        for name, default in _NEUTRAL.items():
+            if data.get(name) == default:
+                del data[name]
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> SessionOptions:
@@ -84,6 +95,10 @@ class SessionOptions:
         data = self.to_dict()
         data.update(changes)
         return SessionOptions.from_dict(data)
+
+
+# Options added after profile keys were first stored: at these values they are left out of the key.
+_NEUTRAL: dict[str, Any] = {"extra_args": [], "initialize": None, "permission_prompt_tool": "stdio"}
 
 
 def build_argv(
@@ -109,7 +124,8 @@ def build_argv(
         "stream-json",
     ]
     # Permission prompts go over the control channel, so the daemon can forward them.
-    argv += ["--permission-prompt-tool", "stdio"]
+    if options.permission_prompt_tool:
+        argv += ["--permission-prompt-tool", options.permission_prompt_tool]
     if options.system_prompt is not None:
         argv += ["--system-prompt", options.system_prompt]
     if options.append_system_prompt:
@@ -128,6 +144,7 @@ def build_argv(
         argv.append("--setting-sources=" + ",".join(options.setting_sources))
     if options.mcp_config:
         argv += ["--mcp-config", options.mcp_config]
+    argv += options.extra_args
     if resume:
         argv.append(f"--resume={resume}")
         if fork:

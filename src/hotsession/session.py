@@ -30,7 +30,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,11 +89,18 @@ class Turn:
     """One prompt's run; iterate it for its events (ends after ``result`` or ``error``)."""
 
     def __init__(
-        self, session: Session, number: int, prompt: str, *, since: float | None = None
+        self,
+        session: Session,
+        number: int,
+        prompt: str,
+        *,
+        since: float | None = None,
+        message: dict[str, Any] | None = None,
     ) -> None:
         self.session = session
         self.number = number
         self.prompt = prompt
+        self.message = message  # the user message to write as is (else one made of ``prompt``)
         self.since = since
         self.clock = TurnClock(since if since is not None else time.monotonic())
         self.record = TurnRecord(session_id=session.id, turn=number, prompt=prompt)
@@ -227,6 +234,10 @@ class Session:
         self.open_source: str | None = None
         self.open_ms = 0.0
         self._lock = asyncio.Lock()  # serialises process changes (turn start, warm, evict)
+        # A drop-in client attached to this session answers the CLI's control requests itself
+        # (can_use_tool, hook_callback, mcp_message); see ``_on_control_request``.
+        self.control_delegate: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+        self._delegated = 0  # delegated requests awaiting their answer (the watchdog pauses)
 
     # -- identity and state --------------------------------------------------------------------
 
@@ -325,12 +336,17 @@ class Session:
 
     # -- turns ---------------------------------------------------------------------------------
 
-    def send(self, prompt: str, *, since: float | None = None) -> Turn:
+    def send(
+        self, prompt: str, *, since: float | None = None, message: dict[str, Any] | None = None
+    ) -> Turn:
         """Queue a prompt; iterate the returned turn for its events.
 
         ``since`` (a ``time.monotonic()`` reading) is when the caller's request began, for a
         request that opened the session and sends its first prompt in one go (``/v1/ask``): the
         opening then counts as the turn's claim time.
+
+        ``message``: the stream-json user message to write instead of one made of ``prompt``
+        (a drop-in client's own, content blocks and all); ``prompt`` is then what is recorded.
 
         Raises at once (not on iteration) for a closed session, an oversized prompt or a full
         queue, so a caller can answer 409 / 413 / 429 before streaming anything.
@@ -351,7 +367,7 @@ class Session:
                 limit=self._queue.maxsize,
             )
         self.last_turn += 1
-        turn = Turn(self, self.last_turn, prompt, since=since)
+        turn = Turn(self, self.last_turn, prompt, since=since, message=message)
         self._queue.put_nowait(turn)
         self.recent_turns.append(turn.record)
         # The prompt is recorded as soon as it is accepted, even if the daemon dies before it
@@ -424,7 +440,10 @@ class Session:
             proc.turns += 1
             error = None
             try:
-                await proc.send_user(turn.prompt)
+                if turn.message is not None:
+                    await proc.send(turn.message)
+                else:
+                    await proc.send_user(turn.prompt)
                 clock.written = time.monotonic()
                 result = await self._pump(turn, proc)
             except AgentError as exc:
@@ -487,7 +506,7 @@ class Session:
                     self.emit(turn, "message", msg)
                     if msg.get("type") == "result":
                         return msg
-                    if not self.permissions:
+                    if not self.permissions and not self._delegated:
                         cm.reschedule(loop.time() + watchdog)
         except TimeoutError:
             raise AgentTimeout(
@@ -641,6 +660,8 @@ class Session:
     async def _on_control_request(
         self, proc: AgentProcess, request: dict[str, Any]
     ) -> dict[str, Any]:
+        if self.control_delegate is not None:
+            return await self._delegate(self.control_delegate, request)
         if request.get("subtype") != "can_use_tool":
             raise HotsessionError(f"unsupported control request {request.get('subtype')!r}")
         turn = self.current
@@ -682,6 +703,23 @@ class Session:
         if answer["behavior"] == "allow" and answer.get("updatedInput") is None:
             answer["updatedInput"] = tool_input
         return answer
+
+    async def _delegate(
+        self,
+        delegate: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+        request: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A control request answered by the attached client; the watchdog waits meanwhile."""
+        self._delegated += 1
+        if self._watchdog is not None:
+            self._watchdog.reschedule(None)
+        try:
+            return await delegate(request)
+        finally:
+            self._delegated -= 1
+            if not self._delegated and not self.permissions and self._watchdog is not None:
+                loop = asyncio.get_running_loop()
+                self._watchdog.reschedule(loop.time() + self.hub.config.watchdog_s)
 
     def _on_control_cancel(self, request_id: str) -> None:
         pending = self.permissions.get(request_id)

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -138,10 +139,12 @@ class Supervisor:
         session_id: str | None = None,
         cli_session_id: str | None = None,
         run_as: RunAs | None = None,
+        initialize: Mapping[str, Any] | None = None,
     ) -> AgentProcess:
         """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure.
 
-        ``run_as``: start it as another OS user (the daemon must be root).
+        ``run_as``: start it as another OS user (the daemon must be root). ``initialize``: more
+        fields of the ``initialize`` request (agents, system prompt, …; a drop-in client's).
         """
         if not os.path.isdir(cwd):
             raise AgentStartError(f"working directory does not exist: {cwd}")
@@ -177,7 +180,7 @@ class Supervisor:
                     )
                 )
         try:
-            await agent.initialize(timeout=self.spawn_timeout)
+            await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
         except AgentError as exc:
             self.spawn_failures_total += 1
             agent.kill()

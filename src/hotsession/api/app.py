@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotsession import __version__
-from hotsession.api import fastpath, sessions
+from hotsession.api import dropin, fastpath, sessions
 from hotsession.api.auth import Authenticator
 from hotsession.api.deps import Api, ApiState, CurrentTenant
 from hotsession.api.docs import add_viewers, errors, ok
@@ -304,6 +304,7 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
     app.add_middleware(EdgeMiddleware, state=state)
     _add_error_handlers(app)
     app.include_router(sessions.router)
+    app.include_router(dropin.router)
 
     @app.get(
         "/healthz",

@@ -1,0 +1,85 @@
+"""``/v1/dropin``: the WebSocket that ``hotsession-claude`` (the drop-in executable) talks to.
+
+Authentication is the API's: the bearer token of the upgrade request names the tenant (a wrong
+one gets an ``error`` message with code ``unauthorized`` and the connection is closed); the run's
+cwd must be inside the tenant's roots, as for ``POST /v1/sessions``. The messages are described
+in :mod:`hotsession.dropin.shim`; the run itself is :class:`hotsession.dropin.bridge.DropinRun`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from hotsession.api.auth import resolve_cwd
+from hotsession.api.deps import ApiState
+from hotsession.dropin.bridge import Client, DropinRun, Peer
+from hotsession.errors import HotsessionError, Unauthorized
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.websocket("/v1/dropin")
+async def dropin(websocket: WebSocket) -> None:
+    """One ``hotsession-claude`` run (see the module docstring)."""
+    state: ApiState = websocket.app.state.api
+    await websocket.accept()
+    try:
+        tenant = state.auth.authenticate(websocket.headers.get("authorization"))
+    except Unauthorized as exc:
+        await _refuse(websocket, exc)
+        return
+    if state.is_closing:
+        await _refuse(websocket, HotsessionError("the service is shutting down"))
+        return
+    try:
+        first = await websocket.receive()
+        hello = json.loads(first.get("text") or "{}").get("hello")
+        if not isinstance(hello, dict):
+            raise ValueError("the first message must be a hello")
+    except (ValueError, AttributeError, WebSocketDisconnect) as exc:
+        await _refuse(websocket, HotsessionError(f"bad hello: {exc}"))
+        return
+
+    async def receive() -> bytes | dict[str, Any] | None:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("bytes") is not None:
+            data: bytes = message["bytes"]
+            return data
+        try:
+            parsed = json.loads(message.get("text") or "{}")
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    async def send_json(obj: dict[str, Any]) -> None:
+        await websocket.send_text(json.dumps(obj))
+
+    client = Client(
+        tenant=tenant.name,
+        resolve_cwd=lambda cwd: resolve_cwd(tenant, cwd),
+        env=tenant.env(),
+    )
+    run = DropinRun(state.hub, client, Peer(receive, websocket.send_bytes, send_json), hello)
+    try:
+        await run.serve()
+    except Exception:
+        log.exception("drop-in run failed")
+        await _refuse(websocket, HotsessionError("internal error (a bug; see the daemon log)"))
+        return
+    with contextlib.suppress(Exception):  # the shim may be gone already
+        await websocket.close()
+
+
+async def _refuse(websocket: WebSocket, exc: HotsessionError) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
+        await websocket.close()

@@ -1,0 +1,318 @@
+"""``hotsession-claude``: the executable drop-in clients run in place of ``claude``.
+
+Design
+======
+Thin bridge. The daemon does the work (it parses the argv, picks or resumes the process, speaks
+the control protocol); the shim only carries bytes: it sends a hello (argv, cwd, the environment
+variables that matter to the CLI, whether stdin is a terminal), then stdin as it comes, and
+writes what the daemon sends to stdout and stderr until the daemon says which code to exit with.
+It imports nothing of the engine (``hotsession/__init__`` is lazy), so it starts in tens of
+milliseconds; its WebSocket client is in ``wire``.
+
+Wire (one WebSocket at ``<url>/v1/dropin``, bearer token in the upgrade request):
+
+* shim → daemon: a text message ``{"hello": {...}}``; binary messages with stdin bytes; a text
+  message ``{"eof": true}`` at the end of stdin.
+* daemon → shim: binary messages whose first byte is 1 (stdout) or 2 (stderr); text messages
+  ``{"ready": {...}}`` (the daemon serves this run), ``{"exit": N}`` (the last one),
+  ``{"exec": {"path", "reason"}}`` (run the real CLI instead, only ever before ``ready``) and
+  ``{"error": {"code", "message"}}`` (the daemon refused the run).
+
+The real CLI instead. Runs the daemon does not serve (help, sub-commands, interactive sessions,
+argv the CLI would refuse, a resume of an unknown id) are run by the real CLI with the same argv:
+its output and exit code are the answer. The shim replays the stdin bytes it had already sent,
+so nothing is lost. When no daemon answers, the shim runs the real CLI too and says so in one
+stderr line; ``HOTSESSION_FALLBACK=0`` makes that an error (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+from hotsession.dropin import wire
+
+# The environment variables a Claude Code process's behaviour depends on; the daemon starts the
+# CLI with them (they are part of the profile). Others stay here (PATH, HOME, secrets of other
+# programs): the CLI runs in the daemon's environment plus these.
+ENV_PREFIXES = (
+    "ANTHROPIC_",
+    "CLAUDE_",
+    "DISABLE_",
+    "ENABLE_",
+    "MAX_",
+    "MCP_",
+    "BASH_",
+    "OTEL_",
+    "AWS_",
+    "GOOGLE_",
+    "VERTEX_",
+    "CLOUD_ML_",
+    "API_TIMEOUT_MS",
+    "IS_SANDBOX",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "USE_BUILTIN_RIPGREP",
+)
+ENV_EXCLUDED = ("CLAUDECODE",)
+FALLBACK_EXIT = 1
+_STDOUT, _STDERR = 1, 2
+NAME = "hotsession-claude"
+
+
+def state_dir() -> str:
+    """The local daemon's state directory (as ``hotsession serve`` picks it)."""
+    explicit = os.environ.get("HOTSESSION_STATE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "hotsession")
+
+
+def find_daemon() -> tuple[str | None, str | None, str]:
+    """(url, token, where the url came from)."""
+    token = os.environ.get("HOTSESSION_TOKEN") or None
+    url = os.environ.get("HOTSESSION_URL") or None
+    where = "HOTSESSION_URL"
+    directory = state_dir()
+    if url is None:
+        where = os.path.join(directory, "daemon.json")
+        try:
+            with open(where, encoding="utf-8") as f:
+                url = json.load(f).get("url")
+        except (OSError, ValueError):
+            url = None
+    if token is None:
+        try:
+            with open(os.path.join(directory, "token"), encoding="utf-8") as f:
+                token = f.read().strip() or None
+        except OSError:
+            token = None
+    return url, token, where
+
+
+def relevant_env() -> dict[str, str]:
+    """The variables sent to the daemon (see ``ENV_PREFIXES``)."""
+    return {
+        k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) and k not in ENV_EXCLUDED
+    }
+
+
+def local_cli(suggested: str | None = None) -> str | None:
+    """The Claude Code CLI to run here: the daemon's (if it exists on this machine),
+    ``HOTSESSION_CLI_PATH``, the one bundled with the Agent SDK, or ``claude`` on PATH."""
+    for candidate in (suggested, os.environ.get("HOTSESSION_CLI_PATH")):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    import importlib.util
+
+    spec = importlib.util.find_spec("claude_agent_sdk")
+    if spec is not None and spec.origin:
+        bundled = os.path.join(os.path.dirname(spec.origin), "_bundled", "claude")
+        if os.access(bundled, os.X_OK):
+            return bundled
+    import shutil
+
+    me = os.path.realpath(sys.argv[0])
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("claude", path=directory)
+        if found and os.path.realpath(found) != me:
+            return found
+    return None
+
+
+def _say(message: str) -> None:
+    os.write(2, f"{NAME}: {message}\n".encode())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def exec_cli(argv: list[str], suggested: str | None = None) -> None:
+    """Replace this process with the real CLI (stdin untouched)."""
+    cli = local_cli(suggested)
+    if cli is None:
+        _say("the Claude Code CLI is not installed here")
+        os._exit(FALLBACK_EXIT)
+    sys.stdout.flush()
+    os.execv(cli, [cli, *argv])
+
+
+def fallback(argv: list[str], reason: str) -> None:
+    """No daemon: run the real CLI, or fail when ``HOTSESSION_FALLBACK=0``."""
+    if os.environ.get("HOTSESSION_FALLBACK", "1").strip().lower() in ("0", "false", "no", "off"):
+        _say(f"{reason}; HOTSESSION_FALLBACK=0, so not running the Claude Code CLI directly")
+        os._exit(FALLBACK_EXIT)
+    _say(f"{reason}; running the Claude Code CLI directly")
+    exec_cli(argv)
+
+
+class _Stdin(threading.Thread):
+    """Copies stdin to the daemon (and keeps a copy until the daemon took the run over)."""
+
+    def __init__(self, ws: wire.WebSocket) -> None:
+        super().__init__(name="stdin", daemon=True)
+        self.ws = ws
+        self.record: bytearray | None = bytearray()
+        self.sink: object = None  # a file to copy to instead (the real CLI's stdin)
+        self.eof = False
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            try:
+                data = os.read(0, 1 << 16)
+            except OSError:
+                data = b""
+            with self.lock:
+                sink = self.sink
+                self.eof = not data
+                if sink is None:
+                    if self.record is not None:
+                        self.record += data  # replayed if the real CLI takes over
+                    try:
+                        if data:
+                            self.ws.send_binary(data)
+                        else:
+                            self.ws.send_text('{"eof":true}')
+                    except (OSError, wire.Closed):
+                        pass  # the daemon went away or handed the run to the real CLI
+            if sink is not None:
+                try:
+                    if data:
+                        sink.write(data)  # type: ignore[attr-defined]
+                        sink.flush()  # type: ignore[attr-defined]
+                    else:
+                        sink.close()  # type: ignore[attr-defined]
+                except OSError:
+                    return
+            if not data:
+                return
+
+
+def _run_cli_with_replay(argv: list[str], path: str | None, reader: _Stdin | None) -> int:
+    """Run the real CLI as a child, feeding it the stdin bytes the daemon had seen first."""
+    import subprocess
+
+    cli = local_cli(path)
+    if cli is None:
+        _say("the Claude Code CLI is not installed here")
+        return FALLBACK_EXIT
+    if reader is None:
+        sys.stdout.flush()
+        os.execv(cli, [cli, *argv])
+    child = subprocess.Popen([cli, *argv], stdin=subprocess.PIPE)
+    assert child.stdin is not None
+    with reader.lock:
+        seen = bytes(reader.record or b"")
+        reader.sink = child.stdin
+        eof = reader.eof
+    try:
+        if seen:
+            child.stdin.write(seen)
+            child.stdin.flush()
+        if eof:
+            child.stdin.close()
+    except OSError:
+        pass
+    return child.wait()
+
+
+def main() -> None:
+    """Entry point of ``hotsession-claude``."""
+    argv = sys.argv[1:]
+    url, token, where = find_daemon()
+    if url is None:
+        fallback(argv, f"no hotsession daemon found ({where} is missing; set HOTSESSION_URL)")
+        return
+    ws_url = url.rstrip("/") + "/v1/dropin"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        ws = wire.WebSocket.connect(ws_url, headers=headers, timeout=10.0)
+    except wire.HandshakeError as exc:
+        if exc.status in (401, 403):
+            _say(f"the hotsession daemon at {url} refused the token ({_reason(exc.body)})")
+            os._exit(1)
+        fallback(argv, f"the hotsession daemon at {url} did not accept the connection ({exc})")
+        return
+    except (OSError, wire.Closed, ValueError) as exc:
+        fallback(argv, f"no hotsession daemon answers at {url} ({exc})")
+        return
+    tty = os.isatty(0)
+    hello = {
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "env": relevant_env(),
+        "stdin_tty": tty,
+        "pid": os.getpid(),
+    }
+    try:
+        ws.send_text(json.dumps({"hello": hello}))
+    except (OSError, wire.Closed) as exc:
+        fallback(argv, f"the hotsession daemon at {url} dropped the connection ({exc})")
+        return
+    reader: _Stdin | None = None
+    if not tty:
+        reader = _Stdin(ws)
+        reader.start()
+    code = _pump(ws, argv, reader, url)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _reason(body: str) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip()[:200] or "unauthorized"
+
+
+def _pump(ws: wire.WebSocket, argv: list[str], reader: _Stdin | None, url: str) -> int:
+    ready = False
+    while True:
+        try:
+            kind, payload = ws.recv()
+        except (OSError, wire.Closed) as exc:
+            if not ready:
+                fallback(argv, f"the hotsession daemon at {url} dropped the connection ({exc})")
+            _say(f"lost the connection to the hotsession daemon at {url} ({exc})")
+            return 1
+        if kind == wire.BINARY:
+            try:
+                _write_all(_STDOUT if payload[:1] == b"\x01" else _STDERR, payload[1:])
+            except BrokenPipeError:
+                return 1
+            continue
+        msg = json.loads(payload)
+        if "exit" in msg:
+            ws.close()
+            return int(msg["exit"])
+        if "ready" in msg:
+            ready = True
+            if reader is not None:
+                with reader.lock:
+                    reader.record = None
+        elif "exec" in msg:
+            if reader is None:
+                ws.close()
+            code = _run_cli_with_replay(argv, msg["exec"].get("path"), reader)
+            ws.close()
+            return code
+        elif "error" in msg:
+            err = msg["error"]
+            _say(str(err.get("message")))
+            ws.close()
+            return int(err.get("exit", 1))
+
+
+if __name__ == "__main__":
+    main()

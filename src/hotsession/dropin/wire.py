@@ -1,0 +1,196 @@
+"""A minimal blocking WebSocket client (RFC 6455) for the shim: text and binary messages, ping,
+close; ``ws://`` and ``wss://``.
+
+Written by hand on purpose: the shim's start-up is paid on every call of ``hotsession-claude``,
+and importing a WebSocket library costs more than the rest of it (measured on the 2-core test
+machine: ``wsproto`` ~27 ms, ``websockets.sync.client`` 70-120 ms; this module and its imports
+~3 ms). The daemon side uses uvicorn's own WebSocket support.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import threading
+
+TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class HandshakeError(Exception):
+    """The server answered the upgrade with an HTTP status instead of 101."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+class Closed(Exception):
+    """The connection is gone."""
+
+
+class WebSocket:
+    """One client connection; ``send_*`` may be called from any thread, ``recv`` from one."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+        self.sock = sock
+        self._buf = bytearray(buffered)
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def connect(
+        cls, url: str, *, headers: dict[str, str], timeout: float | None = 10.0
+    ) -> WebSocket:
+        """Open ``url`` (``ws``/``http`` or ``wss``/``https``) and complete the upgrade."""
+        scheme, _, rest = url.partition("://")
+        hostport, slash, path = rest.partition("/")
+        path = "/" + path if slash else "/"
+        tls = scheme in ("wss", "https")
+        host, port = hostport, 443 if tls else 80
+        if hostport.startswith("["):
+            host, _, tail = hostport[1:].partition("]")
+            if tail.startswith(":"):
+                port = int(tail[1:])
+        elif ":" in hostport:
+            host, _, p = hostport.rpartition(":")
+            port = int(p)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            import ssl  # only for remote daemons: costs several ms
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        key = base64.b64encode(os.urandom(16))
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {hostport}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key.decode()}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Closed("the server closed the connection during the upgrade")
+            data += chunk
+        head, _, rest_bytes = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        fields = {}
+        for line in header_lines:
+            k, _, v = line.partition(":")
+            fields[k.strip().lower()] = v.strip()
+        if status != 101:
+            body = rest_bytes
+            length = int(fields.get("content-length", "0") or 0)
+            while len(body) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            sock.close()
+            raise HandshakeError(status, body.decode("utf-8", "replace"))
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+        if fields.get("sec-websocket-accept") != accept:
+            sock.close()
+            raise Closed("the server's upgrade answer is not a WebSocket handshake")
+        sock.settimeout(None)
+        return cls(sock, rest_bytes)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Send a text message."""
+        self._send(TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes) -> None:
+        """Send a binary message."""
+        self._send(BINARY, data)
+
+    def close(self, code: int = 1000) -> None:
+        """Start the closing handshake (best effort) and drop the socket."""
+        if not self.closed:
+            try:
+                self._send(CLOSE, struct.pack("!H", code))
+            except (OSError, Closed):
+                pass
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 1 << 16:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        mask = os.urandom(4)
+        # XOR with the repeated mask as one big integer: fast in C for any size.
+        repeated = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
+            n, "little"
+        )
+        with self._lock:
+            if self.closed:
+                raise Closed("the connection is closed")
+            self.sock.sendall(header + mask + masked)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise Closed("the server closed the connection")
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def recv(self) -> tuple[int, bytes]:
+        """The next message as (TEXT or BINARY, payload); raises ``Closed`` at the end."""
+        parts: list[bytes] = []
+        kind = 0
+        while True:
+            b0, b1 = self._read(2)
+            opcode, fin = b0 & 0x0F, b0 & 0x80
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", self._read(2))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", self._read(8))
+            if b1 & 0x80:  # a server must not mask, but unmask if it does
+                mask = self._read(4)
+                raw = self._read(n)
+                repeated = (mask * (n // 4 + 1))[:n]
+                payload = (
+                    int.from_bytes(raw, "little") ^ int.from_bytes(repeated, "little")
+                ).to_bytes(n, "little")
+            else:
+                payload = self._read(n)
+            if opcode == PING:
+                self._send(PONG, payload)
+                continue
+            if opcode == PONG:
+                continue
+            if opcode == CLOSE:
+                self.close()
+                raise Closed("closed by the server")
+            if opcode != CONT:
+                kind = opcode
+            parts.append(payload)
+            if fin:
+                return kind, b"".join(parts)
