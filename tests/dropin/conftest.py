@@ -93,7 +93,10 @@ async def dropin(start_dropin: Callable[..., Awaitable[Dropin]]) -> Dropin:
 
 
 async def run(
-    *argv: str, input: bytes | None = b"", cwd: Path | None = None, env: dict[str, str] | None = None
+    *argv: str,
+    input: bytes | None = b"",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str, str]:
     """Run a command to its end: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(

@@ -460,15 +460,19 @@ class DropinRun:
                 self._turns_changed.clear()
                 await self._turns_changed.wait()
                 continue
-            self._idle_get = asyncio.ensure_future(proc.messages.get())
+            got = self._idle_get = asyncio.ensure_future(proc.messages.get())
             self._turns_changed.clear()
             changed = asyncio.ensure_future(self._turns_changed.wait())
             try:
-                await asyncio.wait({self._idle_get, changed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({got, changed}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 changed.cancel()
-            got, self._idle_get = self._idle_get, None
-            if got.done() and not got.cancelled():
+            if self._idle_get is not got:
+                continue  # a turn started: ``_stop_idle_read`` took care of ``got``
+            self._idle_get = None
+            if not got.done():
+                got.cancel()
+            elif not got.cancelled():
                 msg = got.result()
                 if msg is DEATH:
                     proc.messages.put_nowait(DEATH)  # for whoever reads next

@@ -1,0 +1,168 @@
+"""``hotsession-claude`` run from a shell the way bots and scripts run ``claude -p``; bad input and
+faults (the real CLI's answer where it would refuse, the fallback, a wrong token, clients killed
+mid-turn and mid-permission)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from tests.conftest import wait_until
+from tests.dropin.conftest import Dropin, run
+
+from hotsession.cli_binary import bundled_cli_path
+from hotsession.testing.model_server import ModelServer
+
+pytestmark = pytest.mark.integration
+CLI = str(bundled_cli_path())
+
+
+async def test_bot_json_then_resume(
+    dropin: Dropin, shim: str, workdir: Path, model_server: ModelServer
+) -> None:
+    code, out, err = await run(
+        shim, "-p", "my name is ADA [[say:hello ADA]]", "--output-format", "json", cwd=workdir
+    )
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["type"] == "result" and first["result"] == "hello ADA"
+    spawned = dropin.hub.supervisor.spawned_total
+    code, out, err = await run(
+        shim, "-p", "my name? [[say:ADA]]", "--resume", first["session_id"],
+        "--output-format", "json", cwd=workdir,
+    )  # fmt: skip
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["result"] == "ADA" and second["session_id"] == first["session_id"]
+    assert model_server.main_requests()[-1]["n_messages"] >= 3
+    assert dropin.hub.supervisor.spawned_total == spawned  # the hot process answered
+
+
+async def test_text_to_a_pipe_is_what_the_cli_prints(
+    dropin: Dropin, shim: str, workdir: Path
+) -> None:
+    for argv in (["-p", "[[say:two words]]"], ["-p", "[[error:400]]"]):
+        ours = await run(shim, *argv, cwd=workdir)
+        theirs = await run(CLI, *argv, cwd=workdir)
+        assert ours == theirs, (ours, theirs)
+    # The prompt on stdin, as `echo … | claude -p`.
+    code, out, _ = await run(shim, "-p", input=b"from stdin [[say:piped]]", cwd=workdir)
+    assert (code, out) == (0, "piped\n")
+
+
+async def test_stream_json_print_mode(dropin: Dropin, shim: str, workdir: Path) -> None:
+    code, out, err = await run(
+        shim, "-p", "[[say:streamed]]", "--output-format", "stream-json", "--verbose", cwd=workdir
+    )
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    kinds = [(m["type"], m.get("subtype")) for m in lines]
+    assert ("system", "init") in kinds and kinds[-1] == ("result", "success")
+    assert lines[-1]["result"] == "streamed"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-p", "hi", "--bogus-flag"],
+        ["-p", "hi", "--output-format", "stream-json"],  # needs --verbose
+        ["-p", "hi", "--resume", "0f0e0d0c-0000-4000-8000-000000000000"],
+        ["-p", "hi", "--output-format", "yaml"],
+        ["--version"],
+    ],
+)
+async def test_what_the_cli_answers_is_answered_by_the_cli(
+    dropin: Dropin, shim: str, workdir: Path, argv: list[str]
+) -> None:
+    ours = await run(shim, *argv, cwd=workdir)
+    theirs = await run(CLI, *argv, cwd=workdir)
+    assert ours == theirs
+
+
+async def test_no_daemon_falls_back_to_the_cli(
+    shim: str, workdir: Path, agent_env: dict[str, str]
+) -> None:
+    env = {"HOTSESSION_URL": "http://127.0.0.1:9", "IS_SANDBOX": "1"}
+    code, out, err = await run(shim, "-p", "[[say:direct]]", cwd=workdir, env=env)
+    assert (code, out) == (0, "direct\n")
+    assert len(err.splitlines()) == 1 and "running the Claude Code CLI directly" in err
+    code, out, err = await run(
+        shim, "-p", "[[say:direct]]", cwd=workdir, env={**env, "HOTSESSION_FALLBACK": "0"}
+    )
+    assert code != 0 and out == ""
+    assert len(err.splitlines()) == 1 and "HOTSESSION_FALLBACK=0" in err
+
+
+async def test_wrong_token_is_one_line_and_no_fallback(
+    dropin: Dropin, shim: str, workdir: Path
+) -> None:
+    code, out, err = await run(
+        shim, "-p", "[[say:x]]", cwd=workdir, env={"HOTSESSION_TOKEN": "not-the-token"}
+    )
+    assert code != 0 and out == ""
+    assert len(err.splitlines()) == 1 and "token" in err
+
+
+async def test_client_killed_mid_turn_the_turn_completes_and_resume_sees_it(
+    dropin: Dropin, shim: str, workdir: Path, model_server: ModelServer
+) -> None:
+    code, out, _ = await run(shim, "-p", "[[say:first]]", "--output-format", "json", cwd=workdir)
+    sid = json.loads(out)["session_id"]
+    proc = await asyncio.create_subprocess_exec(
+        shim, "-p", "slow one [[delay:1500]][[say:late answer]]", "--resume", sid,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, cwd=workdir,
+    )  # fmt: skip
+    await asyncio.to_thread(
+        model_server.wait_for, lambda log: any("delay" in e.get("directives", []) for e in log), 30
+    )
+    proc.kill()
+    await proc.wait()
+    session = next(s for s in dropin.hub.list() if s.cli_session_id == sid)
+    await wait_until(lambda: session.record.turns == 2 and session.current is None, timeout=30)
+    code, out, _ = await run(
+        shim, "-p", "and now [[say:third]]", "--resume", sid, "--output-format", "json", cwd=workdir
+    )
+    assert code == 0 and json.loads(out)["result"] == "third"
+    # first prompt + answer, the killed turn's prompt + answer, then this prompt
+    assert model_server.main_requests()[-1]["n_messages"] >= 5
+    turns = await dropin.hub.registry.list_turns(session.id, limit=10)
+    assert [t.status for t in turns] == ["done", "done", "done"]
+
+
+async def test_shim_killed_while_a_permission_waits(
+    dropin: Dropin, shim: str, workdir: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        shim, "--output-format", "stream-json", "--verbose", "--input-format", "stream-json",
+        "--permission-prompt-tool", "stdio", "--permission-mode", "default",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=workdir,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    init = {"type": "control_request", "request_id": "i1", "request": {"subtype": "initialize"}}
+    user = {
+        "type": "user",
+        "message": {"role": "user", "content": f"[[bash:touch {workdir}/nope]][[say:x]]"},
+        "parent_tool_use_id": None,
+    }
+    proc.stdin.write((json.dumps(init) + "\n" + json.dumps(user) + "\n").encode())
+    await proc.stdin.drain()
+    sid = None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line, "the shim ended before asking for permission"
+        msg = json.loads(line)
+        sid = msg.get("session_id") or sid
+        if msg.get("type") == "control_request":
+            assert msg["request"]["subtype"] == "can_use_tool"
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    session = next(s for s in dropin.hub.list() if s.cli_session_id == sid)
+    await wait_until(lambda: session.current is None and session.record.turns == 1, timeout=30)
+    assert not (workdir / "nope").exists()
+    code, out, err = await run(shim, "-p", "[[say:still here]]", "--resume", str(sid), cwd=workdir)
+    assert (code, out) == (0, "still here\n"), err
