@@ -66,7 +66,10 @@ async def dropin(websocket: WebSocket) -> None:
     client = Client(
         tenant=tenant.name,
         resolve_cwd=lambda cwd: resolve_cwd(tenant, cwd),
-        env=tenant.env(),
+        # The tenant's own settings win over the client's (they come from the spawn plan).
+        reserved=frozenset(
+            [*tenant.env, *(["CLAUDE_CONFIG_DIR"] if tenant.claude_config_dir else [])]
+        ),
     )
     run = DropinRun(state.hub, client, Peer(receive, websocket.send_bytes, send_json), hello)
     try:

@@ -49,7 +49,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,8 @@ class Client:
 
     tenant: str
     resolve_cwd: Callable[[str], str]
-    env: Mapping[str, str]
+    reserved: frozenset[str] = frozenset()
+    """Variables the tenant's settings fix (config dir, own env): the client's are dropped."""
 
 
 class _Exec(Exception):
@@ -313,9 +314,10 @@ class DropinRun:
         env = {
             k: str(v)
             for k, v in (self.hello.get("env") or {}).items()
-            if str(k).startswith(ENV_PREFIXES) and k not in ENV_EXCLUDED
+            if str(k).startswith(ENV_PREFIXES)
+            and k not in ENV_EXCLUDED
+            and k not in self.client.reserved
         }
-        env.update(self.client.env)  # the tenant's own settings win
         return SessionOptions.create(
             cwd,
             tenant=self.client.tenant,
