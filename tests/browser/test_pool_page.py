@@ -40,11 +40,21 @@ async def test_spawned_matches_the_metric_and_the_chart_shows_use(
         await page.click('#nav a[data-view="pool"]')
         await expect(page.locator("#chart svg path.used")).to_have_count(1)
 
-        # "Processes spawned" is hotsession_spawns_total (sessions' own spawns included).
-        metrics = (await client.get("/metrics")).text
-        m = re.search(r"^hotsession_spawns_total (\S+)$", metrics, re.M)
-        assert m
-        await expect(page.locator("#p-spawned")).to_have_text(str(int(float(m.group(1)))))
+        # "Processes spawned" is hotsession_spawns_total (sessions' own spawns included). The
+        # pool may be spawning meanwhile: the two agree once it has settled.
+        async def spawns() -> int:
+            metrics = (await client.get("/metrics")).text
+            m = re.search(r"^hotsession_spawns_total (\S+)$", metrics, re.M)
+            assert m
+            return int(float(m.group(1)))
+
+        for _ in range(60):
+            shown = str(await page.locator("#p-spawned").text_content())
+            if shown == str(await spawns()):
+                break
+            await page.wait_for_timeout(500)  # the next pool event (every 2 s)
+        else:
+            pytest.fail(f"the page shows {shown} processes spawned, the metric {await spawns()}")
 
     # The chart is scaled to the use: its top is within a small multiple of the peak, not the
     # whole budget (which here is many times the use, and is then named in the legend only).
