@@ -6,13 +6,21 @@ shared-user opt-in runs the attack harness of test_isolation to show what it giv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
+import resource
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from tests.security.conftest import TOKEN_A, TOKEN_B, Lab, tenant_toml, turn, write_config
 
@@ -161,3 +169,128 @@ async def test_shared_user_is_an_insecure_opt_in(
     )
     assert result["result"] == "done"
     assert out.read_text().splitlines() == [secret, "rc=0"]  # no wall: what users are for
+
+
+def _discover(state: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "hotsession serve exited"
+        with contextlib.suppress(OSError, ValueError):
+            return str(json.loads((state / "daemon.json").read_text())["url"])
+        time.sleep(0.05)
+    raise AssertionError("hotsession serve did not start")
+
+
+async def test_agents_of_tenant_users_die_with_the_daemon(
+    lab: Lab, tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    """kill -9 of the daemon: the CLI (another uid) dies by its parent-death signal, and no
+    tool it ran is left once the next daemon has started (its orphan sweep)."""
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "c.toml",
+        tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name, sandbox=False),
+        tenant_toml("b", TOKEN_B, lab.root_b, user=lab.b.name, sandbox=False),
+        cli_path=lab.cli_path,
+        pass_env=["ANTHROPIC_API_KEY"],
+        pool_enabled=False,
+    )
+    argv = [str(Path(sys.executable).parent / "hotsession"), "serve", "--config", str(config)]
+    argv += ["--state-dir", str(state), "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTSESSION_")}
+    log = (tmp_path / "serve.log").open("wb")
+    daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+    marker = f"hs-tool-{secrets.token_hex(4)}"
+    try:
+        url = _discover(state, daemon)
+        headers = {"Authorization": f"Bearer {TOKEN_A}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as a:
+            r = await a.post("/v1/sessions", json={"permission_mode": "bypassPermissions"})
+            assert r.status_code == 201, r.text
+            cli = psutil.Process(r.json()["pid"])
+            assert cli.uids().real == lab.a.uid
+            assert (await turn(a, r.json()["id"], "[[say:hi]]"))["result"] == "hi"
+            # (The Bash tool refuses a bare long ``sleep``.)
+            tool = f"python3 -c 'import time; time.sleep(600)' {marker}"
+            prompt = {"prompt": f"[[bash:{tool}]]"}
+            turns = f"/v1/sessions/{r.json()['id']}/turns"
+            async with a.stream("POST", turns, json=prompt) as stream:
+                lines = stream.aiter_lines()
+                while not (await anext(lines)).startswith("event: "):
+                    pass  # the turn has begun
+                deadline = time.monotonic() + 30
+                while not (tools := _sleepers(marker)):
+                    assert time.monotonic() < deadline, (
+                        "the tool did not start",
+                        [p.cmdline() for p in psutil.process_iter() if p.uids().real == lab.a.uid],
+                        (tmp_path / "serve.log").read_text()[-3000:],
+                    )
+                    await asyncio.sleep(0.05)
+                assert all(t.uids().real == lab.a.uid for t in tools)
+                daemon.kill()
+                daemon.wait(10)
+        cli.wait(10)  # the parent-death signal, though the CLI runs as another user
+        # Its tool may outlive it (tools run in sessions of their own); the next daemon's orphan
+        # sweep ends what is left, whatever its uid.
+        again = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+        try:
+            _discover(state, again)
+            for tool in tools:
+                tool.wait(10)  # ended by the orphan sweep
+        finally:
+            again.terminate()
+            again.wait(30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        for tool in _sleepers(marker):
+            tool.kill()
+        log.close()
+
+
+def _sleepers(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if (
+            p.info["cmdline"]
+            and p.info["cmdline"][-1] == marker
+            and "python3" in p.info["cmdline"][0]
+        ):
+            out.append(p)
+    return out
+
+
+def test_run_as_switches_user_and_keeps_the_parent_death_signal(lab: Lab) -> None:
+    """The supervisor's hook, alone: the child runs as the tenant's account with its rlimit, and
+    still carries SIGKILL as parent-death signal (the kernel clears it on a uid change, so the
+    hook must set it after the switch)."""
+    from hotsession.supervisor import RunAs, _become
+
+    run_as = RunAs(
+        uid=lab.a.uid,
+        gid=lab.a.gid,
+        groups=(lab.a.gid,),
+        rlimits=((resource.RLIMIT_NPROC, 77),),
+    )
+    code = (
+        "import ctypes, os, resource, signal\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "sig = ctypes.c_int(0)\n"
+        "libc.prctl(2, ctypes.byref(sig))\n"  # PR_GET_PDEATHSIG
+        "print(os.getresuid(), os.getresgid(), os.getgroups(), sig.value,"
+        " resource.getrlimit(resource.RLIMIT_NPROC))\n"
+    )
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", code],
+        preexec_fn=_become(run_as),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    a = lab.a
+    expected = (
+        f"({a.uid}, {a.uid}, {a.uid}) ({a.gid}, {a.gid}, {a.gid}) [{a.gid}] "
+        f"{int(signal.SIGKILL)} (77, 77)"
+    )
+    assert proc.stdout.strip() == expected
