@@ -29,6 +29,14 @@ postgres:
 sandbox:
 	@scripts/install-sandbox.sh
 
+# The drop-in tests' real TypeScript clients (the Agent SDK, the ACP adapter), pinned by
+# tests/dropin/package-lock.json; installed again only when the lock file changed.
+dropin-clients:
+	@if command -v npm >/dev/null 2>&1; then \
+	  [ tests/dropin/node_modules/.package-lock.json -nt tests/dropin/package-lock.json ] || \
+	  (cd tests/dropin && npm ci --omit=optional --no-audit --no-fund --loglevel=error && touch node_modules/.package-lock.json); \
+	fi
+
 serve: $(STAMP)
 	$(BIN)/hotsession serve $(ARGS)
 
