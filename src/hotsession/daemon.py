@@ -46,6 +46,7 @@ from hotsession.cli_binary import resolve_cli_path
 from hotsession.hub import Hotsession
 from hotsession.isolation import prepare as prepare_isolation
 from hotsession.settings import Settings, ensure_local_tenant
+from hotsession.state_lock import StateLock
 
 log = logging.getLogger("hotsession.daemon")
 
@@ -92,14 +93,19 @@ class Daemon:
     async def run(self, sock: socket.socket | None = None) -> None:
         """Serve until shut down. ``sock`` is an already bound listening socket (tests)."""
         settings = self.settings
-        # Isolation is checked first: a config that cannot keep tenants apart is refused before
-        # anything runs. Then the hub takes the state dir's lock before anything else touches
-        # the directory: a second daemon on it stops there (StateDirBusy), before its sweep
-        # could take the running daemon's agents for orphans.
-        isolation = prepare_isolation(
-            settings, cli_path=str(resolve_cli_path(settings.config.cli_path))
-        )
-        self.hub = hub = Hotsession(settings.config, spawn_policy=isolation)
+        # The state dir's lock comes before anything else: a second daemon on it stops there
+        # (StateDirBusy) before it touches the directory, logs, or sweeps the running daemon's
+        # agents as orphans. Then isolation is checked: a config that cannot keep tenants apart
+        # is refused before anything runs.
+        lock = StateLock.acquire(settings.config.state_dir)
+        try:
+            isolation = prepare_isolation(
+                settings, cli_path=str(resolve_cli_path(settings.config.cli_path))
+            )
+        except BaseException:
+            lock.release()
+            raise
+        self.hub = hub = Hotsession(settings.config, spawn_policy=isolation, state_lock=lock)
         await hub.start()
         try:
             settings, created = ensure_local_tenant(settings)

@@ -51,10 +51,12 @@ class Hotsession:
         *,
         registry: Registry | None = None,
         spawn_policy: SpawnPolicy | None = None,
+        state_lock: StateLock | None = None,
     ) -> None:
         self.config = config or Config()
         self._registry = registry
-        self._state_lock: StateLock | None = None
+        # A front that must take the lock before its own start-up work (the daemon) hands it in.
+        self._state_lock: StateLock | None = state_lock
         self.spawn_policy = spawn_policy  # per-tenant users, env, sandbox (hotsession.isolation)
         self.sessions: dict[str, Session] = {}
         self.shutting_down = False
