@@ -294,3 +294,25 @@ def test_run_as_switches_user_and_keeps_the_parent_death_signal(lab: Lab) -> Non
         f"{int(signal.SIGKILL)} (77, 77)"
     )
     assert proc.stdout.strip() == expected
+
+
+def test_a_root_another_tenant_can_read_is_warned(
+    lab: Lab, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_root = lab.base / f"open-{secrets.token_hex(3)}"
+    open_root.mkdir(mode=0o755)
+    os.chmod(open_root, 0o755)
+    os.chown(open_root, lab.b.uid, lab.b.gid)
+    config = write_config(
+        tmp_path / "c.toml",
+        tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name, sandbox=False),
+        tenant_toml("b", TOKEN_B, open_root, user=lab.b.name, sandbox=False),
+    )
+    settings = load_settings(config, {"state_dir": str(tmp_path / "state")}, environ={})
+    with caplog.at_level(logging.WARNING, logger="hotsession.isolation"):
+        prepare(settings, cli_path=lab.cli_path)
+    warned = [r.getMessage() for r in caplog.records if "is readable by tenant" in r.getMessage()]
+    assert warned == [
+        f"tenant b's root {open_root} is readable by tenant a's user {lab.a.name} (chmod 0700 "
+        "it, unless it is shared on purpose)"
+    ]

@@ -177,7 +177,29 @@ def prepare(
         iso.sandboxed[tenant.name] = sandboxed
         if group is not None:
             iso.memory_groups.append(group)
+    _warn_open_roots(tenants, accounts)
     return iso
+
+
+def _warn_open_roots(tenants: tuple[Tenant, ...], accounts: dict[str, str]) -> None:
+    """Warn about a root another tenant's user can read (shared on purpose, or a mistake)."""
+    by_name = {t.name: t for t in tenants}
+    for user, owner in accounts.items():
+        other = lookup(user, tenant=owner)
+        for tenant in tenants:
+            if tenant.name == owner or tenant.user is None:
+                continue
+            roots = [r for r in tenant.roots if r not in by_name[owner].roots]
+            readable = set(roots) - {p for _, p in unreachable(other, [("r", r) for r in roots])}
+            for root in sorted(readable):
+                log.warning(
+                    "tenant %s's root %s is readable by tenant %s's user %s (chmod 0700 it, "
+                    "unless it is shared on purpose)",
+                    tenant.name,
+                    root,
+                    owner,
+                    user,
+                )
 
 
 def _shared_plan(tenant: Tenant, environ: Mapping[str, str]) -> SpawnPlan:

@@ -1,12 +1,13 @@
 """Per-tenant limits: memory (a cgroup) and tasks (``RLIMIT_NPROC``).
 
-Memory. All agents of a tenant (and their tools) share one cgroup under the daemon's own,
+Memory. All agents of a tenant (and their tools) share one cgroup,
 ``hotsession.<daemon pid>.<tenant>``, with ``memory.max`` (cgroup v2) or
 ``memory.limit_in_bytes`` (the v1 memory controller, where the host mounts it so, as on hybrid
-hosts); the kernel reclaims, then OOM-kills inside that group only. v2 is used when the memory
-controller is enabled for the daemon's subtree (``cgroup.subtree_control``; systemd:
-``Delegate=yes`` and the daemon in a child group), else v1 when mounted; with neither, a tenant
-with ``memory_max_mb`` is refused at start. A child joins its group between fork and exec
+hosts); the kernel reclaims, then OOM-kills inside that group only. v2: below the daemon's own
+group when memory is enabled there, else beside it (in its parent: a systemd service's slice);
+else v1 below the daemon's group when mounted; with neither, a tenant with ``memory_max_mb`` is
+refused at start. Measured here on the v1 path only (this machine's v2 hierarchy has no memory
+controller). A child joins its group between fork and exec
 (supervisor.RunAs.cgroups), so its tools are inside from their first fork.
 
 Tasks. ``RLIMIT_NPROC`` counts the tasks (processes and threads) of a *user*: with an account
@@ -52,10 +53,17 @@ def memory_base() -> tuple[str, int] | None:
     own = _own_groups()
     v2 = mounts.get("cgroup2")
     if v2 is not None and "" in own:
-        base = _join(v2, own[""])
-        controls = _read(os.path.join(base, "cgroup.subtree_control")).split()
-        if "memory" in controls:
-            return base, 2
+        # The daemon's own group can hold child groups with a memory limit only when memory is
+        # enabled below it, which a group with processes in it cannot have (the root group
+        # aside). Its parent usually has it (systemd: the slice of a service with memory
+        # accounting), so the tenants' groups become siblings of the daemon's.
+        own_dir = _join(v2, own[""])
+        for base in (own_dir, os.path.dirname(own_dir)):
+            if not base.startswith(v2):
+                break
+            controls = _read(os.path.join(base, "cgroup.subtree_control")).split()
+            if "memory" in controls:
+                return base, 2
     v1 = mounts.get("memory")
     if v1 is not None and "memory" in own:
         base = _join(v1, own["memory"])
