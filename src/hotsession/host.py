@@ -66,6 +66,9 @@ class SpawnPolicy(Protocol):
     def plan(self, tenant: str) -> SpawnPlan:
         """The plan for processes of ``tenant``."""
 
+    def config_dir(self, tenant: str) -> str | None:
+        """The tenant's ``CLAUDE_CONFIG_DIR`` (its transcripts), None for the daemon's default."""
+
 
 class SpareProvider(Protocol):
     """What the local host needs of a warm pool."""

@@ -173,6 +173,14 @@ async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
             print(f"== {path.name}\n{path.read_text()[:400]}")
     # B's session goes on untouched.
     assert (await turn(b, sb["id"], "[[say:still here]]"))["result"] == "still here"
+    # A cannot take over B's conversation by its id either: A's CLI (as A, in A's config dir)
+    # has no such transcript.
+    assert (await b.delete(f"/v1/sessions/{sb['id']}")).status_code in (200, 204)
+    r = await a.post(
+        "/v1/sessions",
+        json={"permission_mode": "bypassPermissions", "resume": sb["cli_session_id"]},
+    )
+    assert r.status_code == 404 and r.json()["error"]["code"] == "conversation_not_found", r.text
 
 
 def test_attack_script_quoting(tmp_path: Path) -> None:

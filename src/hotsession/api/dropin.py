@@ -67,8 +67,13 @@ async def dropin(websocket: WebSocket) -> None:
         tenant=tenant.name,
         resolve_cwd=lambda cwd: resolve_cwd(tenant, cwd),
         # The tenant's own settings win over the client's (they come from the spawn plan).
+        # A tenant with an OS user also keeps its account's HOME and config dir (isolation).
         reserved=frozenset(
-            [*tenant.env, *(["CLAUDE_CONFIG_DIR"] if tenant.claude_config_dir else [])]
+            [
+                *tenant.env,
+                *(["CLAUDE_CONFIG_DIR"] if tenant.claude_config_dir or tenant.user else []),
+                *(["HOME", "USER", "LOGNAME"] if tenant.user else []),
+            ]
         ),
     )
     run = DropinRun(state.hub, client, Peer(receive, websocket.send_bytes, send_json), hello)

@@ -372,7 +372,10 @@ class DropinRun:
             meta["entrypoint"] = entry
         resume = inv.resume
         if inv.continue_:
-            resume = _latest_session(options)
+            policy = hub.spawn_policy
+            resume = _latest_session(
+                options, policy.config_dir(options.tenant) if policy is not None else None
+            )
             if resume is None:
                 raise _Exec("--continue with no conversation in this directory")
         try:
@@ -642,12 +645,15 @@ def _prompt_text(msg: dict[str, Any]) -> str:
     return text if text.strip() else "[message]"
 
 
-def _latest_session(options: SessionOptions) -> str | None:
-    """The id of the newest transcript of the cwd (what ``claude --continue`` picks)."""
+def _latest_session(options: SessionOptions, tenant_config: str | None) -> str | None:
+    """The id of the newest transcript of the cwd (what ``claude --continue`` picks).
+
+    ``tenant_config``: the tenant's own config dir (its agents run as its user and keep their
+    transcripts there, hotsession.isolation), which wins."""
     from claude_agent_sdk import project_key_for_directory
 
     env = dict(options.env)
-    config = env.get("CLAUDE_CONFIG_DIR") or os.environ.get("CLAUDE_CONFIG_DIR")
+    config = tenant_config or env.get("CLAUDE_CONFIG_DIR") or os.environ.get("CLAUDE_CONFIG_DIR")
     base = Path(config) if config else Path.home() / ".claude"
     project = base / "projects" / project_key_for_directory(options.cwd)
     try:
