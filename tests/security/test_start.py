@@ -76,6 +76,7 @@ def test_a_tenant_on_another_tenants_user_is_refused(lab: Lab, tmp_path: Path) -
         tmp_path / "c.toml",
         tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name),
         tenant_toml("b", TOKEN_B, lab.root_b, user=lab.a.name),
+        cli_path=lab.cli_path,
     )
     line = reason(serve(config, tmp_path / "state"))
     assert f"tenants a and b share user {lab.a.name!r}" in line
@@ -89,6 +90,7 @@ def test_a_root_the_tenants_user_cannot_reach_is_named(lab: Lab, tmp_path: Path)
         tmp_path / "c.toml",
         tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name),
         tenant_toml("b", TOKEN_B, closed / "inner", user=lab.b.name),
+        cli_path=lab.cli_path,
     )
     line = reason(serve(config, tmp_path / "state"))
     assert f"tenant b: root {closed / 'inner'} is not reachable by user {lab.b.name}" in line
@@ -100,6 +102,7 @@ def test_unknown_user_is_refused(lab: Lab, tmp_path: Path) -> None:
         tmp_path / "c.toml",
         tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name),
         tenant_toml("b", TOKEN_B, lab.root_b, user="hs-no-such-user"),
+        cli_path=lab.cli_path,
     )
     line = reason(serve(config, tmp_path / "state"))
     assert "tenant b: no OS user 'hs-no-such-user'" in line
