@@ -142,11 +142,11 @@ def prepare(
                 "needs its own OS user (docs/security.md), or set shared_user = true "
                 "(insecure: every tenant's agent can then read the others' files)"
             )
-    if settings.shared_user and len(tenants) > 1:
+    if settings.shared_user and len(tenants) > 1 and (without or euid != 0):
         log.warning(
             "INSECURE: shared_user = true: tenant(s) %s run as the daemon's user %s; their "
             "agents can read each other's files, prompts and secrets (docs/security.md)",
-            ", ".join(without) or "-",
+            ", ".join(without if euid == 0 else [t.name for t in tenants]),
             _whoami(),
         )
     if with_user and euid != 0:
