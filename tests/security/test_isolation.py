@@ -115,6 +115,10 @@ async def test_tenant_a_cannot_reach_tenant_b_or_the_daemon(
     b_env = b_proc.environ()  # root can read it; tenant A must not
     assert b_env["ANTHROPIC_API_KEY"] == "key-b" and "HS_DAEMON_SECRET" not in b_env
     assert b_env["HOME"] == str(lab.home(lab.b))
+    for user in (lab.a, lab.b):  # HOME and CLAUDE_CONFIG_DIR: the user's, closed to others
+        for path in (lab.home(user), lab.home(user) / ".claude"):
+            st = path.stat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.uid, 0o700), path
     await d.daemon.hub.registry.flush()  # B's prompt is on disk now
 
     ra = await a.post("/v1/sessions", json={"permission_mode": "bypassPermissions"})
