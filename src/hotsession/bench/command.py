@@ -168,6 +168,9 @@ async def _run_concurrency(
     help="Untimed rounds of every mode before the timed ones (first spawns, caches).",
 )
 @click.option("--transport", is_flag=True, help="Compare transports (bare CLI, lean, SDK client).")
+@click.option(
+    "--dropin", is_flag=True, help="The Agent SDK through hotsession-claude against the SDK alone."
+)
 @click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
 @click.option(
     "--cpu",
@@ -209,6 +212,7 @@ def bench(
     rounds: int | None,
     warmup: int,
     transport: bool,
+    dropin: bool,
     load: bool,
     cpu: bool,
     concurrency: int | None,
@@ -232,9 +236,9 @@ def bench(
             raise click.ClickException(
                 "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
             ) from None
-    if sum((transport, load, cpu, concurrency is not None)) > 1:
+    if sum((transport, dropin, load, cpu, concurrency is not None)) > 1:
         raise click.UsageError(
-            "--transport, --load, --cpu and --concurrency are separate runs; pick one"
+            "--transport, --dropin, --load, --cpu and --concurrency are separate runs; pick one"
         )
     try:
         env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
@@ -276,6 +280,22 @@ def bench(
                     console=console,
                 )
             )
+        elif dropin:
+            from hotsession.bench.dropin_modes import DROPIN_MODES, NOTES
+
+            n = rounds or (QUICK_ROUNDS if quick else DEFAULT_ROUNDS)
+            result = asyncio.run(
+                _run_modes(
+                    env,
+                    _select((SdkQuery, BareCli, *DROPIN_MODES), only),
+                    kind="dropin",
+                    rounds=n,
+                    warmup=warmup,
+                    console=console,
+                )
+            )
+            for name, value in NOTES.items():
+                console.print(f"{name}: {value}")
         elif transport:
             n = rounds or (QUICK_TRANSPORT_ROUNDS if quick else DEFAULT_TRANSPORT_ROUNDS)
             result = asyncio.run(

@@ -76,6 +76,7 @@ class Daemon:
         self.client: httpx.AsyncClient | None = None
         self.wire: WireClient | None = None
         self.users = 0
+        self.token = ""
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -121,7 +122,7 @@ class Daemon:
                 if time.monotonic() > deadline:
                     raise BenchError(f"hotsession serve did not start: {self.log_tail()}")
                 await asyncio.sleep(0.1)
-        token = token_file.read_text().strip()
+        token = self.token = token_file.read_text().strip()
         self.client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},

@@ -27,12 +27,15 @@ stderr line; ``HOTSESSION_FALLBACK=0`` makes that an error (exit 1).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 
 from hotsession.dropin import wire
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the shim ~4 ms (it loads ``re``)
+if TYPE_CHECKING:
+    from typing import Any
 
 # The environment variables a Claude Code process's behaviour depends on; the daemon starts the
 # CLI with them (they are part of the profile). Others stay here (PATH, HOME, secrets of other
@@ -84,7 +87,7 @@ def find_daemon() -> tuple[str | None, str | None, str]:
         where = os.path.join(directory, "daemon.json")
         try:
             with open(where, encoding="utf-8") as f:
-                url = json.load(f).get("url")
+                url = _url_of(f.read())
         except (OSError, ValueError):
             url = None
     if token is None:
@@ -94,6 +97,19 @@ def find_daemon() -> tuple[str | None, str | None, str]:
         except OSError:
             token = None
     return url, token, where
+
+
+def _url_of(text: str) -> str | None:
+    """The ``url`` of ``daemon.json`` (``{"pid": …, "url": "http://…", …}``), read without
+    importing ``json`` (see ``encode``)."""
+    import _json
+
+    key = text.find('"url"')
+    colon = text.find(":", key + 5) if key >= 0 else -1
+    quote = text.find('"', colon) if colon >= 0 else -1
+    if quote < 0:
+        return None
+    return str(_json.scanstring(text, quote + 1, True)[0])
 
 
 def relevant_env() -> dict[str, str]:
@@ -256,7 +272,7 @@ def main() -> None:
         "pid": os.getpid(),
     }
     try:
-        ws.send_text(json.dumps({"hello": hello}))
+        ws.send_text(encode({"hello": hello}))
     except (OSError, wire.Closed) as exc:
         fallback(argv, f"the hotsession daemon at {url} dropped the connection ({exc})")
         return
@@ -269,7 +285,26 @@ def main() -> None:
     os._exit(code)
 
 
+def encode(value: Any) -> str:
+    """JSON of the hello's plain values (str, bool, int, None, lists and dicts of them), without
+    importing ``json``: its decoder pulls in ``re`` (~5 ms of the shim's start), and the first
+    JSON the shim must read comes only after the daemon did its part of the work."""
+    import _json
+
+    if isinstance(value, str):
+        return str(_json.encode_basestring_ascii(value))
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{encode(str(k))}:{encode(v)}" for k, v in value.items()) + "}"
+    return "[" + ",".join(encode(v) for v in value) + "]"
+
+
 def _reason(body: str) -> str:
+    import json
+
     try:
         return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
@@ -277,6 +312,8 @@ def _reason(body: str) -> str:
 
 
 def _pump(ws: wire.WebSocket, argv: list[str], reader: _Stdin | None, url: str) -> int:
+    import json  # while the daemon works on the hello
+
     ready = False
     while True:
         try:

@@ -9,8 +9,7 @@ machine: ``wsproto`` ~27 ms, ``websockets.sync.client`` 70-120 ms; this module a
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import binascii
 import os
 import socket
 import struct
@@ -18,6 +17,21 @@ import threading
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _b64(data: bytes) -> bytes:
+    return binascii.b2a_base64(data, newline=False)
+
+
+def _sha1(data: bytes) -> bytes:
+    try:  # the builtin module: hashlib would load OpenSSL (~2 ms of the shim's start)
+        import _sha1 as builtin  # type: ignore[import-not-found]
+
+        return builtin.sha1(data).digest()  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - a Python built without it
+        import hashlib
+
+        return hashlib.sha1(data).digest()
 
 
 class HandshakeError(Exception):
@@ -65,7 +79,7 @@ class WebSocket:
             import ssl  # only for remote daemons: costs several ms
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        key = base64.b64encode(os.urandom(16))
+        key = _b64(os.urandom(16))  # binascii, not base64: that one loads ``re``
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: {hostport}",
@@ -99,7 +113,7 @@ class WebSocket:
                 body += chunk
             sock.close()
             raise HandshakeError(status, body.decode("utf-8", "replace"))
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+        accept = _b64(_sha1(key + _GUID)).decode()
         if fields.get("sec-websocket-accept") != accept:
             sock.close()
             raise Closed("the server's upgrade answer is not a WebSocket handshake")
