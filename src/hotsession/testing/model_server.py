@@ -995,6 +995,9 @@ def main(host: str, port: int, record_bodies: bool) -> None:
     """Run the scripted Anthropic Messages API stand-in (point ANTHROPIC_BASE_URL at it)."""
     ms = ModelServer(host, port, record_bodies=record_bodies)
     sock = ms._bind()
+    # Listening before the address is printed: a client that reads it and connects at once was
+    # refused while uvicorn was still starting (the entry-point test failed under load).
+    sock.listen(128)
     server = uvicorn.Server(ms._config(log_config=uvicorn.config.LOGGING_CONFIG))
     _install_cut_filter()
     ms._server = server
