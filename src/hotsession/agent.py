@@ -16,16 +16,22 @@ raw dicts, and keeps the SDK for what it is best at: the pinned, bundled CLI bin
 
 Threading model. Everything runs on the daemon's asyncio loop. One reader task per process reads
 stdout for the process's whole life, so control responses always arrive even between turns; it
-routes control traffic itself and puts every other message on ``messages`` (unbounded: a turn
-drains it, and a process emits nothing between turns). One task drains stderr into a ring buffer
-of the last lines, for error reports. CLI-initiated control requests each get their own task, so a
-permission wait never blocks the reader.
+routes control traffic itself and queues every other message (unbounded: a turn takes them, and
+a process emits nothing between turns). One task drains stderr into a ring buffer of the last
+lines, for error reports. CLI-initiated control requests each get their own task, so a permission
+wait never blocks the reader.
+
+The interface. Readers never see the queue: ``async for msg in process`` (or ``await
+process.next_message()``) yields the process's messages in order and raises the process's
+``exit_error`` (an :class:`~hotsession.errors.AgentError`) once it is gone and every message it
+wrote before dying was taken; ``drain_idle()`` takes what an idle process wrote, without waiting
+(the pool's health checks). ``send_user`` starts a turn and counts it (``turns``).
 
 Liveness. Death is detected on every path: EOF on stdout (exit code 0 or not), a reader error
 (a line over ``max_line_bytes``, corrupt JSON) — in which case the process is killed, since a
 process we can no longer understand is as good as dead. Whatever the path, ``exit_error`` is set,
-``exited`` fires, and a ``DEATH`` sentinel is queued on ``messages`` so a waiting turn wakes up.
-``messages`` never blocks, so a hung CLI is not detected here: the session's per-turn watchdog
+``exited`` fires, and a reader waiting for the next message gets that error. Reading never
+times out here, so a hung CLI is not detected by this module: the session's per-turn watchdog
 does that.
 
 Ownership and shutdown. Only :class:`hotsession.supervisor.Supervisor` creates these (it spawns
@@ -52,8 +58,8 @@ from hotsession.errors import AgentDied, AgentError, AgentProtocolError, AgentTi
 
 log = logging.getLogger(__name__)
 
-DEATH: Final[dict[str, Any]] = {"type": "__death__"}
-"""Queued on ``messages`` when the process is gone; ``exit_error`` says why."""
+_END: Final[dict[str, Any]] = {"type": "__end__"}
+# Queued after the last message of a dead process, so a waiting reader wakes up (never returned).
 
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -74,7 +80,7 @@ class AgentProcess:
         self.label = label
         self.started_mono = time.monotonic()
         self.max_line_bytes = max_line_bytes
-        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.exited = asyncio.Event()
         self.exit_error: AgentError | None = None
         self.init_response: dict[str, Any] | None = None
@@ -129,10 +135,14 @@ class AgentProcess:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise self._died(f"cannot write to the agent process: {exc}") from exc
 
-    async def send_user(self, text: str) -> None:
-        """Send one user prompt (starts a turn)."""
+    async def send_user(self, text: str, *, message: dict[str, Any] | None = None) -> None:
+        """Send one user prompt (starts a turn, counted in ``turns``); ``message``: the whole
+        stream-json user message to write as is instead of one made of ``text``."""
+        self.turns += 1
         await self.send(
-            {
+            message
+            if message is not None
+            else {
                 "type": "user",
                 "message": {"role": "user", "content": text},
                 "parent_tool_use_id": None,
@@ -179,6 +189,39 @@ class AgentProcess:
         await self.request("interrupt", timeout=timeout)
 
     # -- reading -------------------------------------------------------------------------------
+
+    def attach(
+        self, control_handler: ControlHandler, on_cancel: Callable[[str], None] | None = None
+    ) -> None:
+        """Route the CLI's control requests (and their withdrawals) to a new owner."""
+        self.control_handler = control_handler
+        self.on_cancel = on_cancel
+
+    def __aiter__(self) -> AgentProcess:
+        return self
+
+    async def next_message(self) -> dict[str, Any]:
+        """The next message the CLI wrote; raises ``exit_error`` once it is gone (and drained)."""
+        msg = await self._messages.get()
+        if msg is _END:
+            self._messages.put_nowait(_END)  # every later read raises too
+            assert self.exit_error is not None
+            raise self.exit_error
+        return msg
+
+    def drain_idle(self) -> list[dict[str, Any]]:
+        """Take every message written so far, without waiting (an idle process's output)."""
+        out: list[dict[str, Any]] = []
+        queue = self._messages
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if msg is _END:
+                queue.put_nowait(_END)
+                break
+            out.append(msg)
+        return out
+
+    __anext__ = next_message  # iteration ends only by raising: see ``next_message``
 
     async def _read_stdout(self) -> None:
         stdout = self._proc.stdout
@@ -247,7 +290,7 @@ class AgentProcess:
             if self.on_cancel is not None:
                 self.on_cancel(request_id)
             return
-        self.messages.put_nowait(msg)
+        self._messages.put_nowait(msg)
 
     def _forget_inflight(self, request_id: str, _task: object) -> None:
         self._inflight.pop(request_id, None)
@@ -300,7 +343,7 @@ class AgentProcess:
         for task in list(self._inflight.values()):
             task.cancel()
         self.exited.set()
-        self.messages.put_nowait(DEATH)
+        self._messages.put_nowait(_END)
 
     def _died(self, message: str) -> AgentDied:
         return AgentDied(

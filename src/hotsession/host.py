@@ -18,11 +18,11 @@ a process gets the daemon's own environment and user, as a single-user install a
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -37,6 +37,8 @@ from hotsession.options import SessionOptions, build_argv, build_env
 
 if TYPE_CHECKING:
     from hotsession.supervisor import RunAs, Supervisor
+
+log = logging.getLogger(__name__)
 
 # "spare-switched": a spare of a sibling profile, switched to this model / mode at claim time.
 Source = Literal["spare", "spare-switched", "spawn", "resume", "warm"]
@@ -237,8 +239,14 @@ class LocalHost:
 
     async def retire(self, placement: Placement, *, busy: bool = False) -> None:
         """End a session's process (the lease stays with the session)."""
-        with contextlib.suppress(Exception):
+        try:
             await placement.process.close(busy=busy)
+        except Exception:  # close() is bounded and escalates to SIGKILL; a bug lands here
+            log.exception("host: cannot end process %s", placement.process.pid)
+
+    def child_pids(self) -> Collection[int]:
+        """The pids of every live child process (sessions' and spares'), a live view."""
+        return self.supervisor.children.keys()
 
     def stats(self) -> dict[str, Any]:
         """Counters of the host."""

@@ -1,8 +1,10 @@
 """``Hotsession``: the library's entry point, and the engine behind the HTTP service.
 
-It owns the registry, the supervisor (every child process), the process host (and the pool when
-there is one) and the live sessions. Sessions of other tenants are invisible: looking one up with
-the wrong tenant answers ``NotFound`` exactly like an unknown id.
+It is the composition root: it owns the registry, the supervisor (every child process), the
+process host (and the pool when there is one) and the live sessions, and implements the
+protocols the layers below define for it (``SessionContext`` and ``SessionListener`` of the
+session layer, ``PoolContext`` of the pool). Sessions of other tenants are invisible: looking one
+up with the wrong tenant answers ``NotFound`` exactly like an unknown id.
 
     async with Hotsession(Config(state_dir=...)) as hs:
         session = await hs.open(cwd="/work/repo", permission_mode="acceptEdits")
@@ -14,27 +16,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.config import Config
-from hotsession.errors import Conflict, HotsessionError, NotFound, RegistryError, ShuttingDown
+from hotsession.errors import (
+    Conflict,
+    HotsessionError,
+    InvalidRequest,
+    NotFound,
+    RegistryError,
+    ShuttingDown,
+)
 from hotsession.host import LocalHost, SpawnPolicy
 from hotsession.options import SessionOptions
+from hotsession.pool import Pool
 from hotsession.registry import Registry, SessionRecord
 from hotsession.session import Session
 from hotsession.state_lock import StateLock
 from hotsession.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+StateListener = Callable[[Session], None]
 
 
 def new_session_id() -> str:
@@ -62,15 +75,13 @@ class Hotsession:
         self.shutting_down = False
         self.started = False
         self.started_at = time.time()
-        self.evictions: Counter[str] = Counter()
-        self.recycles: Counter[str] = Counter()
         self._cli_path: str | None = None
         self._supervisor: Supervisor | None = None
         self._host: LocalHost | None = None
-        self.pool: Any = None  # hotsession.pool.Pool when the pool is enabled
+        self.pool: Pool | None = None  # when the pool is enabled
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Task[Any]] = set()
-        self._state_listeners: list[Any] = []
+        self._state_listeners: list[StateListener] = []
         # The last failed write to the store, until a write succeeds again: prompts are refused
         # meanwhile (a turn nobody can record would be lost if the daemon died).
         self.registry_failure: RegistryError | None = None
@@ -149,11 +160,7 @@ class Hotsession:
         return self
 
     def _start_pool(self) -> None:
-        try:
-            pool_module = importlib.import_module("hotsession.pool")
-        except ImportError:  # the pool module is optional in the foundation
-            return
-        self.pool = pool_module.Pool(self)
+        self.pool = Pool(self)
         self.host.pool = self.pool
         self.pool.start()
 
@@ -163,7 +170,11 @@ class Hotsession:
             last_seq = await self.registry.last_seq(rec.id)
             turns = await self.registry.list_turns(rec.id, limit=1)
             session = Session(
-                self, rec, last_seq=last_seq, last_turn=turns[-1].turn if turns else 0
+                self,
+                rec,
+                listener=self,
+                last_seq=last_seq,
+                last_turn=turns[-1].turn if turns else 0,
             )
             for turn in await self.registry.list_turns(rec.id, limit=self.config.queue_max + 2):
                 if turn.status in ("queued", "running"):
@@ -190,8 +201,10 @@ class Hotsession:
             return
         self.shutting_down = True
         if self.pool is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.pool.stop()
+            except Exception:
+                log.exception("the pool did not stop cleanly")
         await asyncio.gather(
             *(s.shutdown() for s in self.sessions.values()), return_exceptions=True
         )
@@ -200,8 +213,10 @@ class Hotsession:
         await self.supervisor.close_all()
         await asyncio.gather(*list(self._writes), return_exceptions=True)
         for session in self.sessions.values():
-            with contextlib.suppress(HotsessionError):
+            try:
                 await self.registry.put_session(session.record)
+            except HotsessionError as exc:
+                log.error("cannot record session %s at shutdown: %s", session.id, exc.message)
         await self.registry.close()
         self.started = False
         if self._state_lock is not None:
@@ -241,8 +256,6 @@ class Hotsession:
                 raise HotsessionError("open() needs cwd or options")
             options = SessionOptions.create(os.path.realpath(cwd), tenant=tenant, **option_fields)
         if not os.path.isdir(options.cwd):
-            from hotsession.errors import InvalidRequest
-
             raise InvalidRequest(f"cwd is not a directory: {options.cwd}", field="cwd")
         if resume is not None:
             _check_uuid(resume)
@@ -271,17 +284,9 @@ class Hotsession:
             profile_key=options.profile_key(),
             metadata=dict(metadata or {}),
         )
-        session = Session(self, rec)
+        session = Session(self, rec, listener=self)
         began = time.monotonic()
-        async with session._lock:
-            if origin == "new":
-                placement = await self.host.start_new(
-                    options, session_id=rec.id, cli_session_id=cli_session_id or None
-                )
-                rec.cli_session_id = placement.cli_session_id
-            else:
-                placement = await session._start_process()
-            session._adopt(placement)
+        placement = await session.start()
         session.open_source = placement.source
         session.open_ms = (time.monotonic() - began) * 1000
         rec.state = "idle"
@@ -292,10 +297,12 @@ class Hotsession:
             # The caller gets the error and no id: leave no process or session behind.
             self.sessions.pop(rec.id, None)
             self.note_registry(exc)
-            with contextlib.suppress(HotsessionError):
+            try:
                 await session.close()
+            except HotsessionError as close_exc:  # the store is down: the open's error says so
+                log.warning("session %s: not recorded as closed: %s", rec.id, close_exc.message)
             raise
-        self._state_changed(session)
+        self.session_state_changed(session)
         return session
 
     def _visible(self, session_id: str, tenant: str | None) -> bool:
@@ -328,30 +335,52 @@ class Hotsession:
         await session.close()
         self.sessions.pop(session_id, None)
 
-    # -- hooks used by sessions and the pool -----------------------------------------------------
+    # -- SessionListener: what sessions tell the hub ---------------------------------------------
 
-    def _state_changed(self, session: Session) -> None:
+    def session_state_changed(self, session: Session) -> None:
+        """Tell every state listener; a listener's bug is logged and never reaches the turn."""
         for listener in list(self._state_listeners):
-            with contextlib.suppress(Exception):
+            try:
                 listener(session)
+            except Exception:
+                log.exception(
+                    "state listener %r failed on session %s (state %s)",
+                    listener,
+                    session.id,
+                    session.state,
+                )
 
-    def add_state_listener(self, listener: Any) -> None:
+    async def turn_finished(self, session: Session) -> None:
+        """The turn boundary: the pool may recycle the session's process."""
+        if self.pool is not None:
+            await self.pool.after_turn(session)
+
+    def add_state_listener(self, listener: StateListener) -> None:
         """Call ``listener(session)`` whenever a session changes state."""
         self._state_listeners.append(listener)
 
-    def remove_state_listener(self, listener: Any) -> None:
+    def remove_state_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener`` (no error if it was not added)."""
         with contextlib.suppress(ValueError):
             self._state_listeners.remove(listener)
 
-    def _count_eviction(self, reason: str) -> None:
-        self.evictions[reason] += 1
+    # -- SessionContext and PoolContext: what sessions and the pool use -------------------------
 
-    async def _after_turn(self, session: Session) -> None:
-        if self.pool is not None:
-            await self.pool.after_turn(session)
+    def pooled_sessions(self) -> Iterable[Session]:
+        """The open sessions (the pool's view)."""
+        return self.sessions.values()
 
-    def registry_task(self, coro: Any) -> asyncio.Task[Any]:
+    @property
+    def evictions(self) -> Counter[str]:
+        """Processes of idle sessions the pool ended, by reason (empty without a pool)."""
+        return self.pool.evictions if self.pool is not None else Counter()
+
+    @property
+    def recycles(self) -> Counter[str]:
+        """Processes the pool replaced at turn boundaries, by reason (empty without a pool)."""
+        return self.pool.recycles if self.pool is not None else Counter()
+
+    def registry_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Write to the registry in the background (off a turn's hot path); failures are logged."""
         task = asyncio.create_task(coro)
         self._writes.add(task)
@@ -390,7 +419,7 @@ class Hotsession:
         await self.registry.put_session(session.record)
         self.note_registry(None)
 
-    def spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def spawn_task(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """Run a background task the hub keeps a reference to (cancelled at stop)."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -416,8 +445,6 @@ def _check_uuid(value: str) -> None:
     try:
         uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        from hotsession.errors import InvalidRequest
-
         raise InvalidRequest(
             "resume must be a Claude Code session id (a UUID)", field="resume"
         ) from None

@@ -169,7 +169,7 @@ class Supervisor:
         self._adopt(agent)
         self.spawned_total += 1
         if self.registry is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.registry.put_process(
                     ProcessRecord(
                         pid=agent.pid,
@@ -178,6 +178,15 @@ class Supervisor:
                         session_id=session_id,
                         cli_session_id=cli_session_id,
                     )
+                )
+            except Exception:
+                # The process runs regardless; only a restarted daemon's orphan sweep misses it
+                # (the parent-death signal and the agent tag still end it).
+                log.exception(
+                    "cannot record agent process %s (%s, session %s) in the registry",
+                    agent.pid,
+                    role,
+                    session_id,
                 )
         try:
             await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
@@ -216,8 +225,12 @@ class Supervisor:
             if tools:
                 log.warning("agent %s left %d tool process(es) running: killed", agent.pid, tools)
         if self.registry is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.registry.forget_process(agent.pid)
+            except Exception:
+                log.exception(
+                    "cannot remove agent process %s (%s) from the registry", agent.pid, agent.label
+                )
         if agent.returncode == -signal.SIGKILL and not agent.closing:
             oom_kills = await asyncio.to_thread(oom_kill_count)
             if oom_kills > self._oom_kills:

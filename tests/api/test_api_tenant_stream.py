@@ -125,11 +125,11 @@ async def test_listing_has_memory_and_the_stream_leaves_no_listener(start_daemon
     async with c.stream("GET", "/v1/stream") as r:
         await read_sse(r, limit=1)
         assert len(hub._state_listeners) == before + 1
-        assert len(hub.get(sid)._subscribers) == 1
+        assert hub.get(sid).fanout.subscribers == 1
     # the client went away: the listener and the session's tap are gone
 
     async def released() -> bool:
-        return len(hub._state_listeners) == before and not hub.get(sid)._subscribers
+        return len(hub._state_listeners) == before and not hub.get(sid).fanout.subscribers
 
     await poll(released)
 

@@ -14,8 +14,14 @@ from typing import Any
 import psutil
 import pytest
 
-from hotsession.agent import DEATH, AgentProcess
-from hotsession.errors import AgentDied, AgentProtocolError, AgentStartError, AgentTimeout
+from hotsession.agent import AgentProcess
+from hotsession.errors import (
+    AgentDied,
+    AgentError,
+    AgentProtocolError,
+    AgentStartError,
+    AgentTimeout,
+)
 from hotsession.supervisor import Supervisor
 
 FAKE = str(Path(__file__).with_name("fake_cli.py"))
@@ -42,18 +48,60 @@ async def spawn(
 
 async def next_message(agent: AgentProcess) -> dict[str, Any]:
     async with asyncio.timeout(5):
-        return await agent.messages.get()
+        return await agent.next_message()
+
+
+async def died_with(agent: AgentProcess) -> AgentError:
+    """The error the transport raises to a reader once the process is gone."""
+    with pytest.raises(AgentError) as info:
+        await next_message(agent)
+    assert info.value is agent.exit_error
+    return info.value
 
 
 async def test_turn_round_trip(tmp_path: Path) -> None:
     agent = await spawn(tmp_path, "normal")
     assert agent.init_response == {"pid": agent.pid}
     await agent.send_user("hi")
+    assert agent.turns == 1  # the transport counts the turns it started
     assert (await next_message(agent))["type"] == "assistant"
     res = await next_message(agent)
     assert res["type"] == "result" and res["result"] == "echo:hi"
     await agent.close()
     assert gone(agent.pid)
+
+
+async def test_iteration_yields_messages_then_raises_the_death(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "normal")
+    await agent.send_user("one")
+    await agent.send_user("two")
+    seen: list[str] = []
+    with pytest.raises(AgentDied) as info:
+        async with asyncio.timeout(5):
+            async for msg in agent:
+                seen.append(msg["type"])
+                if len(seen) == 4:
+                    agent.kill()
+    assert seen == ["assistant", "result", "assistant", "result"]
+    assert info.value is agent.exit_error
+    await died_with(agent)  # every later read raises the same typed end
+
+
+async def test_drain_idle_takes_what_was_written_without_waiting(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path, "normal")
+    assert agent.drain_idle() == []
+    await agent.send_user("x")
+    async with asyncio.timeout(5):
+        while len(got := agent.drain_idle()) == 0:
+            await asyncio.sleep(0.01)
+    rest = [*got]
+    while not any(m["type"] == "result" for m in rest):
+        await asyncio.sleep(0.01)
+        rest += agent.drain_idle()
+    assert [m["type"] for m in rest] == ["assistant", "result"]
+    agent.kill()
+    await agent.exited.wait()
+    assert agent.drain_idle() == []  # a dead process's drain is empty, not an error
 
 
 async def test_noise_lines_are_skipped(tmp_path: Path) -> None:
@@ -67,7 +115,7 @@ async def test_noise_lines_are_skipped(tmp_path: Path) -> None:
 async def test_corrupt_json_kills_with_protocol_error(tmp_path: Path) -> None:
     agent = await spawn(tmp_path, "corrupt")
     await agent.send_user("x")
-    assert await next_message(agent) is DEATH
+    await died_with(agent)
     assert isinstance(agent.exit_error, AgentProtocolError)
     assert gone(agent.pid)
 
@@ -75,7 +123,7 @@ async def test_corrupt_json_kills_with_protocol_error(tmp_path: Path) -> None:
 async def test_line_over_limit_kills_with_protocol_error(tmp_path: Path) -> None:
     agent = await spawn(tmp_path, "bigline", FAKE_BYTES="1500000")
     await agent.send_user("x")
-    assert await next_message(agent) is DEATH
+    await died_with(agent)
     assert isinstance(agent.exit_error, AgentProtocolError)
     assert "limit" in agent.exit_error.message
     assert gone(agent.pid)
@@ -92,7 +140,7 @@ async def test_line_under_limit_passes(tmp_path: Path) -> None:
 async def test_exit_zero_mid_turn_is_a_typed_death(tmp_path: Path) -> None:
     agent = await spawn(tmp_path, "exit0")
     await agent.send_user("x")
-    assert await next_message(agent) is DEATH
+    await died_with(agent)
     assert isinstance(agent.exit_error, AgentDied)
     assert agent.exit_error.exit_code == 0
     with pytest.raises(AgentDied):
@@ -138,7 +186,7 @@ async def test_permission_request_is_answered_by_handler(tmp_path: Path) -> None
         seen.append(request)
         return {"behavior": "allow", "updatedInput": {"command": "edited"}}
 
-    agent.control_handler = handler
+    agent.attach(handler)
     await agent.send_user("rm -rf /")
     await next_message(agent)  # assistant
     res = await next_message(agent)
@@ -160,8 +208,7 @@ async def test_cancel_request_cancels_handler(tmp_path: Path) -> None:
             raise
         return {}
 
-    agent.control_handler = handler
-    agent.on_cancel = withdrawn.append
+    agent.attach(handler, withdrawn.append)
     await agent.send_user("x")
     async with asyncio.timeout(5):
         await cancelled.wait()

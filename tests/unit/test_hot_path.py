@@ -1,8 +1,8 @@
 """The follow-up's hot path: the turn's bookkeeping waits for its reader; the edge's fast path.
 
 The bookkeeping tests drive real (fake-agent) processes through ``Hotsession``; what they watch
-is when the hub's turn-boundary hook (``Hotsession._after_turn``, the last step of
-``Session._finish_turn``) runs.
+is when the hub's turn-boundary hook (``Hotsession.turn_finished``, the session listener's call
+that ends ``Session._finish_turn``) runs.
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ async def hub(tmp_path: Path, fake_cli: str) -> AsyncIterator[Hotsession]:
 def boundaries(hub: Hotsession, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The turn numbers whose bookkeeping has finished, in order."""
     seen: list[int] = []
-    after_turn = hub._after_turn
+    after_turn = hub.turn_finished
 
     async def spy(s: session.Session) -> None:
         await after_turn(s)
         seen.append(s.last_turn)
 
-    monkeypatch.setattr(hub, "_after_turn", spy)
+    monkeypatch.setattr(hub, "turn_finished", spy)
     return seen
 
 
 async def test_bookkeeping_waits_until_the_reader_took_the_result(
     hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session, "HANDOVER_S", 30.0)
+    monkeypatch.setattr(session.turn, "HANDOVER_S", 30.0)
     s = await hub.open(str(tmp_path))
     turn = s.send("[[say:held]]")
     reader = turn.__aiter__()
@@ -65,7 +65,7 @@ async def test_bookkeeping_waits_until_the_reader_took_the_result(
 async def test_bookkeeping_does_not_wait_without_a_reader(
     hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session, "HANDOVER_S", 30.0)
+    monkeypatch.setattr(session.turn, "HANDOVER_S", 30.0)
     s = await hub.open(str(tmp_path))
     await s.send("[[say:unread]]").wait()  # a library caller that never iterates the turn
     await wait_until(lambda: boundaries == [1])
@@ -74,7 +74,7 @@ async def test_bookkeeping_does_not_wait_without_a_reader(
 async def test_bookkeeping_waits_a_bounded_time_for_a_reader_that_stalls(
     hub: Hotsession, boundaries: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session, "HANDOVER_S", 0.2)
+    monkeypatch.setattr(session.turn, "HANDOVER_S", 0.2)
     s = await hub.open(str(tmp_path))
     reader = s.send("[[say:stalled]]").__aiter__()
     while not (await anext(reader)).terminal:

@@ -259,7 +259,7 @@ async def test_scale_hundreds_sessions_evicted_after_keep_alive(
         assert 1 < st["target"] <= 20  # the burst raised it, within the profile max
         peak_spawning = 0
         for _ in range(20):
-            peak_spawning = max(peak_spawning, pool._spawning)
+            peak_spawning = max(peak_spawning, pool.spawning)
             await pool.tick()
             await asyncio.sleep(0.01)
         assert peak_spawning <= cfg.max_concurrent_spawns

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hotsession.sizing import (
+from hotsession.pool.sizing import (
     ColdStartTracker,
     ProfileSizer,
     RateEstimator,

@@ -55,13 +55,13 @@ class _TurnTap(Subscription):
     """Forwards a session's turn milestones to a feed (and nothing else)."""
 
     def __init__(self, session: Session, feed: Feed) -> None:
-        super().__init__(session, maxsize=1)
+        super().__init__(session.fanout, maxsize=1)
         self.feed = feed
 
     def push(self, event: Event | None) -> None:
         if event is None:  # the session was closed (or the daemon stops)
             self.close()
-            self.feed.taps.pop(self.session.id, None)
+            self.feed.taps.pop(self.session_id, None)
         elif event.type in TURN_TYPES:
             self.feed.turn_event(event)
 

@@ -10,7 +10,6 @@ events.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 from typing import Annotated, Any
@@ -147,15 +146,13 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
 
 def _prewarm(api: ApiState, session: Session) -> None:
     """Tell the pool a session of this profile was opened (it may keep a spare ready)."""
-    prewarm = getattr(api.hub.pool, "prewarm", None)
-    if prewarm is None:
+    pool = api.hub.pool
+    if pool is None:
         return
     try:
-        result = prewarm(session.options, 1)
-        if inspect.isawaitable(result):
-            api.hub.spawn_task(result, name=f"prewarm-{session.id}")
+        pool.prewarm(session.options, 1)
     except Exception:  # the pool's hint must never fail the request
-        log.exception("pool prewarm failed")
+        log.exception("pool prewarm failed for session %s", session.id)
 
 
 def sse_response(api: ApiState, body: Any) -> StreamingResponse:

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotsession.agent import DEATH, AgentProcess
+from hotsession.agent import AgentProcess
 from hotsession.dropin import argv as cli_argv
 from hotsession.dropin.shim import ENV_EXCLUDED, ENV_PREFIXES
 from hotsession.errors import (
@@ -483,7 +483,7 @@ class DropinRun:
                 self._turns_changed.clear()
                 await self._turns_changed.wait()
                 continue
-            got = self._idle_get = asyncio.ensure_future(proc.messages.get())
+            got = self._idle_get = asyncio.ensure_future(proc.next_message())
             self._turns_changed.clear()
             changed = asyncio.ensure_future(self._turns_changed.wait())
             try:
@@ -496,12 +496,10 @@ class DropinRun:
             if not got.done():
                 got.cancel()
             elif not got.cancelled():
-                msg = got.result()
-                if msg is DEATH:
-                    proc.messages.put_nowait(DEATH)  # for whoever reads next
+                if got.exception() is not None:  # the process is gone (whoever reads next sees it)
                     await self._turns_changed.wait()
                 else:
-                    self._line(msg)
+                    self._line(got.result())
 
     def _stop_idle_read(self) -> None:
         """Before a turn starts, stop reading the process (the session reads it now)."""
@@ -510,10 +508,8 @@ class DropinRun:
             return
         self._idle_get = None
         if got.done():
-            if not got.cancelled():
-                msg = got.result()
-                if msg is not DEATH:
-                    self._line(msg)
+            if not got.cancelled() and got.exception() is None:
+                self._line(got.result())
         else:
             got.cancel()
 

@@ -35,7 +35,6 @@ handed out — the first turn then waits as it would without a pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,11 +125,7 @@ async def deep_warm(
 
 
 def drain_benign(proc: AgentProcess) -> list[dict[str, Any]]:
-    """Empty an idle process's message queue; returns the messages that were not benign."""
-    stray: list[dict[str, Any]] = []
-    with contextlib.suppress(asyncio.QueueEmpty):
-        while True:
-            msg = proc.messages.get_nowait()
-            if (msg.get("type"), msg.get("subtype")) not in BENIGN_IDLE:
-                stray.append(msg)
-    return stray
+    """Take what an idle process wrote; returns the messages that were not benign."""
+    return [
+        msg for msg in proc.drain_idle() if (msg.get("type"), msg.get("subtype")) not in BENIGN_IDLE
+    ]
