@@ -266,7 +266,7 @@ async def test_scale_hundreds_sessions_evicted_after_keep_alive(
         results = await asyncio.gather(*(s.send("hi").wait() for s in sessions))
         assert all(r.type == "result" for r in results)
         # keep-alive: every idle live session loses its process, the sessions stay
-        pool.config = pool.config.model_copy(update={"keep_alive_s": 0.0})
+        hub.config = hub.config.model_copy(update={"keep_alive_s": 0.0})  # live tuning
         await wait_until(lambda: hub.evictions["keep_alive"] == n, timeout=60)
         assert all(s.process is None and s.state == "evicted" for s in sessions)
         assert len(hub.sessions) == n
