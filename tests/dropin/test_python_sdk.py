@@ -235,3 +235,50 @@ async def test_fork_session(
     )
     assert again.session_id == r1.session_id
     assert model_server.main_requests()[-1]["n_messages"] == fork_request["n_messages"]
+
+
+async def test_chosen_session_id_gets_its_initialize_answer_before_its_process(
+    dropin: Dropin, shim: str, workdir: Path, agent_env: dict[str, str]
+) -> None:
+    """``--session-id`` cannot take a spare; the second conversation of a profile is answered
+    at once and its process starts meanwhile. Its hooks are still bound, its id is the chosen
+    one, in the CLI's transcript too."""
+    import uuid
+
+    from claude_agent_sdk import project_key_for_directory
+
+    from hotsession.dropin import bridge
+
+    blocked: list[str] = []
+
+    async def guard(hook_input: Any, tool_use_id: str | None, ctx: Any) -> dict[str, Any]:
+        blocked.append(hook_input["session_id"])
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": "no tools today",
+            }
+        }
+
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    early = bridge.EARLY_ANSWERS["initialize"]
+    for sid in ids:
+        opts = options(
+            shim,
+            workdir,
+            session_id=sid,
+            permission_mode="bypassPermissions",
+            hooks={"PreToolUse": [HookMatcher(matcher="Bash", hooks=[guard])]},
+        )
+        async with ClaudeSDKClient(opts) as client:
+            await client.query(f"[[bash:touch {workdir}/{sid}]][[say:fine]]")
+            messages = await collect(client.receive_response())
+        assert result_of(messages).session_id == sid
+        assert any("no tools today" in t for t in tool_results(messages))
+        assert not (workdir / sid).exists()
+    assert bridge.EARLY_ANSWERS["initialize"] == early + 1  # the second one
+    assert blocked == ids
+    projects = Path(agent_env["CLAUDE_CONFIG_DIR"]) / "projects"
+    transcripts = {p.stem for p in (projects / project_key_for_directory(workdir)).glob("*.jsonl")}
+    assert set(ids) <= transcripts

@@ -44,6 +44,7 @@ the turn, anything else is an error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -193,16 +194,38 @@ class DropinRun:
             first = await self._first_line()
         self._trace("first line")
         options = self._options(cwd, first)
-        self.session = await self._open(options)
+        early = self._early_answer(options, first)
+        if early is not None:
+            # A new conversation with the client's own id cannot take a spare: its process starts
+            # now, and the client, which waits for its initialize answer before it goes on (the
+            # ACP adapter's session/new does), gets the answer a process of this profile gave.
+            assert first is not None
+            opening = asyncio.create_task(self._open(options))
+            await self.peer.send_json({"ready": {"starting": True}})
+            self._ready = True
+            reply = {"subtype": "success", "request_id": first.get("request_id"), "response": early}
+            self._line({"type": "control_response", "response": reply})
+            EARLY_ANSWERS["initialize"] += 1
+            try:
+                self.session = await opening
+            except _Exec as exc:  # too late for the CLI to answer in our place: say why
+                raise HotsessionError(f"Error: {exc.reason}") from None
+        else:
+            self.session = await self._open(options)
+            await self.peer.send_json(
+                {
+                    "ready": {
+                        "session": self.session.id,
+                        "cli_session_id": self.session.cli_session_id,
+                    }
+                }
+            )
+            self._ready = True
         self._trace("opened")
         pool = self.hub.pool
         if pool is not None:
             # A client of this profile is here: keep a spare of it for its next conversation.
             pool.prewarm(options, 1)
-        await self.peer.send_json(
-            {"ready": {"session": self.session.id, "cli_session_id": self.session.cli_session_id}}
-        )
-        self._ready = True
         self.session.control_delegate = self._cli_request
         output = self._spawn(self._output(), "dropin-output")
         if self._sdk_servers:
@@ -210,7 +233,9 @@ class DropinRun:
                 {"subtype": "mcp_set_servers", "servers": self._sdk_servers}, reply_to=None
             )
         if inv.streaming_input:
-            if first is not None:
+            if early is not None and first is not None:
+                await self._initialize(first.get("request") or {}, reply_to=None)  # its hooks
+            elif first is not None:
                 await self._dispatch(first)
             await self._stream()
         else:
@@ -552,12 +577,33 @@ class DropinRun:
             spawn_fields = {"hooks": None, **(json.loads(spawned) if spawned else {})}
             known = (json.dumps(spawn_fields, sort_keys=True), proc.init_response)
         if known is not None and known[0] == canon:
-            reply = {"subtype": "success", "request_id": reply_to, "response": known[1]}
-            self._line({"type": "control_response", "response": reply})
-            return
-        answer = await self._forward_control(request, reply_to=reply_to)
-        if proc is not None and answer is not None:
-            _INITIALIZED[proc] = (canon, answer)
+            answer: dict[str, Any] | None = known[1]
+            if reply_to is not None:
+                reply = {"subtype": "success", "request_id": reply_to, "response": answer}
+                self._line({"type": "control_response", "response": reply})
+        else:
+            answer = await self._forward_control(request, reply_to=reply_to)
+            if proc is not None and answer is not None:
+                _INITIALIZED[proc] = (canon, answer)
+        if answer is not None and self.session is not None:
+            _remember_profile(self.session.options.profile_key(), canon, answer)
+
+    def _early_answer(
+        self, options: SessionOptions, first: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """For a new conversation with a chosen id, the initialize answer of this profile's
+        processes to the same request, if one is known (see ``_serve``)."""
+        inv = self.inv
+        if inv.session_id is None or inv.resume or inv.continue_ or first is None:
+            return None
+        request = first.get("request") or {}
+        if first.get("type") != "control_request" or request.get("subtype") != "initialize":
+            return None
+        fields = {k: v for k, v in request.items() if k != "subtype"}
+        known = _PROFILE_INIT.get(options.profile_key())
+        if known is None or known[0] != json.dumps(fields, sort_keys=True):
+            return None
+        return known[1]
 
     async def _forward_control(
         self, request: dict[str, Any], *, reply_to: Any
@@ -663,6 +709,20 @@ _INITIALIZED: weakref.WeakKeyDictionary[AgentProcess, tuple[str, dict[str, Any]]
     weakref.WeakKeyDictionary()
 )
 """Per process: the fields of the last ``initialize`` a client sent it, and the CLI's answer."""
+
+
+_PROFILE_INIT: dict[str, tuple[str, dict[str, Any]]] = {}
+"""Per profile: the fields of the last ``initialize`` a client sent, and the CLI's answer."""
+_PROFILE_INIT_MAX = 512
+EARLY_ANSWERS: collections.Counter[str] = collections.Counter()
+"""How often a client got its ``initialize`` answer before its process had started."""
+
+
+def _remember_profile(key: str, canon: str, answer: dict[str, Any]) -> None:
+    _PROFILE_INIT.pop(key, None)
+    _PROFILE_INIT[key] = (canon, answer)
+    while len(_PROFILE_INIT) > _PROFILE_INIT_MAX:
+        _PROFILE_INIT.pop(next(iter(_PROFILE_INIT)))
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
