@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 _END: Final[dict[str, Any]] = {"type": "__end__"}
 # Queued after the last message of a dead process, so a waiting reader wakes up (never returned).
 
+_STREAM_EVENT: Final = b'{"type":"stream_event"'
+# How the CLI starts a partial message's line (``--include-partial-messages``; key order as CLI
+# 2.1.330 writes it). Only a cheap filter: a line that starts otherwise is parsed and routed as
+# any message, so a CLI that orders keys differently loses nothing.
+
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -87,6 +92,9 @@ class AgentProcess:
         self.control_handler: ControlHandler | None = None
         self.on_cancel: Callable[[str], None] | None = None
         self.turns = 0
+        # Every process runs with --include-partial-messages; its owner says whether it wants
+        # them. Unwanted ones are dropped by the reader before they are parsed.
+        self.partial_messages = False
         self._stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -240,6 +248,8 @@ class AgentProcess:
                     break
                 if not line:
                     break
+                if not self.partial_messages and line.startswith(_STREAM_EVENT):
+                    continue
                 if line[:1] != b"{":
                     # Non-JSON noise (debug output of tools or the runtime) carries no message.
                     if line.strip():

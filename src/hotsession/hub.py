@@ -241,6 +241,7 @@ class Hotsession:
         cli_session_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         tenant: str = "local",
+        include_partial_messages: bool = False,
         **option_fields: Any,
     ) -> Session:
         """Open a session with a live process (a warm spare when one is ready).
@@ -248,6 +249,9 @@ class Hotsession:
         ``resume`` adopts an existing Claude Code session id (``fork`` copies it to a new id).
         ``cli_session_id`` chooses the Claude Code session id of a new conversation or a fork
         (a direct spawn: a spare's id was chosen before).
+        ``include_partial_messages`` streams the model's reply as it is written: each of the
+        CLI's ``stream_event`` messages (token deltas) becomes a ``message`` event of its own,
+        before the complete ``assistant`` message (see ``session.fanout`` for their replay).
         """
         if self.shutting_down:
             raise ShuttingDown("the service is shutting down")
@@ -275,6 +279,8 @@ class Hotsession:
             cli_session_id, origin = cli_session_id or "", "new"
         opts = options.to_dict()
         opts["origin"] = origin
+        if include_partial_messages:
+            opts["include_partial_messages"] = True
         rec = SessionRecord(
             id=new_session_id(),
             tenant=options.tenant,

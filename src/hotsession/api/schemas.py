@@ -78,6 +78,14 @@ class SessionOptionsIn(Strict):
     metadata: dict[str, Any] | None = Field(
         default=None, description="Free-form, kept with the session."
     )
+    include_partial_messages: bool = Field(
+        default=False,
+        description=(
+            "Stream the reply as the model writes it: each of the CLI's `stream_event` "
+            "messages (token deltas) is a `message` event of its own, before the complete "
+            "`assistant` message."
+        ),
+    )
 
     @field_validator("allowed_tools", "disallowed_tools")
     @classmethod

@@ -38,7 +38,7 @@ from hotsession.api.schemas import (
 )
 from hotsession.errors import Conflict, InvalidRequest, NotFound, PromptTooLarge
 from hotsession.registry import SessionRecord
-from hotsession.session import Session
+from hotsession.session import Session, replay
 from hotsession.settings import Tenant
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
         resume=body.resume,
         fork=body.fork,
         metadata=body.metadata,
+        include_partial_messages=body.include_partial_messages,
         **body.option_fields(),
     )
     source = str(session.open_source or "spawn")
@@ -338,23 +339,9 @@ async def get_events(
         source = session.events(after, follow=follow and not session.closed)
     else:
         await api.hub.record(session_id, tenant=tenant.name)  # 404 unless a closed one of ours
-        source = _replay(api, session_id, after)
+        source = replay(api.hub.registry, session_id, after)
     gen = sse.stream(source, api.closing, keepalive_s=api.settings.sse_keepalive_s)
     return sse_response(api, _counted(api, gen))
-
-
-async def _replay(api: ApiState, session_id: str, after: int) -> Any:
-    """The stored events of a session that is no longer open."""
-    from hotsession.events import Event
-
-    last = after
-    while True:
-        batch = await api.hub.registry.events_after(session_id, last, limit=1000)
-        for rec in batch:
-            last = rec.seq
-            yield Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
-        if len(batch) < 1000:
-            return
 
 
 @router.post(

@@ -79,6 +79,8 @@ class Session:
         self.last_turn = max(last_turn, record.turns)
         self.record = record
         self.options = SessionOptions.from_dict(record.options)
+        # Not part of the profile (every process can stream; see ``options.build_argv``).
+        self.partial_messages = bool(record.options.get("include_partial_messages", False))
         self.placement: Placement | None = None
         self.fanout = EventFanout(record.id, context.registry, last_seq=last_seq)
         self.broker = PermissionBroker(self, lambda: self._ctx.config.permission_timeout_s)
@@ -485,6 +487,7 @@ class Session:
         self.placement = placement
         proc = placement.process
         proc.attach(self._on_control_request, self.broker.on_cancel)
+        proc.partial_messages = self.partial_messages
         self.record.pid = proc.pid
         watcher = asyncio.create_task(self._watch_idle_death(placement), name=f"died-{self.id}")
         watcher.add_done_callback(_consume_exception)
