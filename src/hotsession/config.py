@@ -66,7 +66,7 @@ class Config(BaseModel):
     # Pool and memory (the warm pool uses these).
     pool_enabled: bool = Field(True, description="Keep a warm pool of spare processes.")
     pool_min: int = Field(0, ge=0, description="Fewest spares per profile.")
-    pool_max: int = Field(8, ge=0, description="Most spares per profile.")
+    pool_max: int = Field(2, ge=0, description="Most spares per profile.")
     pool_target_miss: float = Field(0.01, gt=0, lt=1, description="Miss rate the sizing aims at.")
     keep_alive_s: float = Field(600.0, gt=0, description="Idle time before eviction.")
     memory_budget_mb: float | None = Field(None, gt=0, description="Memory for all agents.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,13 @@ async def test_pool_over_http(start_daemon):
         pool = (await c.get("/v1/pool")).json()
         return any(p["ready"] >= 1 for p in pool["profiles"])
 
-    await poll(spare_ready, timeout=60)  # opening a session asks the pool to keep one warm
+    await asyncio.sleep(1.0)
+    assert not await spare_ready()  # a profile used once keeps no spare
+    again = await new_session(c)
+    assert again["source"] == "spawn"
+    await poll(spare_ready, timeout=60)  # its demand repeats: the pool keeps one warm
     second = await new_session(c)
-    assert second["source"] == "spare" and second["pid"] != first["pid"]
+    assert second["source"] == "spare" and second["pid"] not in (first["pid"], again["pid"])
     events = await stream_post(c, f"/v1/sessions/{second['id']}/turns", {"prompt": "[[say:s]]"})
     assert events[-1].data["result"] == "s"
     pool = (await c.get("/v1/pool")).json()

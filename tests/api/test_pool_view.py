@@ -28,7 +28,8 @@ async def test_pool_spawns_match_the_metric_and_resumed_profiles_are_listed(star
     d: Running = await start_daemon(pool_enabled=True, pool_max=2, state_dir=str(state_dir))
     c = d.alice
     assert (await stream_post(c, url, {"prompt": "[[say:two]]"}))[-1].data["result"] == "two"
-    other = await new_session(c, permission_mode="plan")  # a pooled profile beside it
+    await new_session(c, permission_mode="plan")  # a pooled profile beside it (demand repeats)
+    other = await new_session(c, permission_mode="plan")
 
     async def settled() -> bool:  # the spare the new session asked for is up
         pool = (await c.get("/v1/pool")).json()

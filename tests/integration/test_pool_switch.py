@@ -50,7 +50,8 @@ async def test_sibling_spare_switched_to_the_requested_model_and_mode(
     async with Hotsession(pool_config(tmp_path)) as hub:
         x = SessionOptions.create(str(workdir), model=MODEL_X, permission_mode="default")
         y = x.replace(model=MODEL_Y, permission_mode="acceptEdits")
-        first = await hub.open(options=x)  # a miss: the pool now keeps a spare of X
+        first = await hub.open(options=x)  # a miss
+        pool_of(hub).prewarm(x, 1)  # keep a spare of X
         await wait_until(lambda: ready(hub, x) >= 1, timeout=60)
         spare = pool_of(hub).profiles[x.profile_key()].ready[0]
 

@@ -20,6 +20,7 @@ from hotsession.errors import AgentStartError, ProfileFailing
 from hotsession.memory import sample_many
 from hotsession.options import SessionOptions
 from hotsession.pool import Pool
+from hotsession.pool.budget import SPARE_SHARE
 
 
 def make_config(tmp_path: Path, fake_cli: str, **kw: Any) -> Config:
@@ -31,6 +32,7 @@ def make_config(tmp_path: Path, fake_cli: str, **kw: Any) -> Config:
         "memory_budget_mb": 20_000.0,
         "agent_recycle_jitter": 0.0,
         "spawn_timeout_s": 20.0,
+        "pool_max": 8,
     }
     defaults.update(kw)
     return Config(**defaults)
@@ -74,7 +76,7 @@ async def test_claim_adopts_spare_id_and_replaces_it(hub: Hotsession, workdir: P
     assert st["tau_s"] is not None and st["tau_s"] > 0
 
 
-async def test_miss_spawns_directly_and_demand_orders_spares(
+async def test_miss_spawns_directly_and_repeated_demand_orders_spares(
     hub: Hotsession, workdir: Path
 ) -> None:
     o = opts(workdir, PROFILE="miss")
@@ -83,9 +85,16 @@ async def test_miss_spawns_directly_and_demand_orders_spares(
     st = profile_stats(hub, o)
     assert st["misses"] == 1 and st["hits"] == 0
     assert st["lambda_per_s"] > 0
+    await session.send("one").wait()
+    await asyncio.sleep(0.3)  # several control-loop ticks
+    st = profile_stats(hub, o)
+    assert st["ready"] + st["spawning"] == 0 and st["target"] == 0  # used once: no spare
+    second = await hub.open(options=o)  # demand repeats
+    assert second.open_source == "spawn"
+    await second.send("two").wait()
     await wait_until(lambda: profile_stats(hub, o)["ready"] >= 1)  # λ > 0 -> S ≥ 1
-    second = await hub.open(options=o)
-    assert second.open_source == "spare"
+    third = await hub.open(options=o)
+    assert third.open_source == "spare"
 
 
 async def test_spare_health_checks(tmp_path: Path, fake_cli: str, workdir: Path) -> None:
@@ -182,8 +191,10 @@ async def test_recycle_on_memory_cap(tmp_path: Path, fake_cli: str, workdir: Pat
         assert (await session.send("after").wait()).data["num_turns"] == 3
 
 
-async def test_spares_never_exceed_the_budget(tmp_path: Path, fake_cli: str, workdir: Path) -> None:
-    budget = 200.0
+async def test_spares_never_exceed_their_share_of_the_budget(
+    tmp_path: Path, fake_cli: str, workdir: Path
+) -> None:
+    budget = 400.0  # spares may hold SPARE_SHARE of it: 200 MB, four 40 MB spares at most
     cfg = make_config(tmp_path, fake_cli, memory_budget_mb=budget, max_concurrent_spawns=4)
     async with Hotsession(cfg) as hub:
         pool = pool_of(hub)
@@ -208,9 +219,9 @@ async def test_spares_never_exceed_the_budget(tmp_path: Path, fake_cli: str, wor
         finally:
             watcher.cancel()
         st = profile_stats(hub, o)
-        assert 3 <= st["ready"] <= budget // 40
-        assert peak <= budget, (peak, pool.stats()["memory"])
-        assert pool.stats()["memory"]["used_mb"] <= budget
+        assert 3 <= st["ready"] <= SPARE_SHARE * budget // 40
+        assert peak <= SPARE_SHARE * budget, (peak, pool.stats()["memory"])
+        assert pool.stats()["memory"]["spares_mb"] <= SPARE_SHARE * budget
 
 
 async def test_over_budget_retires_spares_then_evicts_lru(
@@ -320,3 +331,59 @@ def test_fake_agent_is_standalone() -> None:
         source = f.read()
     assert "import hotsession" not in source and "from hotsession" not in source
     assert os.path.basename(fa.__file__) == "fake_agent.py"
+
+
+async def test_a_miss_spawns_the_session_before_the_replacement(
+    tmp_path: Path, fake_cli: str, workdir: Path
+) -> None:
+    cfg = make_config(tmp_path, fake_cli)
+    async with Hotsession(cfg) as hub:
+        spawns: list[tuple[str, str, float]] = []  # (role, "start" | "end", when)
+        spawn = hub.host.spawn
+
+        async def recorded(*args: Any, **kw: Any) -> Any:
+            spawns.append((kw["role"], "start", asyncio.get_running_loop().time()))
+            try:
+                return await spawn(*args, **kw)
+            finally:
+                spawns.append((kw["role"], "end", asyncio.get_running_loop().time()))
+
+        hub.host.spawn = recorded  # type: ignore[method-assign]
+        o = opts(workdir, PROFILE="repeat", FAKE_AGENT_STARTUP_DELAY_MS="300")
+        first = await hub.open(options=o)
+        await first.send("one").wait()
+        second = await hub.open(options=o)  # demand repeats, no spare yet: a miss
+        assert second.open_source == "spawn"
+        turn_ended = None
+        await second.send("two").wait()
+        turn_ended = asyncio.get_running_loop().time()
+        await wait_until(lambda: profile_stats(hub, o)["ready"] >= 1)
+        roles = [(role, what) for role, what, _ in spawns]
+        assert roles[:4] == [
+            ("session", "start"),
+            ("session", "end"),
+            ("session", "start"),
+            ("session", "end"),
+        ]
+        spare_start = next(t for role, what, t in spawns if role == "spare" and what == "start")
+        session_end = [t for role, what, t in spawns if role == "session" and what == "end"][-1]
+        assert spare_start >= session_end  # the session's own spawn went first
+        assert spare_start >= turn_ended - 0.05  # ... and its first turn (not HOLD_S later)
+
+
+async def test_a_spare_of_a_profile_no_longer_used_is_retired_after_keep_alive(
+    tmp_path: Path, fake_cli: str, workdir: Path
+) -> None:
+    cfg = make_config(tmp_path, fake_cli, keep_alive_s=1.0)
+    async with Hotsession(cfg) as hub:
+        o = opts(workdir, PROFILE="twice")
+        for n in range(2):
+            session = await hub.open(options=o)
+            await session.send(f"turn {n}").wait()
+        await wait_until(lambda: profile_stats(hub, o)["ready"] >= 1)
+        pool = pool_of(hub)
+        # no more demand: past the keep-alive the spare goes (and the idle sessions' processes)
+        await wait_until(lambda: profile_stats(hub, o)["ready"] == 0, timeout=15)
+        assert pool.spares_retired["surplus"] >= 1
+        await asyncio.sleep(0.5)
+        assert profile_stats(hub, o)["ready"] + profile_stats(hub, o)["spawning"] == 0

@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults():
     s = load_settings(None, {}, environ={})
     assert (s.host, s.port, s.log_level) == ("127.0.0.1", 8765, "info")
-    assert s.config.pool_max == 8 and s.tenants == ()
+    assert s.config.pool_max == 2 and s.tenants == ()
     assert s.max_body_bytes == 6 * s.config.prompt_limit_bytes + 1024 * 1024
 
 

@@ -141,19 +141,9 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
     source = str(session.open_source or "spawn")
     api.sources[session.id] = source
     api.metrics.sessions_created.labels(source).inc()
-    _prewarm(api, session)
+    # No prewarm hint here: the pool saw the claim, and sizes spares once demand repeats (a
+    # floor of one spare per opened profile kept an idle process for every one-off profile).
     return session
-
-
-def _prewarm(api: ApiState, session: Session) -> None:
-    """Tell the pool a session of this profile was opened (it may keep a spare ready)."""
-    pool = api.hub.pool
-    if pool is None:
-        return
-    try:
-        pool.prewarm(session.options, 1)
-    except Exception:  # the pool's hint must never fail the request
-        log.exception("pool prewarm failed for session %s", session.id)
 
 
 def sse_response(api: ApiState, body: Any) -> StreamingResponse:

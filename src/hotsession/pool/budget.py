@@ -4,8 +4,9 @@ idle sessions lose their process when there is none (or when they idled past the
 Memory budget. ``memory_budget_mb``, or ``memory_budget_fraction`` of the memory available when
 the pool starts. Each process is sampled (``RssAnon`` of it and its children, one ``/proc`` pass
 for all) at most every two seconds. Spares are only spawned while the sampled total plus the
-in-flight spawns (each counted at the current per-process estimate) leaves room for one more, so
-spares alone never push the total over the budget. Over it, the pool retires spares first (cheap
+in-flight spawns (each counted at the current per-process estimate) leaves room for one more, and
+while the spares stay within their share of the budget (``SPARE_SHARE``), so spares alone never
+push the total over the budget nor crowd out sessions. Over it, the pool retires spares first (cheap
 to re-create), then :class:`Evictor` evicts the least recently used idle sessions (their next turn
 resumes).
 
@@ -26,6 +27,8 @@ from hotsession.pool.context import PoolContext, PooledSession
 
 DEFAULT_PROCESS_MB = 150.0  # per-process estimate until something was measured
 _MEMORY_SAMPLE_S = 2.0
+SPARE_SHARE = 0.5
+"""The share of the memory budget spares may hold: the rest is kept for sessions."""
 
 
 class MemoryBudget:
@@ -86,10 +89,17 @@ class MemoryBudget:
         return sum(self._mb.get(pid, est) for pid in self._spares())
 
     def room(self, spawning: int) -> int:
-        """How many more processes fit in the budget (``spawning`` in flight counted)."""
+        """How many more spares fit: in the budget, and in the spares' share of it
+        (``SPARE_SHARE``), with the ``spawning`` ones in flight counted."""
         est = self.estimate_mb()
         free = self.budget_mb - self.used_mb() - spawning * est
-        return max(0, int(free // est))
+        share = SPARE_SHARE * self.budget_mb - self.spares_mb() - spawning * est
+        return max(0, int(min(free, share) // est))
+
+    def spares_over_share(self) -> float:
+        """How far the ready spares' measured memory is over their share (MiB; ≤ 0: not)."""
+        measured = sum(self._mb.get(pid, 0.0) for pid in self._spares())
+        return measured - SPARE_SHARE * self.budget_mb
 
 
 class Evictor:

@@ -142,6 +142,9 @@ class Pool:
             self.spares.refill(prof, now)
 
     def _keep_budget(self) -> None:
+        spares_over = self.budget.spares_over_share()
+        if spares_over > 0:
+            self.spares.retire_for_memory(spares_over)
         over = self.budget.used_mb(measured_only=True) - self.budget.budget_mb
         if over <= 0:
             return
@@ -183,8 +186,11 @@ class Pool:
         return self.recycler.reason(proc)
 
     async def after_turn(self, session: PooledSession) -> None:
-        """Turn boundary: recycle the session's process if it is over a limit."""
+        """Turn boundary: release a replacement held for this profile, recycle the session's
+        process if it is over a limit."""
         if not self._stopping:
+            record = session.record
+            self.spares.turn_ended(record.profile_key, record.last_active_at)
             await self.recycler.after_turn(session)
 
     async def recycle(self, session: PooledSession, reason: str) -> bool:

@@ -8,7 +8,19 @@ model, permission mode, tools, prompts, settings, MCP, env). Each profile in use
 Claim. ``claim(options)`` pops the oldest ready spare of the profile, checks it (alive, no stray
 output, not older than ``pool_spare_max_age_s``) and hands it out; the session adopts its CLI
 session id. A miss returns None and the host spawns directly: a request never fails because the
-pool is empty. Either way the control loop is woken at once and orders the replacement.
+pool is empty.
+
+The replacement comes after the session's first turn. A CLI's start-up and a first turn each
+take most of a core for a few hundred ms; on a small machine a replacement spawned at the moment
+of the claim made the claimed session's first turn (or, on a miss, its own spawn) wait for the
+CPU (issue 13: a miss reached the model 1.4× later than a fresh ``claude -p``). So a claim holds
+the profile's refill until a turn of that profile ends (``turn_ended``) or ``HOLD_S`` passed,
+whichever comes first; a hold is not extended by later claims, so a burst still refills.
+
+Demand must repeat. A profile's first session gets no spare: a one-off profile (a directory
+opened once, a bench's unique prompt) would otherwise keep an idle process for the keep-alive.
+Spares are sized only while two arrivals of the profile fell within the keep-alive
+(``pool_min`` and an explicit ``prewarm`` still apply at once).
 
 Switching at claim time (``pool_switch_at_claim``, see ``switching``). With no ready spare of its
 own, a claim may take a sibling profile's spare and switch its model and mode. It counts as a hit
@@ -55,6 +67,9 @@ from hotsession.pool.switching import switch, switch_plan
 
 log = logging.getLogger(__name__)
 
+HOLD_S = 2.0
+"""The longest a claim holds its profile's refill back (see the module docstring)."""
+
 
 @dataclass
 class Spare:
@@ -89,6 +104,13 @@ class Profile:
     spawned: int = 0
     family: str = ""  # profiles equal but for model and permission mode share it
     switched: int = 0  # hits served by switching a sibling's spare
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=2))  # the last two
+    held_until: float = 0.0  # refill held back after a claim (module docstring)
+    held_since: float = 0.0  # when (wall clock) that hold began
+
+    def demand_repeats(self, now: float, keep_alive_s: float) -> bool:
+        """True while the last two arrivals both fell within the keep-alive."""
+        return len(self.arrivals) == 2 and now - self.arrivals[0] <= keep_alive_s
 
 
 class Spares:
@@ -167,8 +189,11 @@ class Spares:
         prof.sizer.keep_alive_s = self.config.keep_alive_s  # live tuning applies at once
         floor = prof.floor if now < prof.floor_until else 0
         have = len(prof.ready) + prof.spawning
+        sized = prof.sizer.target(now)
+        if not prof.demand_repeats(now, self.config.keep_alive_s):
+            sized = 0
         return clamp_target(
-            prof.sizer.target(now),
+            sized,
             minimum=max(prof.minimum, floor),
             maximum=prof.maximum,
             room=have + self._budget.room(self.spawning),
@@ -187,6 +212,12 @@ class Spares:
                 reason=prof.failing,
             )
         prof.sizer.record_arrival(now)
+        prof.arrivals.append(now)
+        # Held until a turn that began after this claim ends; a later claim moves that point,
+        # never the deadline.
+        prof.held_since = time.time()
+        if prof.held_until <= now:
+            prof.held_until = now + HOLD_S
         try:
             spare = self._take_ready(prof, now)
             if spare is not None:
@@ -218,7 +249,9 @@ class Spares:
             spare = self._take_ready(other, now)
             if spare is None:
                 continue
-            self._wake()  # the sibling refills at once
+            other.held_since = time.time()  # the sibling refills after the claimed first turn
+            if other.held_until <= now:
+                other.held_until = now + HOLD_S
             # Past two cold starts a switch is no longer cheaper than the spawn it replaces.
             timeout = max(1.0, 2 * other.sizer.cold_starts.tau)
             if await self._switch(spare, plan, timeout):
@@ -253,6 +286,14 @@ class Spares:
             self.discard(spare, "stray_output")
             return False
         return True
+
+    def turn_ended(self, profile_key: str, began: float) -> None:
+        """A turn of this profile that began (wall clock) at ``began`` ended: a replacement held
+        back since before it began may start now (a turn older than the hold says nothing)."""
+        prof = self.profiles.get(profile_key)
+        if prof is not None and prof.held_until and began >= prof.held_since:
+            prof.held_until = 0.0
+            self._wake()
 
     def note_spawn(self, options: SessionOptions, seconds: float) -> None:
         """A direct spawn of this profile succeeded in ``seconds``."""
@@ -319,6 +360,9 @@ class Spares:
         if now < prof.retry_at:
             return  # backing off after a failure (or failing, until the probe is due)
         target = self.target(prof, now)
+        if now < prof.held_until:
+            target = len(prof.ready) + prof.spawning  # held: no spawn, no retirement
+
         surplus = len(prof.ready) - target
         while surplus > 0 and prof.ready:
             self.discard(prof.ready.popleft(), "surplus")
