@@ -66,6 +66,18 @@ _STREAM_EVENT: Final = b'{"type":"stream_event"'
 # 2.1.330 writes it). Only a cheap filter: a line that starts otherwise is parsed and routed as
 # any message, so a CLI that orders keys differently loses nothing.
 
+
+class PartialMessage(dict[str, Any]):
+    """A partial message passed on unparsed: reads as ``{"type": "stream_event"}``; ``raw`` is
+    the CLI's line (``Event`` parses it only if someone reads the event's ``data``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(type="stream_event")
+        self.raw = raw
+
+
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -248,7 +260,9 @@ class AgentProcess:
                     break
                 if not line:
                     break
-                if not self.partial_messages and line.startswith(_STREAM_EVENT):
+                if line.startswith(_STREAM_EVENT) and line.endswith(b"}\n"):
+                    if self.partial_messages:  # routing needs nothing more than its type
+                        self._messages.put_nowait(PartialMessage(line))
                     continue
                 if line[:1] != b"{":
                     # Non-JSON noise (debug output of tools or the runtime) carries no message.

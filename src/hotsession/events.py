@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EventType = Literal[
@@ -17,21 +17,68 @@ EventType = Literal[
 TERMINAL_TYPES = frozenset({"result", "error"})
 
 
-@dataclass(frozen=True)
 class Event:
-    """One event; ``seq`` is the session's sequence number (the SSE ``id:``)."""
+    """One event; ``seq`` is the session's sequence number (the SSE ``id:``).
 
-    session_id: str
-    seq: int
-    turn: int
-    type: str
-    data: dict[str, Any]
-    t: float = field(default_factory=time.time)
+    ``raw``: the CLI's own line when the event is one of its messages passed through unparsed
+    (a partial message: hundreds a turn). ``data`` is then parsed from it on first use, and the
+    SSE framing writes ``raw`` as it came (parsing and re-encoding a token delta cost ~2/3 of the
+    daemon's CPU per delta). Hand-written rather than a dataclass for that lazy ``data``.
+    """
+
+    __slots__ = ("_data", "raw", "seq", "session_id", "t", "turn", "type")
+
+    def __init__(
+        self,
+        session_id: str,
+        seq: int,
+        turn: int,
+        type: str,
+        data: dict[str, Any] | None,
+        t: float | None = None,
+        *,
+        raw: bytes | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.seq = seq
+        self.turn = turn
+        self.type = type
+        self._data = data if raw is None else None
+        self.raw = raw
+        self.t = time.time() if t is None else t
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's JSON payload (a CLI message for ``message`` events)."""
+        if self._data is None:
+            parsed = json.loads(self.raw) if self.raw is not None else {}
+            self._data = parsed if isinstance(parsed, dict) else {}
+        return self._data
 
     @property
     def terminal(self) -> bool:
         """True for the last event of a turn."""
         return self.type in TERMINAL_TYPES
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.session_id, self.seq, self.turn, self.type, self.data, self.t) == (
+            other.session_id,
+            other.seq,
+            other.turn,
+            other.type,
+            other.data,
+            other.t,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable payload, as before
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(session_id={self.session_id!r}, seq={self.seq}, turn={self.turn}, "
+            f"type={self.type!r}, data={self.data!r}, t={self.t!r})"
+        )
 
 
 class TurnClock:

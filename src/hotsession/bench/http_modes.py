@@ -158,6 +158,12 @@ class HsNewSpare(HttpMode):
     description = "hotsession: POST /v1/sessions + first turn, a spare ready"
     _last: str | None = None
 
+    async def setup(self) -> None:
+        """Two sessions of the profile (untimed): the pool keeps spares once demand repeats."""
+        for _ in range(2):
+            created = await self.new_session()
+            await self.d.close_session(str(created["id"]))
+
     async def prepare(self) -> None:
         """Close the previous sample's session; wait for a ready spare."""
         if self._last:
@@ -188,6 +194,9 @@ class HsNewMiss(HsNewSpare):
     name = "hs new (miss)"
     description = "hotsession: POST /v1/sessions + first turn, no spare (pool miss)"
 
+    async def setup(self) -> None:
+        """Nothing: every sample's profile is new."""
+
     async def prepare(self) -> None:
         """Close the previous sample's session; quiet daemon."""
         if self._last:
@@ -206,6 +215,7 @@ class HsAsk(HttpMode):
     name = "hs ask"
     description = "hotsession: POST /v1/ask (quick turn on a pooled session)"
     _last: str | None = None
+    setup = HsNewSpare.setup
 
     async def prepare(self) -> None:
         """Close the previous sample's session; wait for a ready spare."""

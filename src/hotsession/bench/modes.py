@@ -13,8 +13,8 @@ Baselines, all with the same CLI binary, env and permission mode:
 * ``bare CLI (floor)``   — one live stream-json process driven directly over stdin, with the same
   argv as hotsession's processes: nothing can beat it by more than noise.
 * ``bare CLI (pre-spawned)`` — a new conversation on a stream-json process spawned ahead
-  (``initialize`` answered, then left until it is idle) and driven over stdin: the plainest
-  pre-warmed pool, with no daemon and no warm-up. ``hs new (spare)`` must beat it.
+  (``initialize`` answered, then left idle ``PRESPAWN_IDLE_S``) and driven over stdin: the
+  plainest pre-warmed pool, with no daemon and no warm-up. ``hs new (spare)`` must beat it.
 
 Transports (``hotsession bench --transport``, the measurement behind docs/transport.md):
 
@@ -40,6 +40,8 @@ from hotsession.bench.stats import Sample
 from hotsession.options import SessionOptions, build_argv, build_env
 
 _LINE_LIMIT = 64 * 1024 * 1024
+PRESPAWN_IDLE_S = 3.0
+"""How long ``bare CLI (pre-spawned)`` leaves its process idle before the prompt (issue 13)."""
 
 
 class Mode:
@@ -254,6 +256,7 @@ class BarePreSpawned(BareCli):
             await end_process(self.proc)
         self.proc = await spawn_initialized(self.env)
         await wait_idle(self.proc.pid)
+        await asyncio.sleep(PRESPAWN_IDLE_S)  # a pooled spare waits at least as long
 
     def pids(self) -> dict[str, int]:
         """The live process."""

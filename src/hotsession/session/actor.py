@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hotsession.agent import AgentProcess
+from hotsession.agent import AgentProcess, PartialMessage
 from hotsession.errors import (
     AgentDied,
     AgentError,
@@ -342,7 +342,10 @@ class Session:
                 self._watchdog = cm
                 async for msg in proc:
                     turn.clock.observe(msg, time.monotonic())
-                    self.emit(turn, "message", msg)
+                    if type(msg) is PartialMessage:
+                        self.fanout.emit(turn, "message", msg, raw=msg.raw)
+                    else:
+                        self.emit(turn, "message", msg)
                     if msg.get("type") == "result":
                         return msg
                     if not broker.waiting:

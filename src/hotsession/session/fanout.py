@@ -117,13 +117,21 @@ class EventFanout:
         return len(self._subscribers)
 
     def emit(
-        self, turn: Turn | None, kind: str, data: dict[str, Any], *, turn_no: int = 0
+        self,
+        turn: Turn | None,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        turn_no: int = 0,
+        raw: bytes | None = None,
     ) -> Event:
-        """Number an event and hand it to the log, the turn and the subscribers."""
+        """Number an event and hand it to the log, the turn and the subscribers (``raw``: the
+        CLI's line of a message passed through unparsed; ``data`` then only names its type)."""
         self.seq += 1
         if self.seq == self._reserved:
             self.seq += 1  # the reservation row holds that seq (see the module docstring)
-        event = Event(self.session_id, self.seq, turn.number if turn else turn_no, kind, data)
+        number = turn.number if turn else turn_no
+        event = Event(self.session_id, self.seq, number, kind, data, raw=raw)
         if is_transient(kind, data):
             self._keep_transient(event)
         else:
