@@ -15,7 +15,7 @@ take most of a core for a few hundred ms; on a small machine a replacement spawn
 of the claim made the claimed session's first turn (or, on a miss, its own spawn) wait for the
 CPU (issue 13: a miss reached the model 1.4× later than a fresh ``claude -p``). So a claim holds
 the profile's refill until a turn of that profile ends (``turn_ended``) or ``HOLD_S`` passed,
-whichever comes first; a hold is not extended by later claims, so a burst still refills.
+whichever comes first; the third claim within one hold ends it (a burst refills at once).
 
 Demand must repeat. A profile's first session gets no spare: a one-off profile (a directory
 opened once, a bench's unique prompt) would otherwise keep an idle process for the keep-alive.
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 HOLD_S = 2.0
 """The longest a claim holds its profile's refill back (see the module docstring)."""
+BURST = 3
+"""Claims within one hold that end it: a burst refills at once."""
 
 
 @dataclass
@@ -106,7 +108,8 @@ class Profile:
     switched: int = 0  # hits served by switching a sibling's spare
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=2))  # the last two
     held_until: float = 0.0  # refill held back after a claim (module docstring)
-    held_since: float = 0.0  # when (wall clock) that hold began
+    held_since: float = 0.0  # when (wall clock) the latest claim of that hold came
+    held_claims: int = 0  # claims during that hold
 
     def demand_repeats(self, now: float, keep_alive_s: float) -> bool:
         """True while the last two arrivals both fell within the keep-alive."""
@@ -213,11 +216,7 @@ class Spares:
             )
         prof.sizer.record_arrival(now)
         prof.arrivals.append(now)
-        # Held until a turn that began after this claim ends; a later claim moves that point,
-        # never the deadline.
-        prof.held_since = time.time()
-        if prof.held_until <= now:
-            prof.held_until = now + HOLD_S
+        self._hold(prof, now)
         try:
             spare = self._take_ready(prof, now)
             if spare is not None:
@@ -249,9 +248,7 @@ class Spares:
             spare = self._take_ready(other, now)
             if spare is None:
                 continue
-            other.held_since = time.time()  # the sibling refills after the claimed first turn
-            if other.held_until <= now:
-                other.held_until = now + HOLD_S
+            self._hold(other, now)  # the sibling refills after the claimed first turn
             # Past two cold starts a switch is no longer cheaper than the spawn it replaces.
             timeout = max(1.0, 2 * other.sizer.cold_starts.tau)
             if await self._switch(spare, plan, timeout):
@@ -286,6 +283,21 @@ class Spares:
             self.discard(spare, "stray_output")
             return False
         return True
+
+    def _hold(self, prof: Profile, now: float) -> None:
+        """Hold the profile's refill until a turn that began after now ends (``turn_ended``).
+
+        A later claim moves that point, never the deadline; the ``BURST``-th claim within one hold
+        ends it instead: that is a burst, and the pool refills at once as it always did (the
+        spawns of a burst compete for the CPU anyway).
+        """
+        prof.held_since = time.time()
+        if now >= prof.held_until:
+            prof.held_until, prof.held_claims = now + HOLD_S, 1
+            return
+        prof.held_claims += 1
+        if prof.held_claims >= BURST:
+            prof.held_until = 0.0
 
     def turn_ended(self, profile_key: str, began: float) -> None:
         """A turn of this profile that began (wall clock) at ``began`` ended: a replacement held
