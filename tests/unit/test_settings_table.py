@@ -71,6 +71,8 @@ def sample(name: str, tmp_path: Path) -> tuple[str, Any]:
         return "postgresql://hs@db.example/hs", "postgresql://hs@db.example/hs"
     if name == "database_schema":
         return "team_a", "team_a"
+    if name == "pool_min":  # must not exceed pool_max's default (2)
+        return "1", 1
     if kind is bool:
         return str(not default).lower(), not default
     if kind is int:
