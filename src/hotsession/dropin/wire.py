@@ -4,19 +4,39 @@ close; ``ws://`` and ``wss://``.
 Written by hand on purpose: the shim's start-up is paid on every call of ``hotsession-claude``,
 and importing a WebSocket library costs more than the rest of it (measured on the 2-core test
 machine: ``wsproto`` ~27 ms, ``websockets.sync.client`` 70-120 ms; this module and its imports
-~3 ms). The daemon side uses uvicorn's own WebSocket support.
+~3 ms). For the same reason it uses ``_socket`` and ``_thread`` (``socket`` loads ``enum`` and
+``selectors``, ``threading`` more). The daemon side uses uvicorn's own WebSocket support.
 """
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import binascii
 import os
-import socket
 import struct
-import threading
+
+TYPE_CHECKING = False  # not typing's (see the module docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _connect(host: str, port: int, timeout: float | None) -> Any:
+    """``socket.create_connection`` with the C module alone."""
+    last: OSError | None = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(f"cannot resolve {host}")
 
 
 def _b64(data: bytes) -> bytes:
@@ -50,10 +70,10 @@ class Closed(Exception):
 class WebSocket:
     """One client connection; ``send_*`` may be called from any thread, ``recv`` from one."""
 
-    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
-        self.sock = sock
+    def __init__(self, sock: Any, buffered: bytes = b"") -> None:
+        self.sock = sock  # a ``_socket.socket``, or an ``ssl.SSLSocket`` for wss
         self._buf = bytearray(buffered)
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self.closed = False
 
     @classmethod
@@ -73,12 +93,14 @@ class WebSocket:
         elif ":" in hostport:
             host, _, p = hostport.rpartition(":")
             port = int(p)
-        sock = socket.create_connection((host, port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock: Any = _connect(host, port, timeout)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if tls:
-            import ssl  # only for remote daemons: costs several ms
+            import socket  # only for remote daemons: ssl wants a socket.socket, costs several ms
+            import ssl
 
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            plain = socket.socket(fileno=sock.detach())
+            sock = ssl.create_default_context().wrap_socket(plain, server_hostname=host)
         key = _b64(os.urandom(16))  # binascii, not base64: that one loads ``re``
         lines = [
             f"GET {path} HTTP/1.1",
