@@ -25,7 +25,13 @@ from hotsession.testing.model_server import ModelServer
 from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres
 
 CLI = bundled_cli_path()
-CLI_TIERS = ("tests/integration", "tests/api", "tests/reliability", "tests/security")
+CLI_TIERS = (
+    "tests/integration",
+    "tests/api",
+    "tests/reliability",
+    "tests/security",
+    "tests/cluster",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -79,6 +79,8 @@ class PartialMessage(dict[str, Any]):
 
 
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
+MirrorSink = Callable[[dict[str, Any]], None]
+"""Takes the CLI's ``transcript_mirror`` frames (``--session-mirror``), in order."""
 
 
 class AgentProcess:
@@ -103,6 +105,8 @@ class AgentProcess:
         self.init_response: dict[str, Any] | None = None
         self.control_handler: ControlHandler | None = None
         self.on_cancel: Callable[[str], None] | None = None
+        # ``transcript_mirror`` frames go here, never to ``messages`` (they are not conversation).
+        self.on_mirror: MirrorSink | None = None
         self.turns = 0
         # Every process runs with --include-partial-messages; its owner says whether it wants
         # them. Unwanted ones are dropped by the reader before they are parsed.
@@ -306,6 +310,10 @@ class AgentProcess:
             task = asyncio.create_task(self._answer(request_id, msg.get("request") or {}))
             self._inflight[request_id] = task
             task.add_done_callback(functools.partial(self._forget_inflight, request_id))
+            return
+        if kind == "transcript_mirror":
+            if self.on_mirror is not None:
+                self.on_mirror(msg)
             return
         if kind == "control_cancel_request":
             request_id = str(msg.get("request_id", ""))

@@ -36,6 +36,7 @@ import socket
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -47,6 +48,9 @@ from hotsession.hub import Hotsession
 from hotsession.isolation import prepare as prepare_isolation
 from hotsession.settings import Settings, ensure_local_tenant
 from hotsession.state_lock import StateLock
+
+if TYPE_CHECKING:
+    from hotsession.cluster.hub import ClusterHub
 
 log = logging.getLogger("hotsession.daemon")
 
@@ -79,6 +83,7 @@ class Daemon:
         self.settings = settings
         self.install_signals = install_signals
         self.hub: Hotsession | None = None
+        self.cluster: ClusterHub | None = None  # cluster mode's engine (docs/cluster.md)
         self.server: _Server | None = None
         self.url: str | None = None
         self.ready = asyncio.Event()
@@ -105,8 +110,19 @@ class Daemon:
         except BaseException:
             lock.release()
             raise
-        self.hub = hub = Hotsession(settings.config, spawn_policy=isolation, state_lock=lock)
-        await hub.start()
+        engine: Hotsession | ClusterHub
+        if settings.cluster is not None:
+            from hotsession.cluster.api import create_cluster_app
+            from hotsession.cluster.service import cluster_hub
+
+            try:
+                self.cluster = engine = cluster_hub(settings, state_lock=lock)
+            except BaseException:
+                lock.release()
+                raise
+        else:
+            self.hub = engine = Hotsession(settings.config, spawn_policy=isolation, state_lock=lock)
+        await engine.start()
         try:
             settings, created = ensure_local_tenant(settings)
             self.settings = settings
@@ -117,7 +133,11 @@ class Daemon:
                 )
             elif settings.token_file is not None:
                 log.info("local tenant; its token is in %s", settings.token_file)
-            app = create_app(hub, settings)
+            if self.cluster is not None:
+                app = create_cluster_app(self.cluster, settings)
+            else:
+                assert self.hub is not None
+                app = create_app(self.hub, settings)
             self._state = app.state.api
             config = uvicorn.Config(
                 app,
@@ -164,7 +184,7 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             if self._state is not None:
                 self._state.begin_shutdown()
-            await hub.stop()
+            await engine.stop()
             isolation.close()
             with contextlib.suppress(OSError):
                 self.discovery_path.unlink()

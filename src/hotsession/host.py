@@ -123,6 +123,7 @@ class LocalHost:
         self.allow_root_bypass = allow_root_bypass
         self.policy = policy
         self.pool: SpareProvider | None = None
+        self.session_mirror = False  # start CLIs with --session-mirror (cluster mode)
         self._leases: dict[str, str] = {}
 
     # -- leases --------------------------------------------------------------------------------
@@ -159,14 +160,22 @@ class LocalHost:
         fork_from: str | None = None,
     ) -> AgentProcess:
         """Spawn a CLI process for these options (no lease handling)."""
+        mirror = self.session_mirror
         if fork_from is not None:
             argv = build_argv(
-                self.cli_path, options, resume=fork_from, fork=True, session_id=cli_session_id
+                self.cli_path,
+                options,
+                resume=fork_from,
+                fork=True,
+                session_id=cli_session_id,
+                session_mirror=mirror,
             )
         elif resume:
-            argv = build_argv(self.cli_path, options, resume=cli_session_id)
+            argv = build_argv(self.cli_path, options, resume=cli_session_id, session_mirror=mirror)
         else:
-            argv = build_argv(self.cli_path, options, session_id=cli_session_id)
+            argv = build_argv(
+                self.cli_path, options, session_id=cli_session_id, session_mirror=mirror
+            )
         plan = self.policy.plan(options.tenant) if self.policy is not None else SpawnPlan()
         env = build_env(
             options,

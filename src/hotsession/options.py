@@ -108,12 +108,15 @@ def build_argv(
     session_id: str | None = None,
     resume: str | None = None,
     fork: bool = False,
+    session_mirror: bool = False,
 ) -> list[str]:
     """The CLI's argv for a persistent stream-json process with these options.
 
     ``session_id`` pins the CLI's session id of a new conversation (a pool spare's pre-generated
     id); ``resume`` continues an existing one; with ``fork`` the resumed conversation is copied to
-    ``session_id`` (the CLI requires ``--fork-session`` to combine the two).
+    ``session_id`` (the CLI requires ``--fork-session`` to combine the two). ``session_mirror``
+    makes the CLI also write its transcript to stdout as ``transcript_mirror`` frames (the Agent
+    SDK's ``SessionStore`` feed; cluster mode stores them so another node can resume).
     """
     argv = [
         cli_path,
@@ -150,6 +153,8 @@ def build_argv(
     if options.mcp_config:
         argv += ["--mcp-config", options.mcp_config]
     argv += options.extra_args
+    if session_mirror:
+        argv.append("--session-mirror")
     if resume:
         argv.append(f"--resume={resume}")
         if fork:

@@ -180,6 +180,10 @@ class DaemonSettings(BaseModel):
         False,
         description="Let several tenants run as the daemon's user (insecure: docs/security.md).",
     )
+    # Cluster mode (docs/cluster.md): join a Ray cluster; the state is in Postgres (database_url).
+    cluster: str | None = Field(
+        None, description="Ray cluster to join: auto or ray://host:port (needs database_url)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

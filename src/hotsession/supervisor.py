@@ -52,7 +52,7 @@ from typing import Any
 
 import psutil
 
-from hotsession.agent import AgentProcess
+from hotsession.agent import AgentProcess, MirrorSink
 from hotsession.errors import AgentError, AgentStartError
 from hotsession.registry import ProcessRecord, Registry
 
@@ -127,6 +127,8 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._tags: dict[int, str] = {}  # pid -> the HOTSESSION_AGENT tag its tools inherit
         self._oom_kills = oom_kill_count()  # evidence before a SIGKILL is blamed on memory
+        # Where the transcript frames of CLIs started with ``--session-mirror`` go (cluster mode).
+        self.mirror_sink: MirrorSink | None = None
 
     async def spawn(
         self,
@@ -165,6 +167,7 @@ class Supervisor:
             self.spawn_failures_total += 1
             raise AgentStartError(f"cannot start the Claude Code CLI: {exc}") from exc
         agent = AgentProcess(proc, label=label, max_line_bytes=self.max_line_bytes)
+        agent.on_mirror = self.mirror_sink
         self._tags[agent.pid] = tag
         self._adopt(agent)
         self.spawned_total += 1

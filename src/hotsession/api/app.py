@@ -24,10 +24,10 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,7 +52,7 @@ from hotsession.errors import (
     Unauthorized,
 )
 from hotsession.hub import Hotsession
-from hotsession.settings import Settings
+from hotsession.settings import Settings, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,27 @@ def error_response(status: int, code: str, message: str, **details: Any) -> Resp
     )
 
 
+class EdgeState(Protocol):
+    """What the edge needs of an app's state (``ApiState``; cluster mode has its own)."""
+
+    settings: Settings
+    auth: Authenticator
+
+    @property
+    def is_closing(self) -> bool: ...
+
+
+StartTurn = Callable[[Any, str, str, Tenant], Awaitable[Response]]
+"""Queues a prompt and returns the SSE response of its turn (``sessions.start_turn``)."""
+
+
 class EdgeMiddleware:
     """Shutdown gate, authentication and the body cap, before routing (see module docstring)."""
 
-    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+    def __init__(self, app: ASGIApp, state: EdgeState, start_turn: StartTurn | None = None) -> None:
         self.app = app
         self.state = state
+        self.start_turn: StartTurn = start_turn or sessions.start_turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,7 +184,7 @@ class EdgeMiddleware:
     ) -> None:
         """``POST …/turns`` with a well-formed body (see :mod:`hotsession.api.fastpath`)."""
         try:
-            response = await sessions.start_turn(
+            response = await self.start_turn(
                 self.state, session_id, prompt, scope["hotsession.tenant"]
             )
         except HotsessionError as exc:
@@ -302,7 +317,7 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
     )
     app.state.api = state
     app.add_middleware(EdgeMiddleware, state=state)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.include_router(sessions.router)
     app.include_router(dropin.router)
 
@@ -333,6 +348,13 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
         """The exposition format."""
         return Response(api.metrics.render(), media_type=CONTENT_TYPE)
 
+    add_dashboard(app)
+    return app
+
+
+def add_dashboard(app: FastAPI) -> None:
+    """``/`` (the dashboard's page) and ``/static`` (its assets)."""
+
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
         page = DASHBOARD_DIR / "index.html"
@@ -347,10 +369,11 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
 
     if DASHBOARD_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
-    return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
+    """The JSON error responses of every app (see the module docstring)."""
+
     @app.exception_handler(HotsessionError)
     async def _hotsession_error(request: Request, exc: HotsessionError) -> Response:
         if exc.status >= 500 and not isinstance(exc, ShuttingDown):

@@ -1,0 +1,226 @@
+"""The cluster tier: a local three-node Ray cluster, a shared store, the real CLI.
+
+One Ray cluster serves the whole tier (starting one costs ~10 s); each node has its own custom
+resources (``hotsession_memory_mb``: its memory budget) and, through its host actor, its own state
+directory and Claude Code config dir, so nothing is shared between nodes but the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from hotsession.cluster.hub import ClusterConfig, ClusterHub  # noqa: E402
+from hotsession.config import Config  # noqa: E402
+from hotsession.registry.postgres import PostgresRegistry  # noqa: E402
+from hotsession.testing.model_server import ModelServer  # noqa: E402
+from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres  # noqa: E402
+from hotsession.transcripts.postgres import PostgresSessionStore  # noqa: E402
+
+NODE_MB = (1200, 1100, 1000)
+
+
+@contextlib.contextmanager
+def node_environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` for the Ray processes started meanwhile (a node's workers, so its agents, inherit
+    its raylet's environment, as on a real machine after ``ray start``); restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def cluster_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster")
+
+
+@pytest.fixture(scope="session")
+def node_env(cluster_root: Path, model_server: ModelServer) -> dict[str, str]:
+    """What every node's agents need: the scripted model server, a private home."""
+    home = cluster_root / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "ANTHROPIC_BASE_URL": model_server.url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "HOME": str(home),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
+    """Three Ray nodes on this machine (the head and two workers), each with its resources."""
+    with node_environment(node_env):
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": False,
+                "resources": {"hotsession_memory_mb": NODE_MB[0]},
+            },
+        )
+        for mb in NODE_MB[1:]:
+            cluster.add_node(num_cpus=1, resources={"hotsession_memory_mb": mb})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="hotsession", log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cluster_pg() -> Iterator[PrivatePostgres]:
+    """The tier's own private Postgres (a test restarts it under load)."""
+    try:
+        server = PrivatePostgres()
+    except PostgresNotFound as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def store_factory(cluster_pg: PrivatePostgres) -> Any:
+    return functools.partial(PostgresRegistry, cluster_pg.url, retry_for=30.0)
+
+
+@pytest.fixture(scope="session")
+def transcripts_factory(cluster_pg: PrivatePostgres) -> Any:
+    return functools.partial(PostgresSessionStore, cluster_pg.url, retry_for=30.0)
+
+
+@pytest.fixture
+def cluster_config(
+    ray_cluster: Cluster,
+    cluster_root: Path,
+    store_factory: Any,
+    transcripts_factory: Any,
+) -> ClusterConfig:
+    return ClusterConfig(
+        address=ray_cluster.address,
+        store=store_factory,
+        transcripts=transcripts_factory,
+        state_root=str(cluster_root / "nodes"),
+        node_config={
+            "allow_root_bypass": True,
+            "watchdog_s": 60,
+            "pool_enabled": True,
+            "pool_deep_warmup": False,
+        },
+        refresh_s=0.5,
+        fence_check_s=0.5,
+    )
+
+
+@pytest.fixture
+async def chub(cluster_config: ClusterConfig, cluster_root: Path) -> AsyncIterator[ClusterHub]:
+    async with ClusterHub(Config(state_dir=cluster_root / "daemon"), cluster_config) as hub:
+        yield hub
+
+
+@pytest.fixture
+def workdir(cluster_root: Path) -> Path:
+    path = cluster_root / "work"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def worker_node(cluster: Cluster) -> Any:
+    """A worker node (the head cannot be removed without ending the cluster)."""
+    return (
+        cluster.worker_nodes[-1]
+        if isinstance(cluster.worker_nodes, list)
+        else next(iter(cluster.worker_nodes))
+    )
+
+
+def replace_node(cluster: Cluster, env: dict[str, str], mb: int = NODE_MB[-1]) -> Any:
+    """Add a worker node (after a test removed one), so the tier keeps three nodes."""
+    with node_environment(env):
+        node = cluster.add_node(num_cpus=1, resources={"hotsession_memory_mb": mb})
+    cluster.wait_for_nodes()
+    return node
+
+
+TOKEN = "cluster-token-0123456789abcdef"
+
+
+@dataclass
+class ApiDaemon:
+    """A cluster-mode API daemon under test (uvicorn on a free port, on the test's loop)."""
+
+    url: str
+    hub: ClusterHub
+    server: Any
+    task: asyncio.Task[None]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        )
+
+
+@pytest.fixture
+async def api_daemons(
+    cluster_config: ClusterConfig, cluster_root: Path, workdir: Path, tmp_path: Path
+) -> AsyncIterator[Callable[[], Awaitable[ApiDaemon]]]:
+    """Starts cluster-mode API daemons (each its own ClusterHub and app) on demand."""
+    import uvicorn
+
+    from hotsession.cluster.api import create_cluster_app
+    from hotsession.daemon import bind
+    from hotsession.settings import load_settings
+
+    conf = tmp_path / "hotsession.toml"
+    conf.write_text(
+        f'[[tenants]]\nname = "alice"\ntoken = "{TOKEN}"\nroots = [{json.dumps(str(workdir))}]\n'
+    )
+    started: list[ApiDaemon] = []
+
+    async def start() -> ApiDaemon:
+        settings = load_settings(conf, {"state_dir": str(tmp_path / f"d{len(started)}")})
+        hub = ClusterHub(settings.config, cluster_config)
+        await hub.start()
+        app = create_cluster_app(hub, settings)
+        sock = bind("127.0.0.1", 0)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.01)
+        host, port = sock.getsockname()[:2]
+        daemon = ApiDaemon(f"http://{host}:{port}", hub, server, task)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.server.should_exit = True
+        await asyncio.wait_for(daemon.task, 30)
+        await daemon.hub.stop()

@@ -1,0 +1,207 @@
+"""The real HTTP API and the real CLI client against cluster-mode daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.api.conftest import read_sse, stream_post
+from tests.cluster.conftest import TOKEN, ApiDaemon
+
+from hotsession.testing.model_server import ModelServer
+
+Start = Callable[[], Awaitable[ApiDaemon]]
+
+
+async def test_two_daemons_serve_one_session_in_turn(
+    api_daemons: Start, workdir: Path, model_server: ModelServer
+) -> None:
+    a, b = await api_daemons(), await api_daemons()
+    async with a.client() as ca, b.client() as cb:
+        r = await ca.post("/v1/sessions", json={"cwd": str(workdir)})
+        assert r.status_code == 201, r.text
+        sid, node = r.json()["id"], r.json()["node"]
+        first = await stream_post(ca, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:alpha]]"})
+        assert first[-1].type == "result" and first[-1].data["result"] == "alpha"
+
+        # The other daemon knows the session (it lives in the store) and drives it, on its node.
+        listed = (await cb.get("/v1/sessions")).json()["sessions"]
+        assert [s["node"] for s in listed if s["id"] == sid] == [node]
+        model_server.clear()
+        model_server.record_bodies = True
+        try:
+            second = await stream_post(cb, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:beta]]"})
+        finally:
+            model_server.record_bodies = False
+        assert second[-1].data["result"] == "beta"
+        assert second[-1].data["timing"]["source"] == "hot"
+        assert "alpha" in json.dumps(model_server.main_requests()[-1]["body"])
+
+        # A reconnect to either daemon with Last-Event-ID replays the rest exactly once.
+        cut = first[-1].id
+        async with ca.stream(
+            "GET", f"/v1/sessions/{sid}/events?follow=false", headers={"Last-Event-ID": str(cut)}
+        ) as resp:
+            replay = await read_sse(resp)
+        assert [e.id for e in replay] == [e.id for e in second]
+
+        # Errors keep their codes across the wire.
+        r = await cb.post(f"/v1/sessions/{sid}/turns", json={"prompt": "x" * (2 * 1024 * 1024)})
+        assert r.status_code in (413, 422)
+        r = await cb.post("/v1/sessions/hs_unknown/turns", json={"prompt": "hi"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        pool = (await cb.get("/v1/pool")).json()
+        assert len([n for n in pool["nodes"] if n["alive"]]) == 3
+        metrics = (await cb.get("/metrics")).text
+        assert "hotsession_node_sessions{" in metrics
+
+        r = await cb.delete(f"/v1/sessions/{sid}")
+        assert r.status_code == 200 and r.json()["state"] == "closed"
+        r = await ca.post(f"/v1/sessions/{sid}/turns", json={"prompt": "again"})
+        assert r.status_code == 409
+
+
+async def test_cli_client_against_a_cluster_daemon(api_daemons: Start, workdir: Path) -> None:
+    """``hotsession ask`` (the real CLI client) through a cluster-mode daemon."""
+    daemon = await api_daemons()
+    env = {**os.environ, "HOTSESSION_URL": daemon.url, "HOTSESSION_TOKEN": TOKEN}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "ask",
+        "[[say:from the cli]]",
+        "--cwd",
+        str(workdir),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert "from the cli" in out.decode()
+    async with daemon.client() as c:
+        sessions = (await c.get("/v1/sessions")).json()["sessions"]
+    assert sessions and all(s["node"] for s in sessions)
+
+
+async def test_interrupt_and_permission_answers_reach_the_node(
+    api_daemons: Start, workdir: Path, model_server: ModelServer
+) -> None:
+    """A permission answer and an interrupt sent to another daemon reach the session's node."""
+    a, b = await api_daemons(), await api_daemons()
+    async with a.client() as ca, b.client() as cb:
+        body = {"cwd": str(workdir), "permission_mode": "default"}
+        sid = (await ca.post("/v1/sessions", json=body)).json()["id"]
+        async with ca.stream(
+            "POST",
+            f"/v1/sessions/{sid}/turns",
+            json={"prompt": "[[bash:echo hi > p1.txt]][[say:ran]]"},
+        ) as resp:
+            seen = await read_sse(resp, limit=1)
+            while seen[-1].type != "permission_request":
+                assert seen[-1].type not in ("result", "error"), seen[-1].data
+                seen += await read_sse(resp, limit=1)
+            request_id = seen[-1].data["request_id"]
+            r = await cb.post(
+                f"/v1/sessions/{sid}/permissions/{request_id}", json={"behavior": "allow"}
+            )
+            assert r.status_code == 200, r.text
+            rest = await read_sse(resp)
+        assert rest[-1].type == "result" and rest[-1].data["result"] == "ran"
+        r = await cb.post(
+            f"/v1/sessions/{sid}/permissions/{request_id}", json={"behavior": "allow"}
+        )
+        assert r.status_code == 409  # already resolved, as on one machine
+
+        async with ca.stream(
+            "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "[[marker:intr]][[hang]]"}
+        ) as resp:
+            await asyncio.to_thread(
+                model_server.wait_for,
+                lambda log: any("intr" in (e.get("markers") or []) for e in log),
+                30,
+            )
+            r = await cb.post(f"/v1/sessions/{sid}/interrupt")
+            assert r.json()["interrupted"] is True
+            end = (await read_sse(resp))[-1]
+        assert end.type == "error" and end.data["code"] == "interrupted"
+
+
+async def test_serve_with_cluster_and_database_url(
+    ray_cluster: Any, cluster_pg: Any, workdir: Path, tmp_path: Path
+) -> None:
+    """``hotsession serve --cluster ADDRESS --database-url postgresql://…`` as a real process."""
+    conf = tmp_path / "hotsession.toml"
+    conf.write_text(
+        f'[[tenants]]\nname = "alice"\ntoken = "{TOKEN}"\nroots = [{json.dumps(str(workdir))}]\n'
+    )
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTSESSION_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "serve",
+        "--cluster",
+        ray_cluster.address,
+        "--database-url",
+        cluster_pg.url,
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--config",
+        str(conf),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        discovery = state / "daemon.json"
+        for _ in range(1200):
+            if discovery.exists() or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        if not discovery.exists():
+            if proc.returncode is None:
+                proc.terminate()
+            _, err = await proc.communicate()
+            raise AssertionError(f"the daemon did not start: {err.decode()[-3000:]}")
+        url = json.loads(discovery.read_text())["url"]
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
+            health = (await c.get("/healthz")).json()
+            assert health["nodes"] == 3
+            r = await c.post("/v1/sessions", json={"cwd": str(workdir)})
+            assert r.status_code == 201, r.text
+            assert r.json()["node"]
+            events = await stream_post(
+                c, f"/v1/sessions/{r.json()['id']}/turns", {"prompt": "[[say:served]]"}
+            )
+            assert events[-1].data["result"] == "served"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_serve_refuses_cluster_without_database(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "serve",
+        "--cluster",
+        "auto",
+        "--state-dir",
+        str(tmp_path / "state"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert "database-url" in err.decode()

@@ -1,0 +1,91 @@
+"""Fencing: one conversation is driven by one node, whatever races or partitions happen."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psutil
+
+from hotsession.cluster.hub import ClusterHub
+from hotsession.errors import StaleEpoch
+from hotsession.testing.model_server import ModelServer
+
+
+async def _gone(pid: int, timeout: float = 15) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_two_nodes_race_for_one_session(chub: ClusterHub, workdir: Path) -> None:
+    x, y, z = (n.name for n in chub.live_nodes())
+    session = await chub.open(workdir, tenant="t1", node=x)
+    assert (await (await session.send("[[say:one]]")).wait()).type == "result"
+
+    claims = await asyncio.gather(
+        chub.registry.claim(session.id, y, expect_epoch=1),
+        chub.registry.claim(session.id, z, expect_epoch=1),
+        return_exceptions=True,
+    )
+    won = [c for c in claims if not isinstance(c, BaseException)]
+    assert len(won) == 1 and won[0].epoch == 2
+    assert sum(isinstance(c, StaleEpoch) for c in claims) == 1
+    winner, loser = (y, z) if won[0].node == y else (z, y)
+
+    # Both nodes try to drive epoch 2: only the one the store names adopts the session.
+    replies = await asyncio.gather(
+        chub.actor(winner).adopt.remote(session.id, 2, 0),
+        chub.actor(loser).adopt.remote(session.id, 2, 0),
+    )
+    assert "session" in replies[0]
+    assert replies[1]["error"]["code"] == "stale_epoch"
+
+    # The old owner still holds epoch 1 in memory; a prompt sent to it directly is refused
+    # (it checks with the store first) and it lets the session go.
+    gen = chub.actor(x).send.remote(session.id, 1, "[[say:stale]]")
+    first = await (await gen.__anext__())
+    assert first["error"]["code"] == "stale_epoch"
+    assert session.id not in [v["id"] for v in await chub.actor(x).views.remote()]
+
+    # Through any daemon the conversation goes on where the store says.
+    end = await (await session.send("[[say:two]]")).wait()
+    assert end.data["result"] == "two"
+    assert (await chub.owner(session.id)).node == winner
+
+
+async def test_stale_node_drops_moved_sessions(
+    chub: ClusterHub, workdir: Path, model_server: ModelServer
+) -> None:
+    """A node that kept running while its session was moved (a partition, as the others saw
+    it) ends that session's process by itself, and a stream of its running turn continues
+    from the new owner, which ends the turn with a retryable node_lost error."""
+    x, y, _ = (n.name for n in chub.live_nodes())
+    session = await chub.open(workdir, tenant="t1", node=x)
+    await (await session.send("[[say:one]]")).wait()
+    pid = (await session.snapshot())["pid"]
+    assert pid
+
+    running = await session.send("[[marker:stale-node]][[hang]]")
+    await asyncio.to_thread(
+        model_server.wait_for,
+        lambda log: any("stale-node" in (e.get("markers") or []) for e in log),
+        30,
+    )
+    # The others decide x is gone and re-home the session on y (x is not told).
+    await chub.registry.claim(session.id, y, expect_epoch=1)
+    assert "session" in await chub.actor(y).adopt.remote(session.id, 2, 0)
+
+    end = await running.wait()
+    assert end.type == "error"
+    assert end.data["code"] == "node_lost" and end.data["retryable"] is True
+    assert await _gone(pid), "the stale node kept the moved session's process"
+    assert session.id not in [v["id"] for v in await chub.actor(x).views.remote()]
+    after = await (await session.send("[[say:after]]")).wait()
+    assert after.data["result"] == "after"

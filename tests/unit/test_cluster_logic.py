@@ -1,0 +1,82 @@
+"""Cluster mode's pure parts: placement, the wire form of errors, the node registry's order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+
+from hotsession.cluster.node import NodeRegistry
+from hotsession.cluster.placement import SESSION_MB, NodeFigures, choose
+from hotsession.cluster.wire import NodeLost, error_in, error_out, raise_if_error
+from hotsession.errors import NotFound, PromptTooLarge, QueueFull, StaleEpoch
+from hotsession.registry import MemoryRegistry, TurnRecord
+
+
+def test_placement_prefers_a_node_with_a_ready_spare() -> None:
+    nodes = [
+        NodeFigures("a", spares={}, headroom_mb=5000),
+        NodeFigures("b", spares={"p": 1}, headroom_mb=100),
+    ]
+    assert choose(nodes, "p") is nodes[1]
+    # That spare is taken: the next one of the profile goes by headroom.
+    assert nodes[1].spares["p"] == 0
+    assert choose(nodes, "p") is nodes[0]
+
+
+def test_placement_without_spares_takes_the_most_headroom_and_spreads_a_burst() -> None:
+    nodes = [NodeFigures("a", headroom_mb=1000), NodeFigures("b", headroom_mb=1000 - SESSION_MB)]
+    picks = [choose(nodes, "q") for _ in range(4)]
+    assert [n.node for n in picks if n is not None] == ["a", "b", "a", "b"]
+    assert choose([], "q") is None
+
+
+def test_errors_keep_their_class_and_code_across_the_wire() -> None:
+    for exc in (
+        NotFound("no such session", session_id="s"),
+        PromptTooLarge("too big", limit=5),
+        QueueFull("full", limit=2),
+        StaleEpoch("moved", session_id="s", epoch=1),
+        NodeLost("gone"),
+    ):
+        back = error_in(error_out(exc)["error"])
+        assert type(back) is type(exc)
+        assert (back.code, back.status, back.message) == (exc.code, exc.status, exc.message)
+        with pytest.raises(type(exc)):
+            raise_if_error(error_out(exc))
+    assert raise_if_error({"turn": 3}) == {"turn": 3}
+    unknown = error_in({"code": "brand_new", "message": "m"})
+    assert unknown.code == "brand_new" and unknown.status == 500
+
+
+class _SlowFirst(MemoryRegistry):
+    """A store on a pool of connections: the first write of a turn commits last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
+        self.calls += 1
+        snapshot = TurnRecord(**vars(turn))
+        await asyncio.sleep(0.05 if self.calls == 1 else 0)
+        await super().put_turn(snapshot, epoch=epoch)
+
+
+async def test_turn_writes_of_a_session_land_in_call_order(tmp_path: Any) -> None:
+    from hotsession.registry.sqlite import SqliteRegistry
+
+    shared = _SlowFirst()
+    registry = NodeRegistry(shared, SqliteRegistry(tmp_path / "p.db"))
+    await registry.open()
+    turn = TurnRecord(session_id="s", turn=1, prompt="hi")
+    first = asyncio.create_task(registry.put_turn(TurnRecord(**vars(turn))))
+    turn.status = "running"
+    second = asyncio.create_task(registry.put_turn(TurnRecord(**vars(turn))))
+    await asyncio.gather(first, second)
+    stored = await shared.list_turns("s")
+    assert [t.status for t in stored] == ["running"]
+    await registry.close()
