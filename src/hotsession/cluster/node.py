@@ -365,7 +365,7 @@ class NodeHost:
         rec.pid = None
         rec.state = "evicted"
         await self._materialize(rec)
-        session = Session(hub, rec, last_seq=last_seq, last_turn=last_turn)
+        session = Session(hub, rec, listener=hub, last_seq=last_seq, last_turn=last_turn)
         session.last_turn = last_turn  # re-queued prompts get their numbers back
         for turn in running:
             turn.status = "error"
