@@ -65,6 +65,16 @@ async def test_stream_json_print_mode(dropin: Dropin, shim: str, workdir: Path) 
     assert lines[-1]["result"] == "streamed"
 
 
+async def test_partial_messages_only_when_asked(dropin: Dropin, shim: str, workdir: Path) -> None:
+    base = ["-p", "[[say:one two three]]", "--output-format", "stream-json", "--verbose"]
+    for extra, expected in (([], False), (["--include-partial-messages"], True)):
+        code, out, err = await run(shim, *base, *extra, cwd=workdir)
+        assert code == 0, err
+        kinds = [json.loads(line)["type"] for line in out.splitlines()]
+        assert ("stream_event" in kinds) is expected, kinds
+        assert kinds[-1] == "result"
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -129,6 +129,7 @@ class DropinRun:
         self._idle_get: asyncio.Task[dict[str, Any]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sdk_servers: dict[str, Any] = {}
+        self._partial = False
         self._ended = asyncio.Event()
         self._gone = False
         self._ready = False
@@ -340,6 +341,9 @@ class DropinRun:
     def _options(self, cwd: str, first: dict[str, Any] | None) -> SessionOptions:
         inv = self.inv
         extra = self._strip_sdk_servers(list(inv.passthrough))
+        # Every process writes partial messages; the session passes them on when asked to.
+        self._partial = "--include-partial-messages" in extra
+        extra = [a for a in extra if a != "--include-partial-messages"]
         model = inv.model
         mode = inv.permission_mode
         if mode is not None and mode not in PERMISSION_MODES:
@@ -424,6 +428,7 @@ class DropinRun:
                 hot = self._hot(resume)
                 if hot is not None and not inv.fork:
                     if hot.options.profile_key() == options.profile_key():
+                        _stream_partials(hot, self._partial)
                         return hot
                     await hub.close_session(hot.id)  # another profile: resume with this one
                 elif hot is not None and hot.current is not None:
@@ -435,8 +440,14 @@ class DropinRun:
                     cli_session_id=inv.session_id if inv.fork else None,
                     metadata=meta,
                     tenant=options.tenant,
+                    include_partial_messages=self._partial,
                 )
-            return await hub.open(options=options, cli_session_id=inv.session_id, metadata=meta)
+            return await hub.open(
+                options=options,
+                cli_session_id=inv.session_id,
+                metadata=meta,
+                include_partial_messages=self._partial,
+            )
         except AgentStartError as exc:
             # The CLI refused (a flag, a value, an unknown id): let it say so itself.
             log.info("drop-in: the CLI did not start (%s); the real CLI answers", exc.message)
@@ -499,7 +510,11 @@ class DropinRun:
             if self._turns:
                 turn = self._turns[0]
                 async for event in turn:
-                    self._event(event.type, event.data)
+                    if event.raw is not None and self.inv.output_format == "stream-json":
+                        raw = event.raw  # a partial message: the CLI's own line
+                        self._emit(STDOUT, raw if raw.endswith(b"\n") else raw + b"\n")
+                    else:
+                        self._event(event.type, event.data)
                 self._turns.popleft()
                 self._turns_changed.set()
                 continue
@@ -723,6 +738,15 @@ def _remember_profile(key: str, canon: str, answer: dict[str, Any]) -> None:
     _PROFILE_INIT[key] = (canon, answer)
     while len(_PROFILE_INIT) > _PROFILE_INIT_MAX:
         _PROFILE_INIT.pop(next(iter(_PROFILE_INIT)))
+
+
+def _stream_partials(session: Session, on: bool) -> None:
+    """A hot session serving a client that does (not) want partial messages (the flag is not
+    part of the profile: every process writes them, the session passes them on or drops them)."""
+    session.partial_messages = on
+    proc = session.process
+    if proc is not None:
+        proc.partial_messages = on
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
