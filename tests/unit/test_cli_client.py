@@ -823,11 +823,21 @@ def test_sessions_table_on_a_terminal(
     assert row.split()[:6] == ["s1", "idle", "1", "default", "/srv/work", "4242"]
 
 
-def test_stream_asks_for_partial_messages(hs: Any, daemon: FakeDaemon) -> None:
+def test_stream_asks_for_partial_messages(
+    hs: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotsession.cli import commands
+
     assert hs("ask", "x", "--stream").exit_code == 0
     assert daemon.requests[-1][2]["include_partial_messages"] is True
     assert hs("ask", "x").exit_code == 0  # stdout is no terminal here: off by default
     assert "include_partial_messages" not in daemon.requests[-1][2]
+    monkeypatch.setattr(commands, "_stdout_is_terminal", lambda: True)
+    assert hs("ask", "x").exit_code == 0  # on by default for a terminal
+    assert daemon.requests[-1][2]["include_partial_messages"] is True
+    assert hs("ask", "x", "--no-stream").exit_code == 0
+    assert "include_partial_messages" not in daemon.requests[-1][2]
+    monkeypatch.setattr(commands, "_stdout_is_terminal", lambda: False)
     assert hs("chat", "--stream", input="").exit_code == 0
     assert daemon.requests[-1] == (
         "POST",

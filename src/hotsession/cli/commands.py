@@ -93,8 +93,8 @@ def stream_option(f: _F) -> _F:
     return click.option(
         "--stream/--no-stream",
         default=None,
-        help="Print the answer as the model writes it (partial messages; a daemon with "
-        "streaming).  [default: off]",
+        help="Print the answer as the model writes it (partial messages).  "
+        "[default: on when stdout is a terminal]",
     )(f)
 
 
@@ -129,7 +129,8 @@ def _stdout_is_terminal() -> bool:
 
 
 def _wants_stream(stream: bool | None) -> bool:
-    return bool(stream)
+    """``--stream`` as given, else on for a terminal (a pipe gets whole messages)."""
+    return _stdout_is_terminal() if stream is None else stream
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
