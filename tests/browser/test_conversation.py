@@ -250,3 +250,32 @@ async def test_streamed_deltas_are_not_shown_twice(
     await expect(turn.locator(".msg.assistant strong")).to_have_text("check")
     await expect(turn.locator(".msg.assistant code")).to_have_text("a.py")
     await expect(turn.locator(".streaming")).to_have_count(0)
+
+
+async def test_streamed_text_shows_before_the_turn_ends(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    """The real thing: a session opened from the form streams (the default), the CLI writes the
+    model's 40 deltas 150 ms apart, the page shows the text growing, then once, whole."""
+    words = " ".join(f"word{i}" for i in range(40))
+    await login(page, daemon)
+    await page.click("#new-btn")
+    await page.fill("#new-form [name=cwd]", str(workdir))
+    await expect(page.locator("#new-form [name=include_partial_messages]")).to_be_checked()
+    await page.click("#new-form button[type=submit]")
+    await expect(page.locator("#d-id")).to_have_text(re.compile(r"^hs_"))
+
+    await page.fill("#prompt", f"[[stream:40:150]][[say:{words}]]")
+    await page.press("#prompt", "Enter")
+    live = page.locator("#log .turn").last.locator(".msg.assistant")
+    await expect(live).to_contain_text("word1 ")
+    # Part of the text is there, and the turn has not ended.
+    shown = str(await live.first.text_content()).strip()
+    assert await page.locator("#log .turn .timing").count() == 0
+    assert 0 < len(shown) < len(words), shown
+    await expect(live.first).to_have_class(re.compile(r"\bstreaming\b"))
+
+    await expect(page.locator("#log .turn .timing")).to_have_count(1)
+    await expect(live).to_have_count(1)  # the whole message took the streamed text's place
+    await expect(live).to_have_text(words)
+    await expect(live).not_to_have_class(re.compile(r"\bstreaming\b"))

@@ -794,6 +794,8 @@ function optsOf(form) {
     const v = form.elements[name].value.trim();
     if (v) out[name] = v;
   }
+  // Token deltas as `stream_event` messages, rendered live (see onStreamEvent).
+  if (form.elements.include_partial_messages.checked) out.include_partial_messages = true;
   return out;
 }
 
