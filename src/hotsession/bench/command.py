@@ -287,7 +287,7 @@ def bench(
             result = asyncio.run(
                 _run_modes(
                     env,
-                    _select((SdkQuery, BareCli, *DROPIN_MODES), only),
+                    _select((SdkQuery, BareCli, SdkClient, *DROPIN_MODES), only),
                     kind="dropin",
                     rounds=n,
                     warmup=warmup,

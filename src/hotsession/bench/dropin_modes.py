@@ -8,7 +8,9 @@ SDK on its own CLI, in the same run, same CLI binary, same model server.
 * ``shim query()``            — a new conversation's ``query()`` through the shim, a spare of the
   profile ready (prepare waits for it; target: ≥ 3× faster to the model than ``sdk query()``);
 * ``shim ClaudeSDKClient``    — a follow-up on a ``ClaudeSDKClient`` connected through the shim
-  (target: within 5 ms of ``bare CLI (floor)``, the paired difference the tables show).
+  (target: within 5 ms of ``bare CLI (floor)``, the paired difference the tables show); against
+  ``ClaudeSDKClient`` (the same client on the CLI itself, also in the run) the difference is what
+  the shim, the WebSocket and the daemon add to a turn.
 
 The shim finds the bench's daemon through ``HOTSESSION_URL`` / ``HOTSESSION_TOKEN`` in the SDK's
 ``env`` option (what a user sets). ``shim --version`` is timed once at setup and reported in the
