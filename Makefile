@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser sandbox postgres serve test lint typecheck check clean unit integration
+.PHONY: install browser sandbox postgres dropin-clients serve test lint typecheck check clean unit integration
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,7 +40,7 @@ dropin-clients:
 serve: $(STAMP)
 	$(BIN)/hotsession serve $(ARGS)
 
-test: $(STAMP) browser postgres sandbox
+test: $(STAMP) browser postgres sandbox dropin-clients
 	$(BIN)/python -m pytest $(ARGS)
 
 unit: $(STAMP)
