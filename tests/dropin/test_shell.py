@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.conftest import wait_until
 from tests.dropin.conftest import Dropin, run
@@ -40,6 +41,15 @@ async def test_bot_json_then_resume(
     assert second["result"] == "ADA" and second["session_id"] == first["session_id"]
     assert model_server.main_requests()[-1]["n_messages"] >= 3
     assert dropin.hub.supervisor.spawned_total == spawned  # the hot process answered
+    # The HTTP API (and so the dashboard and `hotsession sessions`) shows the conversation.
+    async with httpx.AsyncClient(
+        base_url=dropin.url, headers={"Authorization": f"Bearer {dropin.token}"}
+    ) as api:
+        listed = (await api.get("/v1/sessions")).json()
+        items = listed["sessions"] if isinstance(listed, dict) else listed
+        mine = [s for s in items if s["cli_session_id"] == first["session_id"]]
+        assert len(mine) == 1 and mine[0]["metadata"]["client"] == "hotsession-claude"
+        assert mine[0]["turns"] == 2
 
 
 async def test_text_to_a_pipe_is_what_the_cli_prints(

@@ -430,7 +430,14 @@ class DropinRun:
                     if hot.options.profile_key() == options.profile_key():
                         _stream_partials(hot, self._partial)
                         return hot
-                    await hub.close_session(hot.id)  # another profile: resume with this one
+                    # Another profile: resume with this one, once the turns it runs are done
+                    # (another client's work is never cut short).
+                    while hot.current is not None or hot.queued:
+                        if hot.current is not None:
+                            await hot.current.wait()
+                        else:
+                            await asyncio.sleep(0.05)
+                    await hub.close_session(hot.id)
                 elif hot is not None and hot.current is not None:
                     await hot.current.wait()  # fork what the conversation is, not a half turn
                 return await hub.open(
