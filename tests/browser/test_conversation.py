@@ -117,8 +117,15 @@ async def test_the_conversation_follows_its_newest_turn(
         # Scrolled up by the user: a turn sent elsewhere does not pull the view down.
         await page.locator("#log").hover()
         await page.mouse.wheel(0, -1500)
-        await page.wait_for_function("document.getElementById('log').scrollTop > 0")
+        # The wheel scrolls smoothly: wait for it (not with wait_for_function, whose eval the
+        # page's Content-Security-Policy forbids).
         up = await _log_position(page)
+        for _ in range(100):  # until it has moved up and come to rest
+            await page.wait_for_timeout(100)
+            now = await _log_position(page)
+            if now["top"] == up["top"] and not _at_bottom(now):
+                break
+            up = now
         assert not _at_bottom(up)
         await turn(client, sid, "[[say:from another client]]")
         await expect(page.locator("#log .turn .timing")).to_have_count(7)

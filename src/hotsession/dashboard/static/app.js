@@ -554,8 +554,11 @@ function toolResultText(content) {
 
 function render(c, type, d) {
   const turnEl = openTurn(c, d && d.turn);
-  if (type === "message" && d && d.type === "stream_event") onStreamEvent(c, turnEl, d);
-  else if (type === "message") renderMessage(c, turnEl, d);
+  if (type === "message" && d && d.type === "stream_event") {
+    onStreamEvent(c, turnEl, d); // hundreds a turn: painted (and scrolled) once a frame at most
+    return;
+  }
+  if (type === "message") renderMessage(c, turnEl, d);
   else if (type === "queued") turnEl.append(h("div", { class: "note" }, `queued (position ${d.position})`));
   else if (type === "permission_request") renderPermission(c, turnEl, d);
   else if (type === "permission_resolved") resolvePermission(c, d);
