@@ -6,9 +6,12 @@ each into a ``stream_event`` line, and the daemon into a ``message`` event.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
-from tests.api.conftest import Event, Running, new_session, read_sse, stream_post
+from tests.api.conftest import ALICE_TOKEN, Event, Running, new_session, read_sse, stream_post
 
 
 def text_deltas(events: list[Event]) -> list[str]:
@@ -104,3 +107,39 @@ async def test_deltas_stay_out_of_the_durable_log(start_daemon):
     assert ("message", "assistant") in types and ("result", None) in types
     # what was handed out is covered by a reservation: a restarted daemon continues past it
     assert await hub.registry.last_seq(sid) > max(e.id for e in events if e.id is not None)
+
+
+async def test_ask_prints_partial_text_before_the_turn_ends(start_daemon, model_server):
+    d: Running = await start_daemon()
+    prompt = "[[marker:ask-stream]] [[stream:6:400]]"  # six words, 0.4 s apart
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "ask",
+        "--url",
+        d.url,
+        "--token",
+        ALICE_TOKEN,
+        "--cwd",
+        str(d.alice_root),
+        "--permission-mode",
+        "bypassPermissions",
+        "--stream",
+        prompt,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    printed = b""
+    async with asyncio.timeout(60):
+        while b"w1" not in printed:
+            chunk = await proc.stdout.read(64)
+            assert chunk, f"ask ended before printing any text: {printed!r}"
+            printed += chunk
+    # the first word is on screen while the model is still writing the rest
+    (request,) = [e for e in model_server.log() if "ask-stream" in e["markers"] and e["main"]]
+    assert request["t_end_mono"] is None
+    assert proc.returncode is None
+    rest, err = await asyncio.wait_for(proc.communicate(), 60)
+    out = (printed + rest).decode()
+    assert proc.returncode == 0, err.decode()
+    assert out.count("w1 w2 w3 w4 w5 w6") == 1, out  # streamed once, not repeated at the end
