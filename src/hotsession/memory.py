@@ -63,9 +63,41 @@ def _pss_kb(pid: int) -> int | None:
 def _pids(pid: int, tree: bool) -> list[int]:
     pids = [pid]
     if tree:
-        with contextlib.suppress(psutil.Error):
-            pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        found = _descendants(pid)
+        if found is None:
+            with contextlib.suppress(psutil.Error):
+                found = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        pids += found or []
     return pids
+
+
+def _descendants(pid: int) -> list[int] | None:
+    """Every descendant of ``pid`` from ``/proc/PID/task/TID/children`` (None: the kernel has no
+    such file). One process's tree costs a few small reads; psutil's ``children`` scans every
+    process of the machine (~2–5 ms with 130), which put ~10 ms on ``POST /v1/sessions``."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue  # gone
+        for tid in tids:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except FileNotFoundError:
+                if current == pid and not os.path.exists(f"/proc/{current}/task/{tid}"):
+                    continue  # the thread ended meanwhile
+                if current == pid:
+                    return None
+                continue
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
 def sample(pid: int, *, pss: bool = False, tree: bool = True) -> Memory | None:

@@ -56,6 +56,16 @@ def _sum_key(obj: Any, key: str) -> int:
     return 0
 
 
+def settled(stats: dict[str, Any]) -> bool:
+    """No profile spawns a spare or has fewer than its target (a ``GET /v1/pool`` document)."""
+    for prof in stats.get("profiles") or []:
+        if not isinstance(prof, dict):
+            continue
+        if prof.get("spawning") or (prof.get("ready") or 0) < (prof.get("target") or 0):
+            return False
+    return pool_counts(stats)[1] == 0
+
+
 def pool_counts(stats: dict[str, Any]) -> tuple[int, int]:
     """``(ready, spawning)`` spares over every profile of a ``GET /v1/pool`` document."""
     ready = _sum_key(stats.get("profiles", stats), "ready")
@@ -228,11 +238,12 @@ class Daemon:
         return out if isinstance(out, dict) else {}
 
     async def wait_quiet(self, timeout: float = QUIET_TIMEOUT_S) -> None:
-        """Until no spare is being spawned (bounded: a busy pool must not stall the run)."""
+        """Until no spare is being spawned and none is due (a replacement the pool holds back
+        until a claimed session's turn ended starts a moment later: that is not quiet yet).
+        Bounded: a busy pool must not stall the run."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _, spawning = pool_counts(await self.pool())
-            if spawning == 0:
+            if settled(await self.pool()):
                 return
             await asyncio.sleep(0.05)
 
@@ -243,8 +254,8 @@ class Daemon:
             stats = await self.pool()
             if stats.get("enabled") is False:
                 return False
-            ready, spawning = pool_counts(stats)
-            if ready > 0 and spawning == 0:
+            ready, _ = pool_counts(stats)
+            if ready > 0 and settled(stats):
                 return True
             await asyncio.sleep(0.05)
         return False
