@@ -192,3 +192,25 @@ async def test_shim_killed_while_a_permission_waits(
     assert not (workdir / "nope").exists()
     code, out, err = await run(shim, "-p", "[[say:still here]]", "--resume", str(sid), cwd=workdir)
     assert (code, out) == (0, "still here\n"), err
+
+
+async def test_continue_picks_the_newest_conversation_of_the_cwd(
+    dropin: Dropin, shim: str, workdir: Path, model_server: ModelServer
+) -> None:
+    code, out, _ = await run(shim, "-p", "[[say:first]]", "--output-format", "json", cwd=workdir)
+    sid = json.loads(out)["session_id"]
+    code, out, err = await run(
+        shim, "-p", "[[say:second]]", "--continue", "--output-format", "json", cwd=workdir
+    )
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["session_id"] == sid and again["result"] == "second"
+    assert model_server.main_requests()[-1]["n_messages"] >= 3
+    # Nothing to continue in another directory: a new conversation, as with the CLI.
+    other = workdir / "empty"
+    other.mkdir()
+    spawned = dropin.hub.supervisor.spawned_total
+    ours = await run(shim, "-p", "[[say:fresh]]", "--continue", cwd=other)
+    theirs = await run(CLI, "-p", "[[say:fresh]]", "--continue", cwd=other)
+    assert ours == theirs == (0, "fresh\n", "")
+    assert dropin.hub.supervisor.spawned_total == spawned + 1  # served by the daemon

@@ -421,8 +421,7 @@ class DropinRun:
             resume = _latest_session(
                 options, policy.config_dir(options.tenant) if policy is not None else None
             )
-            if resume is None:
-                raise _Exec("--continue with no conversation in this directory")
+            # Nothing to continue: a new conversation, as the CLI starts one then.
         try:
             if resume is not None:
                 hot = self._hot(resume)
