@@ -15,7 +15,8 @@ unexpected 500 ``internal`` (logged; it would be a bug).
 
 Public without a token: ``/healthz``, the dashboard's HTML and assets (``/``, ``/static/``; the
 data they show is loaded from ``/v1`` with a token), and the OpenAPI document and its viewers
-(``/openapi.json``, ``/docs``, ``/redoc``: no data).
+(``/openapi.json``, ``/docs``, ``/redoc``, ``/docs-assets/``: no data; see
+:mod:`hotsession.api.docs`).
 """
 
 from __future__ import annotations
