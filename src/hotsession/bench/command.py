@@ -194,6 +194,14 @@ async def _run_concurrency(
     help="--load: share of arrivals that open a new session (the rest are follow-ups).",
 )
 @click.option(
+    "--one-off",
+    "one_off",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="--load: share of new sessions that open a profile never seen again.",
+)
+@click.option(
     "--memory-budget-mb",
     type=float,
     default=None,
@@ -219,6 +227,7 @@ def bench(
     rate: float,
     duration: float,
     new_fraction: float,
+    one_off: float,
     memory_budget_mb: float | None,
     only: str | None,
     json_path: str | None,
@@ -266,6 +275,7 @@ def bench(
                     new_fraction=new_fraction,
                     memory_budget_mb=memory_budget_mb,
                     console=console,
+                    one_off_fraction=one_off,
                 )
             )
         elif concurrency is not None:

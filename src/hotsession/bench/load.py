@@ -5,7 +5,10 @@ schedule, so runs are comparable). Each arrival is a new session (``POST /v1/ses
 first turn) with probability ``new_fraction``, else a follow-up on a random open session that is
 not mid-turn (a new session when every one is busy). Arrivals do not wait for each other: load is
 open-loop, as real users are. Memory of the daemon's CLI processes (sum of PSS) is sampled every
-second for the peak. At the end ``GET /v1/pool`` gives hits and misses, evictions and recycles.
+second for the peak, and the pool's spares (ready, spawning, their memory) for ``spares_over_time``.
+With ``one_off_fraction`` that share of the new sessions opens a profile never seen before (a
+directory opened once): the pool must keep no spare for those. At the end ``GET /v1/pool`` gives
+hits and misses, evictions and recycles.
 """
 
 from __future__ import annotations
@@ -62,10 +65,20 @@ def _hit_rate(pool: dict[str, Any], before: dict[str, Any] | None = None) -> flo
 
 
 class _Load:
-    def __init__(self, daemon: Daemon, env: BenchEnv, new_fraction: float, seed: int) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        env: BenchEnv,
+        new_fraction: float,
+        seed: int,
+        one_off_fraction: float = 0.0,
+    ) -> None:
         self.d = daemon
         self.env = env
         self.new_fraction = new_fraction
+        self.one_off_fraction = one_off_fraction
+        self.spares_over_time: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
         self.rng = random.Random(seed)
         self.samples: list[Sample] = []
         self.sessions: dict[str, bool] = {}  # id -> busy
@@ -73,12 +86,18 @@ class _Load:
         self.peak_processes = 0
         self.opened_from: dict[str, int] = {}
 
-    def profile(self) -> dict[str, Any]:
-        return {"cwd": str(self.env.workdir), "permission_mode": self.env.permission_mode}
+    def profile(self, one_off: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cwd": str(self.env.workdir),
+            "permission_mode": self.env.permission_mode,
+        }
+        if one_off:  # a profile nobody opens again
+            out["append_system_prompt"] = f"one-off {uuid.uuid4().hex[:8]}"
+        return out
 
     async def arrival(self, index: int) -> None:
         idle = [sid for sid, busy in self.sessions.items() if not busy]
-        new = not idle or self.rng.random() < self.new_fraction
+        new = index < 0 or not idle or self.rng.random() < self.new_fraction
         marker = uuid.uuid4().hex[:12]
         prompt = f"load {index} [[marker:{marker}]]"
         s = Sample("load new session" if new else "load follow-up", index, marker, 0.0)
@@ -86,7 +105,9 @@ class _Load:
         try:
             if new:
                 t0 = time.monotonic()
-                created = await self.d.json("POST", "/v1/sessions", self.profile())
+                one_off = index >= 0 and self.rng.random() < self.one_off_fraction
+                s.extra["one_off"] = one_off
+                created = await self.d.json("POST", "/v1/sessions", self.profile(one_off))
                 sid = str(created["id"])
                 source = str(created.get("source") or created.get("open_source") or "unknown")
                 self.opened_from[source] = self.opened_from.get(source, 0) + 1
@@ -114,6 +135,20 @@ class _Load:
             total = (mem["roles"].get("all") or {}).get("pss_sum", 0.0)
             self.peak_pss_mb = max(self.peak_pss_mb, float(total))
             self.peak_processes = max(self.peak_processes, len(pids))
+            with contextlib.suppress(Exception):  # a figure, never a reason to fail the run
+                pool = await self.d.pool()
+                ready, spawning = pool_counts(pool)
+                self.spares_over_time.append(
+                    {
+                        "t_s": round(time.monotonic() - self.t0, 1),
+                        "ready": ready,
+                        "spawning": spawning,
+                        "spares_mb": (pool.get("memory") or {}).get("spares_mb"),
+                        "profiles_with_spares": sum(
+                            1 for p in pool.get("profiles") or [] if p.get("ready")
+                        ),
+                    }
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -127,6 +162,7 @@ async def run_load(
     memory_budget_mb: float | None,
     console: Console,
     seed: int = 1,
+    one_off_fraction: float = 0.0,
 ) -> RunResult:
     """The load run; returns samples plus the pool's account of it."""
     extra: tuple[str, ...] = ()
@@ -137,11 +173,12 @@ async def run_load(
     machine = machine_info()
     console.print("starting hotsession serve …")
     await daemon.start()
-    load = _Load(daemon, env, new_fraction, seed)
+    load = _Load(daemon, env, new_fraction, seed, one_off_fraction)
     stop = asyncio.Event()
     sampler = asyncio.create_task(load.sample_memory(stop))
     try:
-        # One session first, so the profile is known to the pool; then let it fill.
+        # Two sessions first, so the profile's demand repeats and the pool fills it.
+        await load.arrival(-2)
         await load.arrival(-1)
         load.samples.clear()
         load.opened_from.clear()
@@ -170,6 +207,7 @@ async def run_load(
         "rate_per_s": rate,
         "duration_s": duration,
         "new_fraction": new_fraction,
+        "one_off_fraction": one_off_fraction,
         "memory_budget_mb": memory_budget_mb,
         "arrivals": len(load.samples),
         "errors": errors,
@@ -179,6 +217,7 @@ async def run_load(
         "peak_pss_mb": round(load.peak_pss_mb, 1),
         "peak_cli_processes": load.peak_processes,
         "spares_ready_at_end": ready,
+        "spares_over_time": load.spares_over_time,
         "evictions": _find(pool, "evictions"),
         "recycles": _find(pool, "recycles"),
         "pool": pool,
