@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -173,6 +175,12 @@ async def _run_concurrency(
 )
 @click.option("--load", is_flag=True, help="Poisson load through the HTTP API instead.")
 @click.option(
+    "--cluster",
+    "cluster",
+    is_flag=True,
+    help="Cluster mode on a local 3-node Ray cluster and a private Postgres (docs/cluster.md).",
+)
+@click.option(
     "--cpu",
     "cpu",
     is_flag=True,
@@ -222,6 +230,7 @@ def bench(
     transport: bool,
     dropin: bool,
     load: bool,
+    cluster: bool,
     cpu: bool,
     concurrency: int | None,
     rate: float,
@@ -245,10 +254,14 @@ def bench(
             raise click.ClickException(
                 "--plot needs matplotlib: pip install 'hotsession[dev]' (or pip install matplotlib)"
             ) from None
-    if sum((transport, dropin, load, cpu, concurrency is not None)) > 1:
+    if sum((transport, dropin, load, cpu, cluster, concurrency is not None)) > 1:
         raise click.UsageError(
-            "--transport, --dropin, --load, --cpu and --concurrency are separate runs; pick one"
+            "--transport, --dropin, --load, --cpu, --cluster and --concurrency are separate runs;"
+            " pick one"
         )
+    if cluster:
+        _bench_cluster(quick, rounds, json_path, cli_path, permission_mode, keep_dir, console)
+        return
     try:
         env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
     except Exception as exc:
@@ -343,3 +356,36 @@ def bench(
         except PlotUnavailable as exc:
             raise click.ClickException(str(exc)) from exc
         console.print(f"plot: {plot_path}")
+
+
+def _bench_cluster(
+    quick: bool,
+    rounds: int | None,
+    json_path: str | None,
+    cli_path: str | None,
+    permission_mode: str,
+    keep_dir: bool,
+    console: Console,
+) -> None:
+    """``bench --cluster`` (hotsession.cluster.bench): prints and writes its figures as JSON."""
+    try:
+        from hotsession.cluster.bench import run_cluster_bench
+    except ImportError as exc:
+        raise click.ClickException(
+            f"--cluster needs the cluster extra (pip install 'hotsession[cluster]'): {exc}"
+        ) from None
+    env = BenchEnv(cli_path=cli_path, permission_mode=permission_mode, keep_dir=keep_dir)
+    try:
+        env.start()
+        n = rounds or (10 if quick else 50)
+        figures = asyncio.run(run_cluster_bench(env, rounds=n, console=console))
+    except BenchError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        env.stop()
+    figures["machine"] = machine_info()
+    text = json.dumps(figures, indent=2, default=str)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+        console.print(f"figures: {json_path}")

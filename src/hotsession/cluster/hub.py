@@ -119,6 +119,8 @@ class ClusterHub:
         self.node_losses: list[dict[str, Any]] = []
         self._rehoming: dict[str, asyncio.Task[Owner]] = {}
         self.seen_seq: dict[str, int] = {}
+        self._owners: dict[str, Owner] = {}  # last seen owner of each session (see ``owner``)
+        self._tenants: dict[str, str] = {}  # tenant of each open session this daemon has seen
         self._refresh: asyncio.Task[None] | None = None
         self._nodes_lock = asyncio.Lock()
         self._state_lock = state_lock  # one daemon per state dir (its daemon.json), as locally
@@ -265,12 +267,19 @@ class ClusterHub:
 
     # -- ownership and re-homing -------------------------------------------------------------------
 
-    async def owner(self, session_id: str) -> Owner:
-        """The session's owner as the store has it."""
-        owner: Ownership | None = await self.registry.owner(session_id)
-        if owner is None:
+    async def owner(self, session_id: str, *, fresh: bool = False) -> Owner:
+        """The session's owner: as this daemon last saw it, or (``fresh``) as the store has it.
+
+        A stale answer costs one retry, never a wrong turn: the node refuses an epoch it does
+        not hold (``StaleEpoch``) and the caller asks again with ``fresh``. This keeps the store
+        off a follow-up's path."""
+        if not fresh and session_id in self._owners:
+            return self._owners[session_id]
+        found: Ownership | None = await self.registry.owner(session_id)
+        if found is None:
             raise NotFound("no such session", session_id=session_id)
-        return Owner(owner.node or "", owner.epoch)
+        owner = self._owners[session_id] = Owner(found.node or "", found.epoch)
+        return owner
 
     async def rehome(self, session_id: str, *, lost: str | None = None, min_seq: int = 0) -> Owner:
         """Make sure the session is driven by a live node; returns its (new) owner."""
@@ -283,7 +292,7 @@ class ClusterHub:
 
     async def _rehome(self, session_id: str, lost: str | None, min_seq: int) -> Owner:
         for _ in range(ROUTE_TRIES):
-            current = await self.owner(session_id)
+            current = await self.owner(session_id, fresh=True)
             node = self.nodes.get(current.node)
             if node is not None and node.alive and current.node != lost:
                 return current  # somebody re-homed it already
@@ -298,6 +307,7 @@ class ClusterHub:
             min_seq = max(min_seq, self.seen_seq.get(session_id, 0))
             reply = await self.actor(new.node).adopt.remote(session_id, new.epoch, min_seq)
             raise_if_error(reply)
+            self._owners[session_id] = new
             self.rehomed_total += 1
             return new
         raise NodeLost("the session could not be re-homed", session_id=session_id)
@@ -312,7 +322,7 @@ class ClusterHub:
                 )
                 return raise_if_error(reply)
             except StaleEpoch:
-                owner = await self.owner(session_id)
+                owner = await self.owner(session_id, fresh=True)
             except LOST:
                 await self.node_lost(owner.node)
                 owner = await self.rehome(session_id, lost=owner.node)
@@ -363,15 +373,25 @@ class ClusterHub:
                 continue
             reply = raise_if_error(reply)
             view = reply["session"]
-            return RemoteSession(self, view, Owner(target.node, reply["epoch"]))
+            owner = self._owners[view["id"]] = Owner(target.node, reply["epoch"])
+            self._tenants[view["id"]] = tenant
+            return RemoteSession(self, view, owner)
 
     async def session(self, session_id: str, *, tenant: str | None = None) -> RemoteSession:
-        """The tenant's open session (404 unknown or another tenant's, 409 closed)."""
-        rec = await self.record(session_id, tenant=tenant)
-        if rec.state == "closed":
-            raise Conflict("the session is closed", session_id=session_id)
+        """The tenant's open session (404 unknown or another tenant's, 409 closed).
+
+        A session this daemon already knows is not read from the store again: its tenant never
+        changes, and its node answers 409 itself once it is closed."""
+        known = self._tenants.get(session_id)
+        if known is None:
+            rec = await self.record(session_id, tenant=tenant)
+            if rec.state == "closed":
+                raise Conflict("the session is closed", session_id=session_id)
+            known = self._tenants[session_id] = rec.tenant
+        elif tenant is not None and known != tenant:
+            raise NotFound("no such session", session_id=session_id)
         owner = await self.owner(session_id)
-        return RemoteSession(self, {"id": rec.id, "tenant": rec.tenant}, owner)
+        return RemoteSession(self, {"id": session_id, "tenant": known}, owner)
 
     async def record(self, session_id: str, *, tenant: str | None = None) -> SessionRecord:
         """A session's record from the store, closed ones included."""
@@ -397,6 +417,8 @@ class ClusterHub:
         """Close a session for good; its history stays."""
         await self.session(session_id, tenant=tenant)
         reply = await self.call(session_id, "close")
+        self._owners.pop(session_id, None)
+        self._tenants.pop(session_id, None)
         view: dict[str, Any] = reply["session"]
         return view
 
@@ -439,8 +461,8 @@ class RemoteSession:
 
     async def send(self, prompt: str) -> RemoteTurn:
         """Queue a prompt on the owning node; errors (409 / 413 / 429 / 503) are raised here."""
-        for _ in range(ROUTE_TRIES):
-            owner = await self.hub.owner(self.id)
+        for attempt in range(ROUTE_TRIES):
+            owner = await self.hub.owner(self.id, fresh=attempt > 0)
             try:
                 gen = self.hub.actor(owner.node).send.remote(self.id, owner.epoch, prompt)
                 first = await (await gen.__anext__())
@@ -560,8 +582,8 @@ async def _follow(
     its node is lost."""
     hub = session.hub
     last = after
-    for _ in range(ROUTE_TRIES):
-        owner = await hub.owner(session.id)
+    for attempt in range(ROUTE_TRIES):
+        owner = await hub.owner(session.id, fresh=attempt > 0)
         try:
             gen = hub.actor(owner.node).follow.remote(session.id, owner.epoch, last, follow, turn)
             raise_if_error(await (await gen.__anext__()))

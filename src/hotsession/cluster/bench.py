@@ -1,0 +1,310 @@
+"""``hotsession bench --cluster``: cluster mode measured on a local Ray cluster of three nodes.
+
+Everything runs on this machine, in one run: a private Postgres
+(:class:`~hotsession.testing.postgres.PrivatePostgres`), a Ray cluster of three nodes
+(``ray.cluster_utils.Cluster``: the head and two workers, each its own raylet and processes, each
+with a ``hotsession_memory_mb`` budget), ``hotsession serve --cluster … --database-url …`` as a
+subprocess (the API daemon), a single-machine ``hotsession serve`` for comparison, and the bare
+CLI (the floor). Figures:
+
+* ``followup_overhead_ms`` — median follow-up through the cluster daemon (the session lives in a
+  host actor, another process reached over Ray) minus the median bare-CLI follow-up
+  (``followup_single_ms``: the single-machine daemon's median follow-up, same run);
+* ``new_session_ms`` — median ``/v1/ask`` (a new session from a node's spare and its first
+  turn) on the cluster, with ``new_session_single_ms`` on one machine beside it;
+* ``recovery_ms`` — a worker node with idle sessions is removed; the time until each of them
+  answered a follow-up on another node with its context (median), in two parts: ``rehome_ms``
+  (detecting the loss, the new epoch, adopting from the store, materializing the transcript) and
+  ``resume_ms`` (the ``--resume`` spawn on the new node, the turn's ``claim_ms``);
+* ``lost_turns`` — turns accepted and never completed or errored (a turn running on the removed
+  node must end with ``node_lost``; the one queued behind it must run on the new node);
+* ``nodes`` — how many nodes ran.
+
+On a shared 2-core machine the absolute numbers are noisy: compare within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from hotsession.bench.daemon import Daemon
+from hotsession.bench.environment import BenchEnv, BenchError
+from hotsession.bench.modes import BareCli
+from hotsession.bench.stats import Sample
+from hotsession.cluster.node import MEMORY_RESOURCE
+
+NODE_MB = 4000
+KILLED_SESSIONS = 3
+TURN_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` for the Ray processes started meanwhile (nodes' agents inherit it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+async def _turn(daemon: Daemon, path: str, body: dict[str, Any], label: str) -> Sample:
+    s = Sample(label, 0, "", 0.0)
+    first = await asyncio.wait_for(daemon.stream(path, body, s), TURN_TIMEOUT_S)
+    s.extra["session"] = first
+    if s.error is not None:
+        raise BenchError(f"{label}: {s.error}")
+    return s
+
+
+async def _followups(daemon: Daemon, rounds: int, label: str) -> list[float]:
+    """Follow-ups on one session through ``daemon``; their times (ms)."""
+    session = await daemon.json(
+        "POST",
+        "/v1/sessions",
+        {"permission_mode": "bypassPermissions", "cwd": str(daemon.env.workdir)},
+    )
+    path = f"/v1/sessions/{session['id']}/turns"
+    await _turn(daemon, path, {"prompt": "[[say:warm]]"}, label)
+    out = []
+    for i in range(rounds):
+        s = await _turn(daemon, path, {"prompt": f"[[say:f{i}]]"}, label)
+        ms = s.ms("result_ms")
+        if ms is not None:
+            out.append(ms)
+    return out
+
+
+async def _new_sessions(daemon: Daemon, rounds: int, label: str) -> list[float]:
+    """``/v1/ask`` with a spare ready each time; their times (ms)."""
+    body = {
+        "permission_mode": "bypassPermissions",
+        "cwd": str(daemon.env.workdir),
+        "prompt": "[[say:new]]",
+    }
+    await _turn(daemon, "/v1/ask", body, label)  # the profile's first: teaches the pool
+    out = []
+    for _ in range(rounds):
+        await daemon.wait_spare()
+        s = await _turn(daemon, "/v1/ask", body, label)
+        ms = s.ms("result_ms")
+        if ms is not None:
+            out.append(ms)
+        if s.extra["session"].get("id"):
+            await daemon.close_session(s.extra["session"]["id"])
+    return out
+
+
+async def _floor(env: BenchEnv, rounds: int) -> list[float]:
+    mode = BareCli(env)
+    await mode.setup()
+    out = []
+    try:
+        for i in range(rounds):
+            s = Sample(mode.name, i, "", 0.0)
+            await mode.sample(s, f"[[say:b{i}]]")
+            ms = s.ms("result_ms")
+            if ms is not None:
+                out.append(ms)
+    finally:
+        await mode.teardown()
+    return out
+
+
+async def _recovery(daemon: Daemon, cluster: Any, env: BenchEnv) -> dict[str, Any]:
+    """Remove a worker node holding idle sessions (and a running and a queued turn); measure."""
+    worker_ids = {n.node_id: n for n in cluster.worker_nodes}
+    victims: list[dict[str, Any]] = []
+    others = 0
+    # Open sessions until KILLED_SESSIONS sit on one worker node (placement spreads them).
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(KILLED_SESSIONS * 4):
+        view = await daemon.json(
+            "POST",
+            "/v1/sessions",
+            {"permission_mode": "bypassPermissions", "cwd": str(daemon.env.workdir)},
+        )
+        by_node.setdefault(view["node"], []).append(view)
+        full = [n for n, vs in by_node.items() if n in worker_ids and len(vs) > KILLED_SESSIONS]
+        if full:
+            victims = by_node[full[0]]
+            break
+    else:
+        full = [n for n in by_node if n in worker_ids]
+        if not full:
+            raise BenchError("no session landed on a worker node")
+        victims = by_node[full[0]]
+    node_id = victims[0]["node"]
+    others = sum(len(vs) for n, vs in by_node.items() if n != node_id)
+    busy, idle = victims[0], victims[1:]
+    for i, view in enumerate(victims):  # each conversation has a fact to remember
+        await _turn(
+            daemon, f"/v1/sessions/{view['id']}/turns", {"prompt": f"[[say:fact {i}]]"}, "setup"
+        )
+    env_log_before = len(env.model_log())
+    # A turn running on the node when it goes, and one queued behind it.
+    running = asyncio.create_task(
+        _turn_outcome(daemon, busy["id"], "[[marker:running]][[delay:4000]]")
+    )
+    await asyncio.sleep(0.3)
+    queued = asyncio.create_task(_turn_outcome(daemon, busy["id"], "[[say:queued]]"))
+    deadline = time.monotonic() + 30
+    while not any("running" in (e.get("markers") or []) for e in env.model_log()):
+        if time.monotonic() > deadline:
+            raise BenchError("the running turn never reached the model")
+        await asyncio.sleep(0.05)
+    killed_at = time.monotonic()
+    await asyncio.to_thread(cluster.remove_node, worker_ids[node_id])
+    answers = await asyncio.gather(*(_recovered(daemon, v["id"], killed_at) for v in idle))
+    outcomes = [await asyncio.wait_for(t, TURN_TIMEOUT_S) for t in (running, queued)]
+    log = env.model_log()[env_log_before:]
+    with_context = sum(
+        1
+        for e in log
+        if e.get("main")
+        and str(e.get("last_user_text", "")).startswith("[[say:after")
+        and (e.get("n_messages") or 0) >= 3
+    )
+    total = [a["total_ms"] for a in answers]
+    resume = [a["claim_ms"] for a in answers]
+    lost = sum(1 for o in outcomes if o is None)
+    return {
+        "node": node_id,
+        "sessions_on_node": len(victims),
+        "sessions_elsewhere": others,
+        "recovery_ms": _median(total),
+        "rehome_ms": _median([t - r for t, r in zip(total, resume, strict=True)]),
+        "resume_ms": _median(resume),
+        "answered_with_context": with_context,
+        "idle_sessions": len(idle),
+        "running_turn": outcomes[0],
+        "queued_turn": outcomes[1],
+        "lost_turns": lost,
+    }
+
+
+async def _turn_outcome(daemon: Daemon, session_id: str, prompt: str) -> str | None:
+    """How a turn ended: ``result``, an error code, or None if it never ended."""
+    s = Sample("recovery", 0, "", 0.0)
+    try:
+        await asyncio.wait_for(
+            daemon.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s),
+            TURN_TIMEOUT_S,
+        )
+    except (BenchError, TimeoutError, httpx.HTTPError):
+        return None
+    if s.error is not None:
+        return s.error.split(":", 1)[0]
+    return "result"
+
+
+async def _recovered(daemon: Daemon, session_id: str, since: float) -> dict[str, float]:
+    """A follow-up right after the node went away: ms from the loss to its result."""
+    s = await _turn(
+        daemon, f"/v1/sessions/{session_id}/turns", {"prompt": "[[say:after]]"}, "recovery"
+    )
+    assert s.t_result is not None
+    timing = s.extra.get("timing") or {}
+    return {"total_ms": (s.t_result - since) * 1000, "claim_ms": float(timing.get("claim_ms", 0))}
+
+
+async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict[str, Any]:
+    """The whole run (see the module docstring); returns the figures."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from hotsession.testing.postgres import PrivatePostgres
+
+    node_env = {k: v for k, v in env.agent_vars().items() if k != "CLAUDE_CONFIG_DIR"}
+    node_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    console.print("starting a private Postgres and a 3-node Ray cluster …")
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        with _environment(node_env):
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 1,
+                    "include_dashboard": False,
+                    "resources": {MEMORY_RESOURCE: NODE_MB},
+                },
+            )
+            for _ in range(2):
+                cluster.add_node(num_cpus=1, resources={MEMORY_RESOURCE: NODE_MB})
+        cluster.wait_for_nodes()
+        try:
+            return await _measure(env, cluster, pg.url, rounds, console)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            cluster.shutdown()  # type: ignore[no-untyped-call]
+    finally:
+        pg.cleanup()
+
+
+async def _measure(
+    env: BenchEnv, cluster: Any, database_url: str, rounds: int, console: Any
+) -> dict[str, Any]:
+    console.print(f"floor: bare CLI, {rounds} follow-ups …")
+    floor = await _floor(env, rounds)
+    console.print("single machine: hotsession serve …")
+    single = Daemon(env)
+    await single.start()
+    try:
+        follow_single = await _followups(single, rounds, "single follow-up")
+        new_single = await _new_sessions(single, max(3, rounds // 4), "single new")
+    finally:
+        await single.stop()
+    console.print("cluster: hotsession serve --cluster … --database-url … (3 nodes)")
+    daemon = Daemon(env, extra_args=("--cluster", cluster.address, "--database-url", database_url))
+    daemon.state_dir = env.root / "cluster-daemon-state"
+    await daemon.start()
+    try:
+        followups = await _followups(daemon, rounds, "cluster follow-up")
+        new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
+        console.print("recovery: removing a worker node …")
+        recovery = await _recovery(daemon, cluster, env)
+        health = await daemon.json("GET", "/healthz")
+    finally:
+        await daemon.stop()
+    floor_ms = _median(floor)
+    follow_ms = _median(followups)
+    overhead = None
+    if follow_ms is not None and floor_ms is not None:
+        overhead = round(follow_ms - floor_ms, 2)
+    return {
+        "nodes": 3,
+        "nodes_after_loss": health.get("nodes"),
+        "rounds": rounds,
+        "floor_ms": floor_ms,
+        "followup_ms": follow_ms,
+        "followup_overhead_ms": overhead,
+        "followup_single_ms": _median(follow_single),
+        "new_session_ms": _median(new_cluster),
+        "new_session_single_ms": _median(new_single),
+        "recovery_ms": {
+            "total": recovery["recovery_ms"],
+            "rehome": recovery["rehome_ms"],
+            "resume_spawn": recovery["resume_ms"],
+        },
+        "recovery": recovery,
+        "lost_turns": recovery["lost_turns"],
+    }
