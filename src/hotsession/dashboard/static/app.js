@@ -880,6 +880,7 @@ function renderPool() {
   };
   reasons("evictions", p.evictions);
   reasons("recycles", p.recycles);
+  renderNodes(p.nodes);
   if (!on) {
     $("poolsum").textContent = "";
     return;
@@ -910,6 +911,27 @@ function renderPool() {
   );
   if (!p.profiles.length) $("profiles").append(h("tr", null, h("td", { colspan: "7", class: "muted" }, "No profiles yet.")));
   renderChart();
+}
+
+/** Cluster mode: one row per node (`/v1/pool`'s `nodes`); the card stays hidden otherwise. */
+function renderNodes(nodes) {
+  $("nodes-card").hidden = !Array.isArray(nodes);
+  if (!Array.isArray(nodes)) return;
+  $("nodes").replaceChildren(
+    ...nodes.map((n) => {
+      const m = n.memory || {};
+      const spares = Object.values(n.spares || {}).reduce((a, x) => a + x, 0);
+      return h("tr", { class: n.alive ? null : "failing", "data-node": n.node },
+        h("th", { scope: "row" }, h("span", { class: "cwd", title: n.node }, String(n.node || "").slice(0, 12)),
+          n.alive ? null : h("span", { class: "badge" }, "lost")),
+        h("td", { class: "num", "data-label": "Sessions" }, String(n.sessions ?? 0)),
+        h("td", { class: "num", "data-label": "Live" }, String(n.live_processes ?? 0)),
+        h("td", { class: "num", "data-label": "Spares" }, String(spares)),
+        h("td", { class: "num", "data-label": "Hit rate" }, n.hit_rate == null ? "–" : `${Math.round(n.hit_rate * 100)}%`),
+        h("td", { class: "num", "data-label": "Memory" }, `${fmtMB(m.used_mb)} / ${fmtMB(m.budget_mb)}`),
+      );
+    }),
+  );
 }
 
 /** A round axis top at or above `v`: 1, 2 or 5 times a power of ten (in MB). */
