@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import replace_node, worker_node
+from tests.cluster.conftest import replace_node, worker_node
+
 from hotsession.cluster.hub import ClusterHub
 from hotsession.testing.model_server import ModelServer
 
