@@ -64,6 +64,24 @@ async def test_text_to_a_pipe_is_what_the_cli_prints(
     assert (code, out) == (0, "piped\n")
 
 
+async def test_prompt_argument_with_an_open_silent_stdin_waits_and_warns_like_the_cli(
+    dropin: Dropin, shim: str, workdir: Path
+) -> None:
+    async def silent_stdin(*argv: str) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=workdir,
+        )  # fmt: skip
+        out, err = await proc.stdout.read(), await proc.stderr.read()  # type: ignore[union-attr]
+        await proc.wait()
+        assert proc.returncode is not None
+        return proc.returncode, out, err
+
+    ours = await silent_stdin(shim, "-p", "[[say:waited]]")
+    theirs = await silent_stdin(CLI, "-p", "[[say:waited]]")
+    assert ours == theirs and ours[1] == b"waited\n" and b"no stdin data received" in ours[2]
+
+
 async def test_stream_json_print_mode(dropin: Dropin, shim: str, workdir: Path) -> None:
     code, out, err = await run(
         shim, "-p", "[[say:streamed]]", "--output-format", "stream-json", "--verbose", cwd=workdir

@@ -77,7 +77,11 @@ log = logging.getLogger(__name__)
 STDOUT, STDERR = 1, 2
 GONE = "the client went away (hotsession-claude disconnected)"
 STDIN_GRACE_S = 3.0
-"""With a prompt argument, how long ``-p`` waits for piped stdin to end (as the CLI does)."""
+"""How long ``-p`` waits for piped stdin to say something (as the CLI does, with its warning)."""
+STDIN_WARNING = (
+    "Warning: no stdin data received in 3s, proceeding without it. If piping from a slow "
+    "command, redirect stdin explicitly: < /dev/null to skip, or wait longer."
+)
 
 
 @dataclass
@@ -122,6 +126,7 @@ class DropinRun:
         self._out: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stdin_eof = asyncio.Event()
+        self._stdin_data = asyncio.Event()
         self._stdin_buf = bytearray()
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], str]] = {}
         self._turns: deque[Turn] = deque()
@@ -266,6 +271,7 @@ class DropinRun:
                 continue
             if not self.inv.streaming_input:
                 self._stdin_buf += item
+                self._stdin_data.set()
                 continue
             buf += item
             while True:
@@ -488,12 +494,17 @@ class DropinRun:
     async def _print_turn(self) -> None:
         prompt = self.inv.prompt
         if not self.hello.get("stdin_tty"):
-            if prompt is None:
-                await self._stdin_eof.wait()
+            said = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STDIN_GRACE_S):
+                    await _first_of(self._stdin_eof, self._stdin_data)
+                    said = True
+            if said:
+                await self._stdin_eof.wait()  # it is writing: all of it
+            elif prompt is None:
+                raise _Exec("no prompt on stdin within 3 s")
             else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(STDIN_GRACE_S):
-                        await self._stdin_eof.wait()
+                self._err(STDIN_WARNING)
             piped = self._stdin_buf.decode("utf-8", "replace")
             if piped.strip():
                 prompt = piped if prompt is None else f"{prompt}\n{piped}"
@@ -744,6 +755,15 @@ def _remember_profile(key: str, canon: str, answer: dict[str, Any]) -> None:
     _PROFILE_INIT[key] = (canon, answer)
     while len(_PROFILE_INIT) > _PROFILE_INIT_MAX:
         _PROFILE_INIT.pop(next(iter(_PROFILE_INIT)))
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _stream_partials(session: Session, on: bool) -> None:
