@@ -261,34 +261,8 @@ class Hotsession:
             options = SessionOptions.create(os.path.realpath(cwd), tenant=tenant, **option_fields)
         if not os.path.isdir(options.cwd):
             raise InvalidRequest(f"cwd is not a directory: {options.cwd}", field="cwd")
-        if resume is not None:
-            _check_uuid(resume)
-            holder = self.host.lease_holder(resume)
-            if holder is not None and not fork:
-                raise Conflict(
-                    "that Claude Code session is open in another hotsession session",
-                    session_id=holder if self._visible(holder, options.tenant) else None,
-                )
-        if cli_session_id is not None:
-            _check_uuid(cli_session_id)
-        if resume and fork:
-            cli_session_id, origin = cli_session_id or str(uuid.uuid4()), f"fork:{resume}"
-        elif resume:
-            cli_session_id, origin = resume, "resume"
-        else:
-            cli_session_id, origin = cli_session_id or "", "new"
-        opts = options.to_dict()
-        opts["origin"] = origin
-        if include_partial_messages:
-            opts["include_partial_messages"] = True
-        rec = SessionRecord(
-            id=new_session_id(),
-            tenant=options.tenant,
-            cli_session_id=cli_session_id,
-            cwd=options.cwd,
-            options=opts,
-            profile_key=options.profile_key(),
-            metadata=dict(metadata or {}),
+        rec = self._new_record(
+            options, resume, fork, cli_session_id, metadata, include_partial_messages
         )
         session = Session(self, rec, listener=self)
         began = time.monotonic()
@@ -310,6 +284,46 @@ class Hotsession:
             raise
         self.session_state_changed(session)
         return session
+
+    def _new_record(
+        self,
+        options: SessionOptions,
+        resume: str | None,
+        fork: bool,
+        cli_session_id: str | None,
+        metadata: dict[str, Any] | None,
+        include_partial_messages: bool,
+    ) -> SessionRecord:
+        """The record of a session about to open: its ids and origin (new, resume, fork)."""
+        if resume is not None:
+            _check_uuid(resume)
+            holder = self.host.lease_holder(resume)
+            if holder is not None and not fork:
+                raise Conflict(
+                    "that Claude Code session is open in another hotsession session",
+                    session_id=holder if self._visible(holder, options.tenant) else None,
+                )
+        if cli_session_id is not None:
+            _check_uuid(cli_session_id)
+        if resume and fork:
+            cli_session_id, origin = cli_session_id or str(uuid.uuid4()), f"fork:{resume}"
+        elif resume:
+            cli_session_id, origin = resume, "resume"
+        else:
+            cli_session_id, origin = cli_session_id or "", "new"
+        opts = options.to_dict()
+        opts["origin"] = origin
+        if include_partial_messages:
+            opts["include_partial_messages"] = True
+        return SessionRecord(
+            id=new_session_id(),
+            tenant=options.tenant,
+            cli_session_id=cli_session_id,
+            cwd=options.cwd,
+            options=opts,
+            profile_key=options.profile_key(),
+            metadata=dict(metadata or {}),
+        )
 
     def _visible(self, session_id: str, tenant: str | None) -> bool:
         s = self.sessions.get(session_id)

@@ -44,7 +44,6 @@ import resource
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +149,27 @@ class Supervisor:
         """
         if not os.path.isdir(cwd):
             raise AgentStartError(f"working directory does not exist: {cwd}")
+        agent = await self._start(argv, cwd=cwd, env=env, label=label, run_as=run_as)
+        await self._record(agent, role=role, session_id=session_id, cli_session_id=cli_session_id)
+        try:
+            await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
+        except AgentError as exc:
+            raise await self._start_failed(agent, exc) from exc
+        except BaseException:
+            agent.kill()
+            raise
+        return agent
+
+    async def _start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        label: str,
+        run_as: RunAs | None,
+    ) -> AgentProcess:
+        """Start the process (its own group, tagged, dying with the daemon) and adopt it."""
         tag = f"{os.getpid()}:{secrets.token_hex(8)}"
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -171,45 +191,48 @@ class Supervisor:
         self._tags[agent.pid] = tag
         self._adopt(agent)
         self.spawned_total += 1
-        if self.registry is not None:
-            try:
-                await self.registry.put_process(
-                    ProcessRecord(
-                        pid=agent.pid,
-                        create_time=_create_time(agent.pid),
-                        role=role,
-                        session_id=session_id,
-                        cli_session_id=cli_session_id,
-                    )
-                )
-            except Exception:
-                # The process runs regardless; only a restarted daemon's orphan sweep misses it
-                # (the parent-death signal and the agent tag still end it).
-                log.exception(
-                    "cannot record agent process %s (%s, session %s) in the registry",
-                    agent.pid,
-                    role,
-                    session_id,
-                )
-        try:
-            await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
-        except AgentError as exc:
-            self.spawn_failures_total += 1
-            agent.kill()
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(5):
-                    await agent.exited.wait()
-            detail = agent.stderr_tail() or exc.stderr_tail
-            reason = _first_line(detail) or exc.message
-            raise AgentStartError(
-                f"the Claude Code CLI did not start: {reason}",
-                exit_code=agent.returncode,
-                stderr_tail=detail,
-            ) from exc
-        except BaseException:
-            agent.kill()
-            raise
         return agent
+
+    async def _record(
+        self, agent: AgentProcess, *, role: str, session_id: str | None, cli_session_id: str | None
+    ) -> None:
+        """Record the process for a restarted daemon's orphan sweep (a failure is logged)."""
+        if self.registry is None:
+            return
+        try:
+            await self.registry.put_process(
+                ProcessRecord(
+                    pid=agent.pid,
+                    create_time=_create_time(agent.pid),
+                    role=role,
+                    session_id=session_id,
+                    cli_session_id=cli_session_id,
+                )
+            )
+        except Exception:
+            # The process runs regardless; only a restarted daemon's orphan sweep misses it
+            # (the parent-death signal and the agent tag still end it).
+            log.exception(
+                "cannot record agent process %s (%s, session %s) in the registry",
+                agent.pid,
+                role,
+                session_id,
+            )
+
+    async def _start_failed(self, agent: AgentProcess, exc: AgentError) -> AgentStartError:
+        """Kill a process that did not complete ``initialize``; the error that says why."""
+        self.spawn_failures_total += 1
+        agent.kill()
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(5):
+                await agent.exited.wait()
+        detail = agent.stderr_tail() or exc.stderr_tail
+        reason = _first_line(detail) or exc.message
+        return AgentStartError(
+            f"the Claude Code CLI did not start: {reason}",
+            exit_code=agent.returncode,
+            stderr_tail=detail,
+        )
 
     def _adopt(self, agent: AgentProcess) -> None:
         self.children[agent.pid] = agent
@@ -330,8 +353,3 @@ def _first_line(text: str | None) -> str:
         if line.strip():
             return line.strip()[:300]
     return ""
-
-
-def monotonic_ms(since: float) -> float:
-    """Milliseconds elapsed since a ``time.monotonic()`` reading."""
-    return round((time.monotonic() - since) * 1000, 2)

@@ -1,4 +1,5 @@
-"""The transport's edge cases against a scripted fake CLI (a real process)."""
+"""The transport's edge cases against the fake agent (``hotsession.testing.fake_agent``, a real
+process speaking the CLI's protocol; its prompt directives and environment switch the cases)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from hotsession.errors import (
     AgentTimeout,
 )
 from hotsession.supervisor import Supervisor
+from hotsession.testing import fake_agent
 
-FAKE = str(Path(__file__).with_name("fake_cli.py"))
+FAKE = fake_agent.__file__
 
 
 def gone(pid: int) -> bool:
@@ -34,21 +36,20 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def spawn(
-    tmp_path: Path, mode: str, sup: Supervisor | None = None, **env: str
-) -> AgentProcess:
+async def spawn(tmp_path: Path, sup: Supervisor | None = None, **env: str) -> AgentProcess:
     sup = sup or Supervisor(spawn_timeout=5, max_line_bytes=1024 * 1024)
     return await sup.spawn(
-        [sys.executable, FAKE],
-        cwd=str(tmp_path),
-        env={**os.environ, "FAKE_MODE": mode, **env},
-        label="test",
+        [sys.executable, "-S", FAKE], cwd=str(tmp_path), env={**os.environ, **env}, label="test"
     )
 
 
 async def next_message(agent: AgentProcess) -> dict[str, Any]:
+    """The next message of the turn (the fake's ``system/init`` at a turn's start skipped)."""
     async with asyncio.timeout(5):
-        return await agent.next_message()
+        while True:
+            msg = await agent.next_message()
+            if msg.get("subtype") != "init":
+                return msg
 
 
 async def died_with(agent: AgentProcess) -> AgentError:
@@ -60,19 +61,19 @@ async def died_with(agent: AgentProcess) -> AgentError:
 
 
 async def test_turn_round_trip(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "normal")
-    assert agent.init_response == {"pid": agent.pid}
+    agent = await spawn(tmp_path)
+    assert agent.init_response is not None and agent.init_response["pid"] == agent.pid
     await agent.send_user("hi")
     assert agent.turns == 1  # the transport counts the turns it started
     assert (await next_message(agent))["type"] == "assistant"
     res = await next_message(agent)
-    assert res["type"] == "result" and res["result"] == "echo:hi"
+    assert res["type"] == "result" and res["result"] == "echo: hi"
     await agent.close()
     assert gone(agent.pid)
 
 
 async def test_iteration_yields_messages_then_raises_the_death(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "normal")
+    agent = await spawn(tmp_path)
     await agent.send_user("one")
     await agent.send_user("two")
     seen: list[str] = []
@@ -80,15 +81,15 @@ async def test_iteration_yields_messages_then_raises_the_death(tmp_path: Path) -
         async with asyncio.timeout(5):
             async for msg in agent:
                 seen.append(msg["type"])
-                if len(seen) == 4:
+                if len(seen) == 6:
                     agent.kill()
-    assert seen == ["assistant", "result", "assistant", "result"]
+    assert seen == ["system", "assistant", "result"] * 2
     assert info.value is agent.exit_error
     await died_with(agent)  # every later read raises the same typed end
 
 
 async def test_drain_idle_takes_what_was_written_without_waiting(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "normal")
+    agent = await spawn(tmp_path)
     assert agent.drain_idle() == []
     await agent.send_user("x")
     async with asyncio.timeout(5):
@@ -98,31 +99,31 @@ async def test_drain_idle_takes_what_was_written_without_waiting(tmp_path: Path)
     while not any(m["type"] == "result" for m in rest):
         await asyncio.sleep(0.01)
         rest += agent.drain_idle()
-    assert [m["type"] for m in rest] == ["assistant", "result"]
+    assert [m["type"] for m in rest] == ["system", "assistant", "result"]
     agent.kill()
     await agent.exited.wait()
     assert agent.drain_idle() == []  # a dead process's drain is empty, not an error
 
 
 async def test_noise_lines_are_skipped(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "noise")
-    await agent.send_user("x")
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[noise]]")
     assert (await next_message(agent))["type"] == "assistant"
     assert "[stdout] [debug] not json" in agent.stderr_tail()
     await agent.close()
 
 
 async def test_corrupt_json_kills_with_protocol_error(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "corrupt")
-    await agent.send_user("x")
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[corrupt]]")
     await died_with(agent)
     assert isinstance(agent.exit_error, AgentProtocolError)
     assert gone(agent.pid)
 
 
 async def test_line_over_limit_kills_with_protocol_error(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "bigline", FAKE_BYTES="1500000")
-    await agent.send_user("x")
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[bigline:1500000]]")
     await died_with(agent)
     assert isinstance(agent.exit_error, AgentProtocolError)
     assert "limit" in agent.exit_error.message
@@ -130,16 +131,16 @@ async def test_line_over_limit_kills_with_protocol_error(tmp_path: Path) -> None
 
 
 async def test_line_under_limit_passes(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "bigline", FAKE_BYTES="900000")
-    await agent.send_user("x")
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[bigline:900000]]")
     msg = await next_message(agent)
     assert len(msg["pad"]) == 900_000
     await agent.close()
 
 
 async def test_exit_zero_mid_turn_is_a_typed_death(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "exit0")
-    await agent.send_user("x")
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[exit:0]]")
     await died_with(agent)
     assert isinstance(agent.exit_error, AgentDied)
     assert agent.exit_error.exit_code == 0
@@ -149,29 +150,29 @@ async def test_exit_zero_mid_turn_is_a_typed_death(tmp_path: Path) -> None:
 
 async def test_start_failure_carries_exit_code_and_stderr(tmp_path: Path) -> None:
     with pytest.raises(AgentStartError) as info:
-        await spawn(tmp_path, "start_crash")
+        await spawn(tmp_path, FAKE_AGENT_EXIT="7")
     assert info.value.exit_code == 7
-    assert "fatal: cannot start" in (info.value.stderr_tail or "")
+    assert "configured to fail at start-up" in (info.value.stderr_tail or "")
 
 
 async def test_no_handshake_is_a_start_timeout_and_the_process_is_killed(tmp_path: Path) -> None:
     sup = Supervisor(spawn_timeout=0.5)
     with pytest.raises(AgentStartError):
-        await spawn(tmp_path, "nohandshake", sup)
+        await spawn(tmp_path, sup, FAKE_AGENT_IGNORE_CONTROL="initialize")
     assert sup.children == {} or all(not a.alive for a in sup.children.values())
     for proc in psutil.Process().children(recursive=True):
         assert FAKE not in " ".join(proc.cmdline()) or proc.status() == psutil.STATUS_ZOMBIE
 
 
 async def test_control_request_times_out_typed(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "deaf")
+    agent = await spawn(tmp_path, FAKE_AGENT_IGNORE_CONTROL="interrupt")
     with pytest.raises(AgentTimeout):
         await agent.request("interrupt", timeout=0.2)
     await agent.close()
 
 
 async def test_close_escalates_to_sigkill(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "stubborn")
+    agent = await spawn(tmp_path, FAKE_AGENT_STUBBORN="1")
     began = time.monotonic()
     await agent.close(step_timeout=0.3)
     assert gone(agent.pid)
@@ -179,7 +180,7 @@ async def test_close_escalates_to_sigkill(tmp_path: Path) -> None:
 
 
 async def test_permission_request_is_answered_by_handler(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "permission")
+    agent = await spawn(tmp_path)
     seen: list[dict[str, Any]] = []
 
     async def handler(_agent: AgentProcess, request: dict[str, Any]) -> dict[str, Any]:
@@ -187,16 +188,18 @@ async def test_permission_request_is_answered_by_handler(tmp_path: Path) -> None
         return {"behavior": "allow", "updatedInput": {"command": "edited"}}
 
     agent.attach(handler)
-    await agent.send_user("rm -rf /")
+    await agent.send_user("rm -rf / [[ask:Bash]]")
     await next_message(agent)  # assistant
     res = await next_message(agent)
-    assert seen[0]["tool_name"] == "Bash" and seen[0]["input"] == {"command": "rm -rf /"}
+    assert seen[0]["tool_name"] == "Bash" and seen[0]["input"] == {
+        "command": "rm -rf / [[ask:Bash]]"
+    }
     assert '"edited"' in res["result"]
     await agent.close()
 
 
 async def test_cancel_request_cancels_handler(tmp_path: Path) -> None:
-    agent = await spawn(tmp_path, "cancel_permission")
+    agent = await spawn(tmp_path)
     cancelled = asyncio.Event()
     withdrawn: list[str] = []
 
@@ -209,10 +212,10 @@ async def test_cancel_request_cancels_handler(tmp_path: Path) -> None:
         return {}
 
     agent.attach(handler, withdrawn.append)
-    await agent.send_user("x")
+    await agent.send_user("[[ask-withdrawn]]")
     async with asyncio.timeout(5):
         await cancelled.wait()
-    assert withdrawn == ["perm-2"]
+    assert withdrawn == ["perm-1"]
     await agent.close()
 
 
@@ -229,8 +232,9 @@ def test_children_die_with_the_daemon(tmp_path: Path) -> None:
             from hotsession.supervisor import Supervisor
             async def main():
                 sup = Supervisor(spawn_timeout=5)
-                agent = await sup.spawn([sys.executable, {FAKE!r}], cwd={str(tmp_path)!r},
-                                        env={{**os.environ, "FAKE_MODE": "stubborn"}}, label="t")
+                agent = await sup.spawn([sys.executable, "-S", {FAKE!r}], cwd={str(tmp_path)!r},
+                                        env={{**os.environ, "FAKE_AGENT_STUBBORN": "1"}},
+                                        label="t")
                 print(agent.pid, flush=True)
                 await asyncio.sleep(60)
             asyncio.run(main())

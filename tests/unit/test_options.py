@@ -92,3 +92,12 @@ def test_turn_clock_counts_an_open_as_claim_time() -> None:
     out = clock.breakdown(11.0)
     assert out["claim_ms"] == pytest.approx(400) and out["queued_ms"] == pytest.approx(10)
     assert out["total_ms"] == pytest.approx(1000)
+
+
+def test_the_api_takes_the_permission_modes_the_options_know() -> None:
+    from hotsession.api.schemas import SessionOptionsIn
+    from hotsession.options import PERMISSION_MODES
+
+    schema = SessionOptionsIn.model_json_schema()["properties"]["permission_mode"]
+    (enum,) = [alt["enum"] for alt in schema["anyOf"] if "enum" in alt]
+    assert tuple(enum) == PERMISSION_MODES

@@ -41,6 +41,7 @@ from typing import Any
 
 from hotsession.errors import HotsessionError
 from hotsession.events import Event
+from hotsession.session.turn import Turn
 
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -95,11 +96,12 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """SSE bytes of ``source`` (see the module docstring for when it ends)."""
     it: AsyncGenerator[Event, None] = source.__aiter__()  # type: ignore[assignment]
-    # A turn (``Session.send``'s ``Turn``) can hand over the events it already has at once.
-    take_ready: Callable[[], list[Event]] | None = getattr(source, "take_ready", None)
+    # A turn (``Session.send``'s ``Turn``) can hand over the events it already has at once ...
+    turn = source if isinstance(source, Turn) else None
+    take_ready: Callable[[], list[Event]] | None = turn.take_ready if turn else None
     # ... and says when its prompt is recorded: a client that saw one of its events may rely on
     # the turn being in the registry (a daemon killed after that still knows of it).
-    recorded: Callable[[], Awaitable[None]] | None = getattr(source, "recorded", None)
+    recorded: Callable[[], Awaitable[None]] | None = turn.recorded if turn else None
     getter: asyncio.Future[Event] | None = None
     try:
         if head:

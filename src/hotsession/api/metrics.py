@@ -9,6 +9,7 @@ collide.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from hotsession.hub import Hotsession
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,7 +76,8 @@ def _pool_metrics(hub: Hotsession) -> Iterator[Metric]:
         return
     try:
         stats: dict[str, Any] = hub.pool.stats()
-    except Exception:  # the pool is optional and must not break a scrape
+    except Exception:  # a bug in the pool's figures must not break the whole scrape
+        log.exception("metrics: the pool's stats failed; pool metrics left out of this scrape")
         return
     fields = {
         "ready": "Ready spares.",

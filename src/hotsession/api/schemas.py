@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hotsession.options import PermissionMode
 from hotsession.registry.records import SessionState, TurnStatus
 
-PermissionModeName = Literal[
-    "default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"
-]
+# The one list of permission modes (``hotsession.options``), so the API's schema cannot drift.
+PermissionModeName = PermissionMode
 
 
 def _check_tool(rule: str) -> str:

@@ -36,9 +36,11 @@ from hotsession.api.schemas import (
     TurnIn,
     WarmOut,
 )
-from hotsession.errors import Conflict, InvalidRequest, NotFound, PromptTooLarge
+from hotsession.errors import Conflict, InvalidRequest, NotFound
 from hotsession.registry import SessionRecord
 from hotsession.session import Session, replay
+from hotsession.session import check_prompt as session_check_prompt
+from hotsession.session import session_view as view_of
 from hotsession.settings import Tenant
 
 log = logging.getLogger(__name__)
@@ -81,29 +83,7 @@ def session_views(api: ApiState, sessions: list[Session]) -> list[dict[str, Any]
 
 def record_view(rec: SessionRecord) -> dict[str, Any]:
     """A session known only from the registry (closed), in the same shape."""
-    return {
-        "id": rec.id,
-        "tenant": rec.tenant,
-        "cli_session_id": rec.cli_session_id,
-        "state": rec.state,
-        "cwd": rec.cwd,
-        "model": rec.options.get("model"),
-        "permission_mode": rec.options.get("permission_mode"),
-        "profile": rec.profile_key,
-        "pid": None,
-        "turns": rec.turns,
-        "queued": 0,
-        "created_at": rec.created_at,
-        "updated_at": rec.updated_at,
-        "last_active_at": rec.last_active_at,
-        "last_timing": rec.last_timing,
-        "pending_permissions": [],
-        "metadata": rec.metadata,
-        "error": rec.error,
-        "source": None,
-        "closed_at": rec.closed_at,
-        "memory": None,
-    }
+    return {**view_of(rec), "source": None, "closed_at": rec.closed_at, "memory": None}
 
 
 async def live_session(api: ApiState, session_id: str, tenant: Tenant) -> Session:
@@ -117,11 +97,7 @@ async def live_session(api: ApiState, session_id: str, tenant: Tenant) -> Sessio
 
 def check_prompt(api: ApiState, prompt: str) -> None:
     """The checks ``Session.send`` makes, done before a session is opened for a quick turn."""
-    if not prompt.strip():
-        raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
-    limit = api.hub.config.prompt_limit_bytes
-    if len(prompt.encode("utf-8", errors="surrogatepass")) > limit:
-        raise PromptTooLarge(f"the prompt is over the {limit} byte limit", limit=limit)
+    session_check_prompt(prompt, api.hub.config.prompt_limit_bytes)
 
 
 async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) -> Session:

@@ -115,11 +115,6 @@ class RateEstimator:
         panic = self.panic_rate(now)
         return panic if panic > 0 and panic >= self.panic_threshold * stable else stable
 
-    @property
-    def last_arrival(self) -> float | None:
-        """Time of the newest arrival still in the window."""
-        return self._arrivals[-1] if self._arrivals else None
-
 
 class ColdStartTracker:
     """Recent cold-start durations; τ is a high quantile of them."""

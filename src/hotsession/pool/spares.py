@@ -80,8 +80,7 @@ class Spare:
     process: AgentProcess
     cli_session_id: str
     ready_at: float
-    cold_start_s: float
-    warmup: dict[str, Any] = field(default_factory=dict)
+    warmup: dict[str, Any] = field(default_factory=dict)  # its warm-up report (steps, errors)
 
 
 @dataclass
@@ -413,7 +412,7 @@ class Spares:
         elapsed = time.monotonic() - began
         prof.sizer.record_cold_start(elapsed)
         self._succeeded(prof)
-        spare = Spare(proc, cli_id, time.monotonic(), elapsed, report)
+        spare = Spare(proc, cli_id, time.monotonic(), report)
         mem = sample(proc.pid, tree=False)
         if mem is not None:
             self._budget.note(proc.pid, mem.anon_mb)
@@ -423,12 +422,13 @@ class Spares:
         prof.ready.append(spare)
 
     async def _spawn_ready(self, prof: Profile, cli_id: str) -> tuple[AgentProcess, dict[str, Any]]:
-        """Spawn a spare and warm it up; a spare that fails on the way is killed."""
+        """Spawn a spare and warm it up (with its warm-up report); a spare that fails on the
+        way is killed."""
         proc = await self._ctx.host.spawn(
             prof.options, role="spare", session_id=None, cli_session_id=cli_id
         )
+        report: dict[str, Any] = {}
         try:
-            report: dict[str, Any] = {}
             if self.config.pool_deep_warmup:
                 warmed = await warmup.deep_warm(proc, timeout=self.config.spawn_timeout_s)
                 report = warmed.to_dict()

@@ -1,4 +1,5 @@
-"""A fake Claude Code CLI for unit tests of pool logic at scale (a test instrument, not a product).
+"""The one fake Claude Code CLI of the unit tests (a test instrument, not a product): the
+transport's edge cases (``tests/unit/test_agent.py``) and the pool's logic at scale.
 
 A real, tiny process speaking the CLI's stream-json + control protocol: it answers
 ``initialize`` (and any other control request with an empty success), and answers each user
@@ -24,8 +25,17 @@ Like the CLI, ``set_model`` and ``set_permission_mode`` change the model and mod
 ``--model`` / ``--permission-mode``) that each turn's ``system/init`` reports, and a mode change
 writes a ``system/status`` message after its answer.
 
-Prompt directives: ``[[crash]]`` (exit 3 mid-turn), ``[[grow:MB]]`` (allocate and keep MB more
-memory), ``[[say:TEXT]]`` (the reply text; default: ``echo: <prompt>``).
+* ``FAKE_AGENT_STUBBORN=1`` — ignore SIGTERM and stay alive after stdin closes (a CLI in the
+  middle of a turn): only SIGKILL ends it.
+
+Prompt directives: ``[[crash]]`` (exit 3 mid-turn), ``[[exit:N]]`` (exit with code N mid-turn),
+``[[grow:MB]]`` (allocate and keep MB more memory), ``[[say:TEXT]]`` (the reply text; default:
+``echo: <prompt>``), ``[[silent]]`` (no answer at all), ``[[noise]]`` (a non-JSON line first),
+``[[corrupt]]`` (a broken JSON line), ``[[bigline:N]]`` (an assistant message padded with N
+bytes), ``[[ask:TOOL]]`` (a ``can_use_tool`` control request for TOOL with the prompt as its
+command; the turn ends when the answer comes, with the result ``decision:<answer JSON>``),
+``[[ask-withdrawn]]`` (a ``can_use_tool`` request withdrawn 0.2 s later with
+``control_cancel_request``; the result is ``cancelled``).
 
 ``write_launcher(path)`` writes an executable copy of this file with a ``python -S`` shebang, to
 use as ``Config.cli_path``.
@@ -36,6 +46,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -64,8 +75,45 @@ def _arg(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _turn(session_id: str, text: str, turns: int, model: str | None, mode: str) -> None:
+    init = {"type": "system", "subtype": "init", "session_id": session_id}
+    _out({**init, "model": model, "permissionMode": mode})
+    _out(
+        {
+            "type": "assistant",
+            "session_id": session_id,
+            "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        }
+    )
+    _out(
+        {
+            "type": "result",
+            "subtype": "success",
+            "is_error": False,
+            "result": text,
+            "session_id": session_id,
+            "num_turns": turns,
+            "usage": {},
+        }
+    )
+
+
+def _ask(request_id: str, tool: str, command: str) -> None:
+    request = {"subtype": "can_use_tool", "tool_name": tool, "input": {"command": command}}
+    _out({"type": "control_request", "request_id": request_id, "request": request})
+
+
 def main(argv: list[str]) -> int:
     """Run the fake agent until stdin closes."""
+    if os.environ.get("FAKE_AGENT_STUBBORN"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    code = _serve(argv)
+    while os.environ.get("FAKE_AGENT_STUBBORN"):
+        time.sleep(1)
+    return code
+
+
+def _serve(argv: list[str]) -> int:
     if os.environ.get("FAKE_AGENT_EXIT"):
         sys.stderr.write("fake agent: configured to fail at start-up\n")
         return int(os.environ["FAKE_AGENT_EXIT"])
@@ -82,6 +130,7 @@ def main(argv: list[str]) -> int:
     failing = set(filter(None, (os.environ.get("FAKE_AGENT_FAIL_CONTROL") or "").split(",")))
     ignored = set(filter(None, (os.environ.get("FAKE_AGENT_IGNORE_CONTROL") or "").split(",")))
     turns = 0
+    asked: dict[str, str] = {}  # request id of a can_use_tool request -> the prompt that asked
     if resume and path and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             turns = sum(1 for _ in f)
@@ -133,6 +182,12 @@ def main(argv: list[str]) -> int:
                 stray = {"type": "system", "subtype": "stray", "session_id": session_id}
                 threading.Timer(later / 1000, _out, (stray,)).start()
             continue
+        if kind == "control_response":  # an answer to one of our can_use_tool requests
+            resp = msg.get("response") or {}
+            if asked.pop(str(resp.get("request_id")), None) is not None:
+                decision = json.dumps(resp.get("response") or resp.get("error"))
+                _turn(session_id, "decision:" + decision, turns, model, mode)
+            continue
         if kind != "user":
             continue
         content = (msg.get("message") or {}).get("content")
@@ -140,34 +195,42 @@ def main(argv: list[str]) -> int:
         if "[[crash]]" in prompt:
             sys.stderr.write("fake agent: crashed on request\n")
             return 3
+        exit_code = re.search(r"\[\[exit:(\d+)\]\]", prompt)
+        if exit_code:
+            return int(exit_code.group(1))
         for mb in re.findall(r"\[\[grow:(\d+(?:\.\d+)?)\]\]", prompt):
             _grow(float(mb))
-        said = re.search(r"\[\[say:(.*?)\]\]", prompt)
-        text = said.group(1) if said else "echo: " + prompt
         turns += 1
         if path:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"prompt": prompt}) + "\n")
-        init = {"type": "system", "subtype": "init", "session_id": session_id}
-        _out({**init, "model": model, "permissionMode": mode})
-        _out(
-            {
-                "type": "assistant",
-                "session_id": session_id,
-                "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-            }
-        )
-        _out(
-            {
-                "type": "result",
-                "subtype": "success",
-                "is_error": False,
-                "result": text,
-                "session_id": session_id,
-                "num_turns": turns,
-                "usage": {},
-            }
-        )
+        if "[[silent]]" in prompt:
+            continue
+        if "[[noise]]" in prompt:
+            sys.stdout.write("[debug] not json\n\n")
+        if "[[corrupt]]" in prompt:
+            sys.stdout.write('{"type": "assistant", broken\n')
+            sys.stdout.flush()
+            continue
+        big = re.search(r"\[\[bigline:(\d+)\]\]", prompt)
+        if big:
+            _out({"type": "assistant", "session_id": session_id, "pad": "x" * int(big.group(1))})
+            continue
+        tool = re.search(r"\[\[ask:(\w+)\]\]", prompt)
+        if tool:
+            request_id = f"perm-{turns}"
+            asked[request_id] = prompt
+            _ask(request_id, tool.group(1), prompt)
+            continue
+        if "[[ask-withdrawn]]" in prompt:
+            request_id = f"perm-{turns}"
+            _ask(request_id, "Bash", prompt)
+            time.sleep(0.2)
+            _out({"type": "control_cancel_request", "request_id": request_id})
+            _turn(session_id, "cancelled", turns, model, mode)
+            continue
+        said = re.search(r"\[\[say:(.*?)\]\]", prompt)
+        _turn(session_id, said.group(1) if said else "echo: " + prompt, turns, model, mode)
     return 0
 
 
