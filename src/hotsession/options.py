@@ -112,6 +112,9 @@ def build_argv(
 ) -> list[str]:
     """The CLI's argv for a persistent stream-json process with these options.
 
+    Long on purpose: one flat branch per option, in the CLI's flag order, so the whole mapping
+    from options to flags reads in one place.
+
     ``session_id`` pins the CLI's session id of a new conversation (a pool spare's pre-generated
     id); ``resume`` continues an existing one; with ``fork`` the resumed conversation is copied to
     ``session_id`` (the CLI requires ``--fork-session`` to combine the two). ``session_mirror``
