@@ -170,7 +170,8 @@ async def test_spares_and_resume_run_as_the_tenant(lab: Lab, start_daemon, model
         tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name, sandbox=False),
         tenant_toml("b", TOKEN_B, lab.root_b, user=lab.b.name, sandbox=False),
     )
-    d: Running = await start_daemon(config, pool_enabled=True, pool_max=1)
+    # pool_min: a spare from the first session on (spares otherwise wait for repeated demand).
+    d: Running = await start_daemon(config, pool_enabled=True, pool_min=1, pool_max=1)
     hub = d.daemon.hub
     a = d.client(TOKEN_A)
     s = await _open(a)
