@@ -141,7 +141,7 @@ class EventFanout:
         if turn is not None:
             if event.terminal:
                 turn.record.ended_at = event.t
-            turn._push(event)
+            turn.push(event)
         for sub in list(self._subscribers):
             sub.push(event)
         return event

@@ -1,6 +1,6 @@
 """A turn: one prompt's run, as a stream of events its readers iterate.
 
-The session's runner pushes the turn's events (``_push``) whether or not anybody reads them; a
+The session's runner pushes the turn's events (``push``) whether or not anybody reads them; a
 reader iterates the turn (``async for event in turn``) until its terminal ``result`` or ``error``
 event. ``handed_over`` lets the runner wait (bounded) until the reader has handled that last
 event before the turn's bookkeeping runs, so the bookkeeping does not compete with the reader's
@@ -59,7 +59,8 @@ class Turn:
         self._terminal_taken = False
         self.accepted: asyncio.Task[Any] | None = None  # the write that records the prompt
 
-    def _push(self, event: Event) -> None:
+    def push(self, event: Event) -> None:
+        """Add one of the turn's events (the session's fan-out calls this)."""
         self._events.put_nowait(event)
         if event.terminal:
             self.terminal = event
