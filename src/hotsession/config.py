@@ -74,7 +74,7 @@ class Config(BaseModel):
     agent_max_turns: int | None = Field(None, ge=1, description="Recycle an agent after N turns.")
     agent_max_age_s: float | None = Field(None, gt=0, description="Recycle an agent this old.")
     max_concurrent_spawns: int = Field(2, ge=0, description="Spare spawns at once.")
-    # Pool tuning (hotsession.pool / hotsession.sizing; docs/pool.md).
+    # Pool tuning (hotsession.pool, its sizing module; docs/pool.md).
     pool_refill_per_s: float = Field(2.0, gt=0, description="Token bucket of spare spawns.")
     pool_tick_s: float = Field(0.5, gt=0, description="The pool's control loop period.")
     pool_default_tau_s: float = Field(

@@ -8,15 +8,9 @@ read ``HOTSESSION_SERVE_PORT`` too).
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from hotsession import __version__
-
-# Subcommand modules register themselves on ``main``; a module that is missing (not built yet)
-# simply contributes no commands.
-_COMMAND_MODULES = ("hotsession.cli.serve", "hotsession.cli.commands", "hotsession.bench.command")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,9 +19,7 @@ def main() -> None:
     """hotsession: Claude Code sessions that answer instantly."""
 
 
-for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != _name and not _name.startswith(str(exc.name)):
-            raise
+# The subcommand modules register themselves on ``main`` when imported, so after it exists.
+from hotsession.bench import command as _bench_command  # noqa: E402, F401
+from hotsession.cli import commands as _commands  # noqa: E402, F401
+from hotsession.cli import serve as _serve  # noqa: E402, F401
