@@ -59,6 +59,14 @@ async def test_two_daemons_serve_one_session_in_turn(
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         pool = (await cb.get("/v1/pool")).json()
         assert len([n for n in pool["nodes"] if n["alive"]]) == 3
+        # The tenant's stream (the dashboard's): the session with its node, then the pool.
+        async with cb.stream("GET", "/v1/stream?pool_interval=0.5") as resp:
+            head = await read_sse(resp, limit=1)
+            while head[-1].type != "pool":
+                head += await read_sse(resp, limit=1)
+        views = {e.data["id"]: e.data for e in head if e.type == "session"}
+        assert views[sid]["node"] == node
+        assert len(head[-1].data["nodes"]) >= 3
         metrics = (await cb.get("/metrics")).text
         assert "hotsession_node_sessions{" in metrics
 

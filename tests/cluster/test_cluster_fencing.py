@@ -54,9 +54,12 @@ async def test_two_nodes_race_for_one_session(chub: ClusterHub, workdir: Path) -
     assert first["error"]["code"] == "stale_epoch"
     assert session.id not in [v["id"] for v in await chub.actor(x).views.remote()]
 
-    # Through any daemon the conversation goes on where the store says.
+    # Through any daemon the conversation goes on where the store says: a resume-ahead (warm)
+    # reaches the winner, whose next turn then finds the process it started.
+    assert await session.warm() is True
     end = await (await session.send("[[say:two]]")).wait()
     assert end.data["result"] == "two"
+    assert end.data["timing"]["source"] in ("warm", "hot")
     assert (await chub.owner(session.id)).node == winner
 
 
