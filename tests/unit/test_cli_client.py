@@ -545,6 +545,20 @@ def test_token_is_read_from_the_state_dir(hs: Any, daemon: FakeDaemon, tmp_path:
     assert f"none in {tmp_path / 'nowhere' / 'token'}" in _one_error_line(missing)
 
 
+def test_url_is_read_from_the_state_dirs_daemon_json(
+    daemon_server: tuple[FakeDaemon, str], tmp_path: Path
+) -> None:
+    """A daemon started with ``serve --port N`` is found without ``--url``: its daemon.json
+    names its address (as hotsession-claude finds it)."""
+    daemon_server[0].reset()
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "daemon.json").write_text(json.dumps({"pid": 1, "url": daemon_server[1]}))
+    env = {"HOTSESSION_TOKEN": None, "HOTSESSION_URL": None}
+    result = CliRunner().invoke(main, ["sessions", "--state-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert daemon_server[0].paths("GET") == ["/v1/sessions"]
+
+
 def test_unknown_session_is_404(hs: Any, daemon: FakeDaemon) -> None:
     result = hs("warm", "nope")
     assert result.exit_code == 1

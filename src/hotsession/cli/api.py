@@ -4,7 +4,9 @@ Synchronous httpx (one request or one stream at a time is all a terminal needs).
 :class:`ClientError` — shown as ``hotsession: <code>: <message>``, exit 1 — and a daemon that
 cannot be reached, or a connection lost beyond repair, :class:`ConnectionProblem` (exit 2).
 Streams are decoded by the one SSE decoder (``hotsession.sse``). Auth: ``--token`` /
-``HOTSESSION_TOKEN``, else the local token the daemon wrote to ``<state-dir>/token``.
+``HOTSESSION_TOKEN``, else the local token the daemon wrote to ``<state-dir>/token``. Address:
+``--url`` / ``HOTSESSION_URL``, else the one the daemon wrote to ``<state-dir>/daemon.json`` (so
+``serve --port N`` is found, as ``hotsession-claude`` finds it), else :data:`DEFAULT_URL`.
 """
 
 from __future__ import annotations
@@ -165,9 +167,22 @@ class Api:
             yield iter_sse(resp.iter_lines())
 
 
+def discovered_url(state_dir: Path | None) -> str:
+    """The address in ``<state-dir>/daemon.json`` (written by a running daemon), else
+    :data:`DEFAULT_URL`."""
+    path = (state_dir or default_state_dir()) / "daemon.json"
+    try:
+        url = json.loads(path.read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_URL
+    return url if isinstance(url, str) and url else DEFAULT_URL
+
+
 @contextlib.contextmanager
-def connect(url: str, token: str | None, state_dir: Path | None) -> Iterator[Api]:
+def connect(url: str | None, token: str | None, state_dir: Path | None) -> Iterator[Api]:
     """An :class:`Api` for the given options, closed afterwards."""
+    if not url:
+        url = discovered_url(state_dir)
     if token:
         hint = "check --token / HOTSESSION_TOKEN"
     else:

@@ -62,9 +62,9 @@ def connection_options(f: _F) -> _F:
     f = click.option(
         "--url",
         envvar="HOTSESSION_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="The daemon's address (env HOTSESSION_URL).",
+        default=None,
+        help="The daemon's address (env HOTSESSION_URL).  [default: the address in "
+        f"<state-dir>/daemon.json, else {DEFAULT_URL}]",
     )(f)
     return f
 
@@ -195,7 +195,7 @@ def ask(
     session_id: str | None,
     stream: bool | None,
     as_json: bool,
-    url: str,
+    url: str | None,
     token: str | None,
     state_dir: Path | None,
 ) -> None:
@@ -283,7 +283,7 @@ def chat(
     model: str | None,
     permission_mode: str | None,
     stream: bool | None,
-    url: str,
+    url: str | None,
     token: str | None,
     state_dir: Path | None,
 ) -> None:
@@ -381,7 +381,7 @@ def _dash(value: object) -> str:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @connection_options
-def sessions(as_json: bool, url: str, token: str | None, state_dir: Path | None) -> None:
+def sessions(as_json: bool, url: str | None, token: str | None, state_dir: Path | None) -> None:
     """The sessions the daemon holds for you.
 
     A table on a terminal; piped, one tab-separated line per session (after a header line),
@@ -464,7 +464,7 @@ def _mb(value: object) -> str:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @connection_options
-def pool(as_json: bool, url: str, token: str | None, state_dir: Path | None) -> None:
+def pool(as_json: bool, url: str | None, token: str | None, state_dir: Path | None) -> None:
     """The warm pool: spares per profile, hit rates, memory."""
     with connect(url, token, state_dir) as api:
         stats = api.request("GET", "/v1/pool")
@@ -523,7 +523,7 @@ def pool(as_json: bool, url: str, token: str | None, state_dir: Path | None) -> 
 @main.command()
 @click.argument("session_id", metavar="SESSION")
 @connection_options
-def warm(session_id: str, url: str, token: str | None, state_dir: Path | None) -> None:
+def warm(session_id: str, url: str | None, token: str | None, state_dir: Path | None) -> None:
     """Resume SESSION's process ahead of its next turn."""
     with connect(url, token, state_dir) as api:
         body = api.request("POST", f"/v1/sessions/{session_id}/warm")
@@ -539,7 +539,7 @@ def warm(session_id: str, url: str, token: str | None, state_dir: Path | None) -
 @main.command()
 @click.argument("session_id", metavar="SESSION")
 @connection_options
-def close(session_id: str, url: str, token: str | None, state_dir: Path | None) -> None:
+def close(session_id: str, url: str | None, token: str | None, state_dir: Path | None) -> None:
     """Close SESSION and end its process."""
     with connect(url, token, state_dir) as api:
         api.request("DELETE", f"/v1/sessions/{session_id}")
