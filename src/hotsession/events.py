@@ -88,8 +88,10 @@ class TurnClock:
     * claim: turn started → process ready (0 when hot; a spawn, a claim or a resume otherwise)
     * ttfe: prompt written → first CLI event
     * time_to_request: as the CLI reports it (``time_to_request_ms``), when it does
-    * tools: the sum of tool_use → tool_result intervals
-    * thinking: what is left of the turn after ttfe and tools (the model's time)
+    * waiting: a permission question asked → answered (a human's time, not the tool's); the
+      broker's first pending request opens it, its last answer closes it
+    * tools: the sum of tool_use → tool_result intervals, less the waiting inside them
+    * thinking: what is left of the turn after ttfe, tools and waiting (the model's time)
     """
 
     __slots__ = (
@@ -102,6 +104,8 @@ class TurnClock:
         "started",
         "tool_calls",
         "tools_s",
+        "waiting_s",
+        "waiting_since",
         "written",
     )
 
@@ -113,6 +117,8 @@ class TurnClock:
         self.first_event: float | None = None
         self.tool_calls = 0
         self.tools_s = 0.0
+        self.waiting_s = 0.0
+        self.waiting_since: float | None = None  # a permission question is open since then
         self.source = "hot"
         self.claim_offset = 0.0  # process obtained before the turn began (an /v1/ask's open)
         self._open_tools: dict[str, float] = {}
@@ -138,6 +144,17 @@ class TurnClock:
                 if began is not None:
                     self.tools_s += now - began
 
+    def wait_began(self, now: float) -> None:
+        """A permission question is open (a second one while the first waits changes nothing)."""
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def wait_ended(self, now: float) -> None:
+        """No permission question is open any more."""
+        if self.waiting_since is not None:
+            self.waiting_s += now - self.waiting_since
+            self.waiting_since = None
+
     def breakdown(self, now: float, result: dict[str, Any] | None = None) -> dict[str, Any]:
         """The timing dict of the ``result`` event (milliseconds)."""
 
@@ -146,13 +163,19 @@ class TurnClock:
 
         run = now - self.written
         ttfe = (self.first_event - self.written) if self.first_event is not None else run
-        tools = self.tools_s
+        waiting = self.waiting_s
+        if self.waiting_since is not None:  # the turn ended with a question open
+            waiting += now - self.waiting_since
+        # The CLI asks between a tool_use and its tool_result, so the wait is inside that
+        # interval: it leaves tools (what is left over, if any, leaves thinking).
+        tools = max(0.0, self.tools_s - waiting)
         out: dict[str, Any] = {
             "queued_ms": ms(self.started - self.accepted - self.claim_offset),
             "claim_ms": ms(self.process_ready - self.started + self.claim_offset),
             "ttfe_ms": ms(ttfe),
-            "thinking_ms": ms(run - ttfe - tools),
+            "thinking_ms": ms(run - ttfe - tools - waiting),
             "tools_ms": ms(tools),
+            "waiting_ms": ms(waiting),
             "tool_calls": self.tool_calls,
             "total_ms": ms(now - self.accepted),
             "source": self.source,

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from io import StringIO
 from typing import Any
 
 import httpx
-from tests.api.conftest import Event, Running, new_session, read_sse
+from rich.console import Console
+from tests.api.conftest import ALICE_TOKEN, Event, Running, new_session, read_sse
+
+from hotsession.cli.api import Api
+from hotsession.cli.render import TurnPrinter, timing_story
+from hotsession.cli.turns import TurnRun
 
 
 async def until_permission(r: httpx.Response) -> tuple[list[Event], Event]:
@@ -130,3 +138,42 @@ async def test_interrupt_cancels_a_pending_request(start_daemon, model_server):
         after = await read_sse(r)
     assert after[-1].type == "result" and after[-1].data["is_error"] is False
     assert len(model_server.log()) > before
+
+
+async def test_a_humans_wait_for_a_permission_answer_is_waiting_not_tools(start_daemon):
+    """The CLI client asks on the terminal; the engine counts question → answer as waiting."""
+    d: Running = await start_daemon()
+    c = d.alice
+    sid = (await new_session(c, permission_mode="default"))["id"]
+    err = StringIO()
+    printer = TurnPrinter(Console(file=err, width=200))
+    delay_s = 1.0
+
+    def slow_human(request: Any) -> dict[str, Any]:
+        time.sleep(delay_s)
+        return {"behavior": "allow"}
+
+    def run() -> Any:
+        api = Api(d.url, ALICE_TOKEN, "")
+        try:
+            turn = TurnRun(api, printer, slow_human, sid)
+            return turn.drive(
+                "POST", f"/v1/sessions/{sid}/turns", {"prompt": "[[bash:echo waited > w.txt]]"}
+            )
+        finally:
+            api.close()
+
+    end = await asyncio.to_thread(run)
+    assert end.event == "result", end.data
+    timing = end.data["timing"]
+    assert timing["tool_calls"] == 1
+    assert timing["waiting_ms"] >= delay_s * 1000
+    assert (d.alice_root / "w.txt").read_text().strip() == "waited"
+    assert timing["tools_ms"] < delay_s * 1000  # the echo ran in far less than the human took
+    parts = timing["ttfe_ms"] + timing["thinking_ms"] + timing["tools_ms"] + timing["waiting_ms"]
+    assert parts <= timing["total_ms"] + 1
+    # The session's record keeps the same figures, and the CLI shows the engine's segment.
+    view = (await c.get(f"/v1/sessions/{sid}")).json()
+    assert view["last_timing"]["waiting_ms"] == timing["waiting_ms"]
+    waiting = next(s for s in timing_story(timing)["segments"] if s["key"] == "waiting")
+    assert f"Waiting {waiting['percent']}" in err.getvalue()

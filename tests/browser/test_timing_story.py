@@ -25,7 +25,7 @@ STORY_JS = """async (records) => {
   return records.map((r) => m.timingStory(r));
 }"""
 
-FIELDS = ("queued_ms", "claim_ms", "ttfe_ms", "thinking_ms", "tools_ms")
+FIELDS = ("queued_ms", "claim_ms", "ttfe_ms", "thinking_ms", "tools_ms", "waiting_ms")
 SOURCES = ("hot", "warm", "spare", "spare-switched", "spawn", "resume", "", None, "other")
 
 
@@ -47,6 +47,8 @@ def _records() -> list[dict[str, Any]]:
         # exactly half a percent and half a unit: both languages round half up
         {"queued_ms": 5, "claim_ms": 25, "ttfe_ms": 125, "total_ms": 1000, "source": "hot"},
         {"ttfe_ms": 1250, "thinking_ms": 61_000, "total_ms": 62_250, "source": "spare"},
+        # a human answering a permission question: waiting, apart from tools
+        {"ttfe_ms": 50, "thinking_ms": 150, "tools_ms": 430, "waiting_ms": 1000, "total_ms": 1630},
         {"ttfe_ms": 999.5, "total_ms": 999.5},
         {"ttfe_ms": -3, "thinking_ms": True, "total_ms": 10},  # junk: never a crash
         {"ttfe_ms": 40, "thinking_ms": 125_400, "tools_ms": 3_000_000, "total_ms": 3_125_440},

@@ -85,6 +85,30 @@ def test_turn_clock_splits_ttfe_tools_thinking() -> None:
     assert out["total_ms"] == pytest.approx(4600) and out["time_to_request_ms"] == 12
 
 
+def test_turn_clock_counts_permission_waits_apart_from_tools() -> None:
+    clock = TurnClock(accepted=0.0)
+    clock.observe({"type": "system"}, 0.1)
+    clock.observe(
+        {"type": "assistant", "message": {"content": [{"type": "tool_use", "id": "a"}]}}, 1.0
+    )
+    clock.wait_began(1.1)  # two questions open at once count once
+    clock.wait_began(1.5)
+    clock.wait_ended(4.1)
+    result = {"type": "tool_result", "tool_use_id": "a"}
+    clock.observe({"type": "user", "message": {"content": [result]}}, 4.5)
+    out = clock.breakdown(5.0)
+    assert out["waiting_ms"] == pytest.approx(3000)
+    assert out["tools_ms"] == pytest.approx(500)  # 3.5 s from tool_use to result, less the wait
+    assert out["thinking_ms"] == pytest.approx(1400)
+    total = out["ttfe_ms"] + out["thinking_ms"] + out["tools_ms"] + out["waiting_ms"]
+    assert total == pytest.approx(out["total_ms"])
+    # A turn that ends with a question open counts the wait up to its end.
+    open_clock = TurnClock(accepted=0.0)
+    open_clock.observe({"type": "system"}, 0.1)
+    open_clock.wait_began(1.0)
+    assert open_clock.breakdown(3.0)["waiting_ms"] == pytest.approx(2000)
+
+
 def test_turn_clock_counts_an_open_as_claim_time() -> None:
     clock = TurnClock(accepted=10.0)  # the /v1/ask request arrived at 10.0
     clock.claim_offset = 0.4  # opening the session (spawn) took 400 ms of it

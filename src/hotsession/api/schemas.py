@@ -186,6 +186,9 @@ class TimingOut(Open):
     ttfe_ms: float = 0
     thinking_ms: float = 0
     tools_ms: float = 0
+    waiting_ms: float = Field(
+        default=0, description="Permission questions open: asked → answered (a human's time)."
+    )
     tool_calls: int = 0
     total_ms: float = 0
     source: str | None = Field(default=None, description="hot, warm, spare, spawn, resume, ...")

@@ -159,6 +159,7 @@ def outside_cli_ms(s: Sample) -> float | None:
         return None
     try:
         cli = float(timing["ttfe_ms"]) + float(timing["thinking_ms"]) + float(timing["tools_ms"])
+        cli += float(timing.get("waiting_ms", 0))  # no permission question in a bench turn
     except (KeyError, TypeError, ValueError):
         return None
     return result - cli

@@ -77,7 +77,8 @@ def format_source(source: object) -> str:
 # dashboard's panel and bar (dashboard/static/timing.js implements the same steps;
 # tests/browser/test_timing_story.py checks both tell the same story for the same records).
 # Each segment is a share of ``total_ms``; the optional ones (queued behind other turns,
-# starting a process: a claim, a spawn or a resume) are shown only from 1%.
+# starting a process: a claim, a spawn or a resume; waiting for someone to answer a permission
+# question) are shown only from 1%.
 TIMING_SEGMENTS: tuple[tuple[str, str, str, bool], ...] = (
     # (key, label, field of the timing record, optional)
     ("queued", "Queued", "queued_ms", True),
@@ -85,6 +86,7 @@ TIMING_SEGMENTS: tuple[tuple[str, str, str, bool], ...] = (
     ("ttfe", "TTFE", "ttfe_ms", False),
     ("thinking", "Thinking", "thinking_ms", False),
     ("tools", "Tools", "tools_ms", False),
+    ("waiting", "Waiting", "waiting_ms", True),  # for a human to answer a permission question
 )
 
 
@@ -207,7 +209,6 @@ class TurnPrinter:
         self.wrote_text = False  # the turn printed some assistant text
         self._streamed = False  # text arrived as partial deltas; skip it in the full message
         self.session_source: str | None = None  # how /v1/ask got its session (its first event)
-        self.human_wait_ms = 0.0  # time the user took to answer permission questions
 
     # -- output primitives -----------------------------------------------------------------
 
@@ -300,19 +301,4 @@ class TurnPrinter:
                 # /v1/ask opens the session before the turn, so the turn finds its process "hot";
                 # where that process came from (spare or spawn) is what the user waited on.
                 timing = {**timing, "source": self.session_source}
-            self.note(self.timing_line(timing))
-
-    def timing_line(self, timing: Mapping[str, Any]) -> str:
-        """The timing line, with the user's own time answering permission questions shown
-        apart: the daemon counts a tool call from its request to its result, so that wait is
-        inside ``tools_ms``; here it leaves Tools and gets its own part."""
-        waited = self.human_wait_ms
-        if waited <= 0:
-            return format_timing(timing)
-        tools = _number(timing, "tools_ms")
-        waited = min(waited, tools) if tools > 0 else waited
-        line = format_timing({**timing, "tools_ms": max(0.0, tools - waited)})
-        total = _number(timing, "total_ms")
-        share = f" {_percent(100 * waited / total)}" if total > 0 else ""
-        head, _, source = line.rpartition(" · ")
-        return f"{head} · Waiting for you{share} ({format_duration(waited)}) · {source}"
+            self.note(format_timing(timing))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,10 +87,7 @@ class TurnRun:
     def _answer(self, request: Mapping[str, Any]) -> None:
         if self.answer_permission is None or self.session_id is None:
             return
-        asked = time.monotonic()
-        answer = self.answer_permission(request)
-        if self.printer is not None:  # the human's time, not the tool's (the timing line)
-            self.printer.human_wait_ms += (time.monotonic() - asked) * 1000
+        answer = self.answer_permission(request)  # the daemon counts the wait (timing's waiting_ms)
         path = f"/v1/sessions/{self.session_id}/permissions/{request.get('request_id')}"
         try:
             self.api.request("POST", path, answer)

@@ -404,12 +404,15 @@ class Session:
     def permission_wait_began(self) -> None:
         """A tool call waits for a human: the state says so (the watchdog pauses)."""
         self._set_state("waiting_permission")
+        if self.current is not None:  # the human's time, not the tool's (the turn's timing)
+            self.current.clock.wait_began(time.monotonic())
         self.pause_watchdog()
 
     def permissions_answered(self) -> None:
         """No tool call waits any more: the turn runs on (the watchdog resumes)."""
         if self.current is not None:
             self._set_state("running")
+            self.current.clock.wait_ended(time.monotonic())
         self.resume_watchdog()
 
     def pause_watchdog(self) -> None:

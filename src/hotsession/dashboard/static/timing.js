@@ -1,7 +1,8 @@
 // The timing story of a turn: the same steps as hotsession/cli/render.py's timing_story(), so
 // the dashboard and `hotsession ask` show the same segments and percentages for the same turn
 // (tests/browser/test_timing_story.py checks it). Each segment is a share of total_ms; the
-// optional ones (queued behind other turns, starting a process) are shown only from 1%.
+// optional ones (queued behind other turns, starting a process, waiting for someone to answer a
+// permission question) are shown only from 1%.
 
 export const TIMING_SEGMENTS = [
   // [key, label, field of the timing record, optional]
@@ -10,6 +11,7 @@ export const TIMING_SEGMENTS = [
   ["ttfe", "TTFE", "ttfe_ms", false],
   ["thinking", "Thinking", "thinking_ms", false],
   ["tools", "Tools", "tools_ms", false],
+  ["waiting", "Waiting", "waiting_ms", true], // for a human to answer a permission question
 ];
 
 const POOL_HIT_SOURCES = new Set(["spare", "spare-switched", "hot", "warm"]);
