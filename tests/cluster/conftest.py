@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,12 @@ def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
         for mb in NODE_MB[1:]:
             cluster.add_node(num_cpus=1, resources={"hotsession_memory_mb": mb})
     cluster.wait_for_nodes()
+    # Ray's driver installs its own SIGTERM / SIGINT handlers: the tiers after this one expect
+    # Python's (a test sends the CLI client a Ctrl-C, the daemon tests install their own).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(address=cluster.address, namespace="hotsession", log_to_driver=False)
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
