@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -60,6 +60,16 @@ class SpawnPlan:
     env: Mapping[str, str] | None = None  # None: the daemon's own environment
     extra_argv: tuple[str, ...] = ()
     run_as: RunAs | None = None  # None: the daemon's own user
+    # Moves tenant-private flag values (system prompt, MCP config, settings, …) off the
+    # command line, which every user can read, into files only the tenant's user can.
+    flag_files: FlagFiles | None = None
+
+
+class FlagFiles(Protocol):
+    """Flag values in files (implemented by hotsession.isolation.argfiles)."""
+
+    def externalize(self, argv: Sequence[str]) -> tuple[list[str], Callable[[], None]]:
+        """``argv`` with values moved to files; the release to call once the process exited."""
 
 
 class SpawnPolicy(Protocol):
@@ -183,8 +193,13 @@ class LocalHost:
             allow_root_bypass=self.allow_root_bypass,
             as_root=None if plan.run_as is None else plan.run_as.uid == 0,
         )
+        argv = [*argv, *plan.extra_argv]
+        initialize = json.loads(options.initialize) if options.initialize else None
+        release = None
+        if plan.flag_files is not None:
+            argv, release = plan.flag_files.externalize(argv)
         return await self.supervisor.spawn(
-            [*argv, *plan.extra_argv],
+            argv,
             cwd=options.cwd,
             env=env,
             label=f"{role}:{session_id or cli_session_id[:8]}",
@@ -192,7 +207,8 @@ class LocalHost:
             session_id=session_id,
             cli_session_id=cli_session_id,
             run_as=plan.run_as,
-            initialize=json.loads(options.initialize) if options.initialize else None,
+            initialize=initialize,
+            on_exit=release,
         )
 
     async def start_new(

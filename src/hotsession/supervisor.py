@@ -27,6 +27,10 @@ parent-death signal (the kernel clears it on a uid change, so it must come after
 groups, signals and the orphan sweep work unchanged: the daemon is root, and root may signal
 and read the environment of any process.
 
+Exit hooks. ``spawn(on_exit=…)`` runs a clean-up once the process has exited and been reaped
+(or at once when it could not be started): the host uses it to remove the files its argv names
+(hotsession.isolation.argfiles), so nothing of a tenant outlives its process.
+
 Spawn readiness. ``spawn`` returns only after the control protocol's ``initialize`` is answered,
 and raises ``AgentStartError`` (with the stderr tail) if the process dies or does not answer in
 time; a half-started process is always killed.
@@ -125,6 +129,7 @@ class Supervisor:
         self.spawn_failures_total = 0
         self._watchers: set[asyncio.Task[None]] = set()
         self._tags: dict[int, str] = {}  # pid -> the HOTSESSION_AGENT tag its tools inherit
+        self._exit_hooks: dict[int, Callable[[], None]] = {}  # pid -> spawn's ``on_exit``
         self._oom_kills = oom_kill_count()  # evidence before a SIGKILL is blamed on memory
         # Where the transcript frames of CLIs started with ``--session-mirror`` go (cluster mode).
         self.mirror_sink: MirrorSink | None = None
@@ -141,15 +146,25 @@ class Supervisor:
         cli_session_id: str | None = None,
         run_as: RunAs | None = None,
         initialize: Mapping[str, Any] | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> AgentProcess:
         """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure.
 
         ``run_as``: start it as another OS user (the daemon must be root). ``initialize``: more
         fields of the ``initialize`` request (agents, system prompt, …; a drop-in client's).
+        ``on_exit``: called once the process has exited and been reaped, or at once when it
+        could not be started (it removes the files the argv names, hotsession.isolation.argfiles).
         """
-        if not os.path.isdir(cwd):
-            raise AgentStartError(f"working directory does not exist: {cwd}")
-        agent = await self._start(argv, cwd=cwd, env=env, label=label, run_as=run_as)
+        try:
+            if not os.path.isdir(cwd):
+                raise AgentStartError(f"working directory does not exist: {cwd}")
+            agent = await self._start(argv, cwd=cwd, env=env, label=label, run_as=run_as)
+        except BaseException:
+            if on_exit is not None:
+                _call_exit_hook(on_exit, label)
+            raise
+        if on_exit is not None:
+            self._exit_hooks[agent.pid] = on_exit
         await self._record(agent, role=role, session_id=session_id, cli_session_id=cli_session_id)
         try:
             await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
@@ -250,6 +265,9 @@ class Supervisor:
             tools = await asyncio.to_thread(_kill_tagged, tag.__eq__)
             if tools:
                 log.warning("agent %s left %d tool process(es) running: killed", agent.pid, tools)
+        hook = self._exit_hooks.pop(agent.pid, None)
+        if hook is not None:
+            _call_exit_hook(hook, agent.label)
         if self.registry is not None:
             try:
                 await self.registry.forget_process(agent.pid)
@@ -297,6 +315,13 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(step_timeout):
                     await task
+
+
+def _call_exit_hook(hook: Callable[[], None], label: str) -> None:
+    try:
+        hook()
+    except Exception:  # the process is gone either way; only its clean-up failed
+        log.exception("clean-up after agent %s failed", label)
 
 
 def _kill_tagged(match: Callable[[str], bool]) -> int:

@@ -23,7 +23,9 @@ At spawn the host asks ``TenantIsolation.plan(tenant)`` (hotsession.host.SpawnPo
   of the account, then the tenant's own ``env``; never another tenant's. Tenants without a user
   get the daemon's whole environment plus their own ``env`` (a single-user install unchanged);
 * ``RunAs`` (uid, gid, groups, ``RLIMIT_NPROC``, memory cgroup) for the supervisor;
-* ``--settings`` with Claude Code's Bash sandbox (hotsession.isolation.sandbox) where it is on.
+* ``--settings`` with Claude Code's Bash sandbox (hotsession.isolation.sandbox) where it is on;
+* the flag files (hotsession.isolation.argfiles): the system prompts, MCP config, settings and
+  agents JSON go into files of the account instead of the command line, which every user reads.
 
 The pool needs nothing more: a spare belongs to one profile, a profile to one tenant, and every
 spawn (spares included) goes through the host. The CLI's transcripts live in the account's
@@ -52,6 +54,7 @@ from hotsession.isolation.accounts import (
     unreachable,
     why_unreachable,
 )
+from hotsession.isolation.argfiles import ArgFiles
 from hotsession.supervisor import RunAs
 
 if TYPE_CHECKING:
@@ -283,6 +286,8 @@ def _isolate(
     group = None
     if tenant.memory_max_mb is not None:
         group = limits.memory_group(name, tenant.memory_max_mb)
+    flag_files = ArgFiles(home, uid=account.uid, gid=account.gid)
+    flag_files.prepare()
     run_as = RunAs(
         uid=account.uid,
         gid=account.gid,
@@ -300,7 +305,8 @@ def _isolate(
         f", memory {tenant.memory_max_mb:g} MB (cgroup v{group.version})" if group else "",
         f", {tenant.processes_max} tasks" if tenant.processes_max else "",
     )
-    return SpawnPlan(env=env, extra_argv=extra, run_as=run_as), config_dir, on, group
+    plan = SpawnPlan(env=env, extra_argv=extra, run_as=run_as, flag_files=flag_files)
+    return plan, config_dir, on, group
 
 
 def secure_daemon_files(settings: Settings, *, strict: bool) -> None:
