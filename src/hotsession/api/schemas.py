@@ -16,9 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from hotsession.options import PermissionMode
 from hotsession.registry.records import SessionState, TurnStatus
 
-# The one list of permission modes (``hotsession.options``), so the API's schema cannot drift.
-PermissionModeName = PermissionMode
-
 
 def _check_tool(rule: str) -> str:
     # Tool rules go to the CLI as one comma-joined argv value: a comma would split a rule, a
@@ -64,7 +61,8 @@ class SessionOptionsIn(Strict):
         default=None, description="Working directory; the tenant's first root if omitted."
     )
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    permission_mode: PermissionModeName | None = None
+    # The one list of permission modes (``hotsession.options``): the schema cannot drift.
+    permission_mode: PermissionMode | None = None
     allowed_tools: list[str] | None = Field(default=None, max_length=500)
     disallowed_tools: list[str] | None = Field(default=None, max_length=500)
     system_prompt: str | None = Field(
