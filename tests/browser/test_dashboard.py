@@ -208,6 +208,43 @@ async def test_quick_turn_and_pool_figures_change(page: Any, daemon: Daemon, wor
         await expect(page.locator("#pool-off")).to_be_visible()
 
 
+async def test_quick_turn_without_a_cwd_says_what_to_fill_in(
+    page: Any, daemon: Daemon, workdir: Path
+) -> None:
+    """The local tenant's first root is ``/``: an empty cwd is a 422 the form explains, offering
+    the last session's directory; sending again runs the turn there."""
+    from hotsession.options import PERMISSION_MODES
+
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+    workdir = workdir.resolve()  # as the daemon reports a session's cwd
+    made = httpx.post(f"{daemon.url}/v1/sessions", json={"cwd": str(workdir)}, headers=auth)
+    assert made.status_code == 201, made.text
+    await login(page, daemon)
+    await expect(page.locator(f'#sessions li[data-id="{made.json()["id"]}"]')).to_have_count(1)
+    await page.click("#ask-btn")
+    await page.fill("#ask-prompt", "[[say:from the offered cwd]]")
+    cwd = page.locator("#ask-form [name=cwd]")
+    await expect(cwd).to_have_value("")
+    await page.click("#ask-form button[type=submit]")
+    err = page.locator("#ask-form .err")
+    await expect(err).to_contain_text("Fill in the working directory")
+    await expect(err).to_contain_text(str(workdir))
+    await expect(cwd).to_have_value(str(workdir))
+    await expect(cwd).to_have_attribute("aria-invalid", "true")
+    await expect(cwd).to_be_focused()
+    offered = await page.locator("#cwds option").evaluate_all("(os) => os.map((o) => o.value)")
+    assert str(workdir) in offered  # the field's suggestions: the tenant's sessions' directories
+    # Every permission mode the API takes is offered (one list: hotsession.options).
+    modes = await page.locator("#ask-form [name=permission_mode] option").evaluate_all(
+        "(os) => os.map((o) => o.value).filter(Boolean)"
+    )
+    assert sorted(modes) == sorted(PERMISSION_MODES)
+    await page.click("#ask-form button[type=submit]")
+    await expect(page.locator("#detail")).to_be_visible()
+    await expect(page.locator("#log .msg.assistant")).to_have_text("from the offered cwd")
+    await expect(page.locator("#ask-dialog")).to_be_hidden()
+
+
 async def test_phone_width_list_then_detail(page: Any, daemon: Daemon, workdir: Path) -> None:
     await page.set_viewport_size({"width": 390, "height": 800})
     await login(page, daemon)

@@ -62,10 +62,11 @@ const state = {
 // ---------------------------------------------------------------- HTTP
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, field) {
     super(message);
     this.status = status;
     this.code = code;
+    this.field = field; // the body field the error is about (`cwd`, ...), when it names one
   }
 }
 
@@ -81,7 +82,7 @@ async function failure(res) {
     /* not JSON */
   }
   if (res.status === 401) signOut("The daemon refused the token.");
-  return new ApiError(res.status, err.code || `http_${res.status}`, err.message || res.statusText);
+  return new ApiError(res.status, err.code || `http_${res.status}`, err.message || res.statusText, err.field);
 }
 
 async function api(method, path, body) {
@@ -788,7 +789,37 @@ async function sendPrompt() {
 
 function fillOpts(form) {
   form.querySelector(".opts").replaceChildren($("opts-tpl").content.cloneNode(true));
+  form.elements.cwd.addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
   form.querySelector(".dialog-actions .ghost").addEventListener("click", () => form.closest("dialog").close());
+}
+
+/** The working directories of this tenant's sessions, newest first: what the cwd field offers
+ * (no endpoint tells the dashboard the tenant's roots). */
+function knownCwds() {
+  const list = [...state.sessions.values()].filter((s) => s.cwd);
+  list.sort((a, b) => (b.last_active_at || b.created_at || 0) - (a.last_active_at || a.created_at || 0));
+  return [...new Set(list.map((s) => s.cwd))];
+}
+
+/** A refused working directory: say what to fill in, offer the last session's, focus the field.
+ * An empty one is refused when the tenant's first root is `/` (the API wants `/` said). */
+function explainCwd(form, ex) {
+  if (ex.field !== "cwd") return false;
+  const input = form.elements.cwd;
+  let text = ex.message;
+  if (!input.value.trim()) {
+    text = "Fill in the working directory: this daemon has no default one for you. Give an absolute path (your project's directory; / for the whole filesystem).";
+    const last = knownCwds()[0];
+    if (last) {
+      input.value = last;
+      text += ` Filled in with your last session's: ${last}`;
+    }
+  }
+  input.setAttribute("aria-invalid", "true");
+  form.querySelector(".err").textContent = text;
+  input.focus();
+  input.select();
+  return true;
 }
 
 function optsOf(form) {
@@ -816,7 +847,7 @@ async function createSession(e) {
     route(); // now, not at the hashchange event: the prompt box is this session's at once
     $("prompt").focus();
   } catch (ex) {
-    err.textContent = ex.message;
+    if (!explainCwd(form, ex)) err.textContent = ex.message;
   } finally {
     form.querySelector("button[type=submit]").disabled = false;
   }
@@ -850,8 +881,8 @@ async function quickTurn(e) {
       if (id) ingest(id, ev);
     });
   } catch (ex) {
-    if (!id) err.textContent = ex.message;
-    else toast(ex.message);
+    if (id) toast(ex.message);
+    else if (!explainCwd(form, ex)) err.textContent = ex.message;
   } finally {
     btn.disabled = false;
   }
@@ -1079,6 +1110,7 @@ function openDialog(id) {
   if (state.view !== "sessions") location.hash = "#/";
   const dlg = $(id);
   dlg.querySelector(".err").textContent = "";
+  $("cwds").replaceChildren(...knownCwds().map((cwd) => h("option", { value: cwd })));
   dlg.showModal();
 }
 
