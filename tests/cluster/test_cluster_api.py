@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from tests.api.conftest import read_sse, stream_post
 from tests.cluster.conftest import TOKEN, ApiDaemon
 
@@ -141,6 +142,7 @@ async def test_interrupt_and_permission_answers_reach_the_node(
         assert end.type == "error" and end.data["code"] == "interrupted"
 
 
+@pytest.mark.timeout(300)  # a node spawn or a daemon start on a loaded CI machine
 async def test_serve_with_cluster_and_database_url(
     ray_cluster: Any, cluster_pg: Any, workdir: Path, tmp_path: Path
 ) -> None:

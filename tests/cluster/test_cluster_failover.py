@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.cluster.conftest import replace_node, worker_node
 
 from hotsession.cluster.hub import ClusterHub
@@ -21,6 +22,7 @@ async def wait_for_request(model_server: ModelServer, marker: str) -> None:
     )
 
 
+@pytest.mark.timeout(300)  # a node spawn or a daemon start on a loaded CI machine
 async def test_node_killed_mid_turn(
     chub: ClusterHub,
     ray_cluster: Any,

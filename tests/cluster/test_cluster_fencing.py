@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import psutil
+import pytest
 
 from hotsession.cluster.hub import ClusterHub
 from hotsession.errors import StaleEpoch
@@ -63,6 +64,7 @@ async def test_two_nodes_race_for_one_session(chub: ClusterHub, workdir: Path) -
     assert (await chub.owner(session.id)).node == winner
 
 
+@pytest.mark.timeout(300)  # a node spawn or a daemon start on a loaded CI machine
 async def test_stale_node_drops_moved_sessions(
     chub: ClusterHub, workdir: Path, model_server: ModelServer
 ) -> None:

@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hotsession.cluster.hub import ClusterHub, RemoteSession
 from hotsession.errors import HotsessionError
 
@@ -21,6 +23,7 @@ async def _drive(session: RemoteSession, turns: int) -> list[str]:
     return out
 
 
+@pytest.mark.timeout(300)  # a node spawn or a daemon start on a loaded CI machine
 async def test_postgres_restart_under_load(
     chub: ClusterHub, workdir: Path, cluster_pg: Any
 ) -> None:
