@@ -1,17 +1,22 @@
-"""Flag values moved off the command line (hotsession.isolation.argfiles): the rewrite and the
-files' lifetime. The end-to-end proof with two tenants' users is tests/security/test_argv.py."""
+"""Flag values moved off the command line (hotsession.isolation.argfiles): the rewrite, the
+files' lifetime and the supervisor's exit hook that ends it. The end-to-end proof with two
+tenants' users is tests/security/test_argv.py."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.conftest import wait_until
 
 from hotsession.errors import AgentStartError
 from hotsession.isolation.argfiles import DIR_NAME, ArgFiles, rewrite
+from hotsession.supervisor import Supervisor
 
 
 def _store(stored: list[tuple[str, str]]) -> Callable[[str, str], str]:
@@ -114,3 +119,46 @@ def test_a_directory_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AgentStartError, match="flag file directory"):
         files.externalize(["claude", "--system-prompt", "P"])
     assert not any(elsewhere.iterdir())
+
+
+async def test_the_supervisor_runs_on_exit_once_on_every_path(
+    fake_cli: str, workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failed start, a crash (kill -9), a close: the hook that removes the flag files runs once,
+    after the process is gone; a failing hook is logged, not raised."""
+    sup = Supervisor(spawn_timeout=20)
+    calls: list[str] = []
+    with pytest.raises(AgentStartError):
+        await sup.spawn(
+            [fake_cli],
+            cwd=str(workdir / "gone"),
+            env={},
+            label="t",
+            on_exit=lambda: calls.append("bad cwd"),
+        )
+    with pytest.raises(AgentStartError):
+        await sup.spawn(
+            [str(workdir / "no-cli")],
+            cwd=str(workdir),
+            env={},
+            label="t",
+            on_exit=lambda: calls.append("no cli"),
+        )
+    assert calls == ["bad cwd", "no cli"]
+
+    def on_exit() -> None:
+        assert agent.returncode is not None  # reaped first
+        calls.append("crash")
+
+    agent = await sup.spawn([fake_cli], cwd=str(workdir), env={}, label="t", on_exit=on_exit)
+    os.kill(agent.pid, signal.SIGKILL)
+    await wait_until(lambda: "crash" in calls)
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    other = await sup.spawn([fake_cli], cwd=str(workdir), env={}, label="t2", on_exit=broken)
+    with caplog.at_level(logging.ERROR, logger="hotsession.supervisor"):
+        await other.close()
+        await wait_until(lambda: "clean-up after agent t2 failed" in caplog.text)
+    assert calls == ["bad cwd", "no cli", "crash"] and not sup.children

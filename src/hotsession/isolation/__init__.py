@@ -287,7 +287,13 @@ def _isolate(
     if tenant.memory_max_mb is not None:
         group = limits.memory_group(name, tenant.memory_max_mb)
     flag_files = ArgFiles(home, uid=account.uid, gid=account.gid)
-    flag_files.prepare()
+    try:
+        flag_files.prepare()
+    except OSError as exc:
+        raise IsolationError(
+            f"tenant {name}: cannot prepare {flag_files.directory} for the agents' flag "
+            f"files: {exc}"
+        ) from exc
     run_as = RunAs(
         uid=account.uid,
         gid=account.gid,
