@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from hotsession.cli_binary import bundled_cli_path
+from hotsession.daemon import Daemon, bind
+from hotsession.settings import Settings
 from hotsession.testing.model_server import ModelServer
 from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres
 
@@ -129,3 +131,23 @@ async def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def run_daemon(settings: Settings) -> tuple[Daemon, asyncio.Task[None]]:
+    """A daemon in this process on a free loopback port, once it is ready (or its startup
+    error, raised); stop it with ``stop_daemon``."""
+    daemon = Daemon(settings, install_signals=False)
+    task = asyncio.create_task(daemon.run(bind("127.0.0.1", 0)))
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()
+    assert daemon.url is not None
+    return daemon, task
+
+
+async def stop_daemon(daemon: Daemon, task: asyncio.Task[None]) -> None:
+    """Shut a ``run_daemon`` daemon down and wait for it (at most 30 s)."""
+    daemon.request_shutdown()
+    await asyncio.wait_for(task, 30)

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from tests.conftest import run_daemon, stop_daemon
 
-from hotsession.daemon import Daemon, bind
+from hotsession.daemon import Daemon
 from hotsession.settings import Settings, load_settings
 from hotsession.sse import SSEDecoder
 
@@ -117,15 +118,7 @@ async def start_daemon(
         path, alice, bob = write_config(base)
         values = {**BASE_CONFIG, "state_dir": str(base / "state"), **overrides}
         settings = load_settings(path, values)
-        sock = bind("127.0.0.1", 0)
-        daemon = Daemon(settings, install_signals=False)
-        task = asyncio.create_task(daemon.run(sock))
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()
-        assert daemon.url is not None
+        daemon, task = await run_daemon(settings)
         r = Running(daemon, task, daemon.url, settings, alice, bob)
         running.append(r)
         return r
@@ -134,8 +127,7 @@ async def start_daemon(
     for r in running:
         for c in r.clients:
             await c.aclose()
-        r.daemon.request_shutdown()
-        await asyncio.wait_for(r.task, 30)
+        await stop_daemon(r.daemon, r.task)
 
 
 async def read_sse(

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import run_daemon, stop_daemon
 
-from hotsession.daemon import Daemon, bind
+from hotsession.daemon import Daemon
 from hotsession.settings import load_settings
 
 SHIM = str(Path(sys.executable).with_name("hotsession-claude"))
@@ -66,15 +67,7 @@ async def start_dropin(
     async def start(**overrides: Any) -> Dropin:
         state = tmp_path / f"hs{len(running)}"
         settings = load_settings(None, {**BASE, "state_dir": str(state), **overrides}, environ={})
-        sock = bind("127.0.0.1", 0)
-        daemon = Daemon(settings, install_signals=False)
-        task = asyncio.create_task(daemon.run(sock))
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()
-        assert daemon.url is not None
+        daemon, task = await run_daemon(settings)
         monkeypatch.setenv("HOTSESSION_STATE_DIR", str(state))
         d = Dropin(daemon, task, state, daemon.url)
         running.append(d)
@@ -82,8 +75,7 @@ async def start_dropin(
 
     yield start
     for d in running:
-        d.daemon.request_shutdown()
-        await asyncio.wait_for(d.task, 30)
+        await stop_daemon(d.daemon, d.task)
 
 
 @pytest.fixture

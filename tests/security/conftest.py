@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.conftest import run_daemon, stop_daemon
 
 from hotsession.cli_binary import bundled_cli_path
-from hotsession.daemon import Daemon, bind
+from hotsession.daemon import Daemon
 from hotsession.settings import Settings, load_settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates OS users)")
@@ -195,15 +196,7 @@ async def start_daemon(
 
     async def start(config: Path, **overrides: Any) -> Running:
         settings = load_settings(config, {**BASE, **overrides})
-        sock = bind("127.0.0.1", 0)
-        daemon = Daemon(settings, install_signals=False)
-        task = asyncio.create_task(daemon.run(sock))
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()
-        assert daemon.url is not None
+        daemon, task = await run_daemon(settings)
         r = Running(daemon, task, daemon.url, settings)
         running.append(r)
         return r
@@ -212,8 +205,7 @@ async def start_daemon(
     for r in running:
         for c in r.clients:
             await c.aclose()
-        r.daemon.request_shutdown()
-        await asyncio.wait_for(r.task, 30)
+        await stop_daemon(r.daemon, r.task)
 
 
 async def turn(client: httpx.AsyncClient, sid: str, prompt: str) -> dict[str, Any]:
