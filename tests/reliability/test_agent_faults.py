@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 from tests.conftest import CLI, wait_until
 from tests.reliability.conftest import make_config
 from tests.reliability.faultloop import fault_loop
@@ -187,118 +190,102 @@ def _faulty_config(tmp_path: Path, **changes: object) -> Config:
     return make_config(tmp_path, cli_path=str(shim), **changes)
 
 
-async def _wrapped_loop(
-    config: Config,
+@dataclass(frozen=True)
+class WrappedFault:
+    """A fault the CLI wrapper (``hotsession.testing.faulty_cli``) injects on a directive."""
+
+    directive: str
+    fault: str
+    how: str
+    n: int
+    expect: str  # the client's outcome of the faulted turn
+    exit_code: int | None = None  # the faulted turn's, when it ends with the agent's death
+    changes: dict[str, Any] = field(default_factory=dict)  # to the engine's config
+
+
+WRAPPED_FAULTS = [
+    pytest.param(
+        WrappedFault(
+            "exit0",
+            "agent exits 0 mid-turn",
+            "wrapper (`hotsession.testing.faulty_cli`) kills the CLI and exits 0",
+            n=8,
+            expect="error:agent_died",
+            exit_code=0,
+        ),
+        id="exit_zero_mid_turn",
+    ),
+    pytest.param(
+        WrappedFault(
+            "noise",
+            "agent writes a garbage (non-JSON, binary) line",
+            "wrapper injects NUL / invalid UTF-8 / ANSI bytes mid-turn",
+            n=8,
+            expect="result",
+        ),
+        id="garbage_line_is_skipped",
+    ),
+    pytest.param(
+        WrappedFault(
+            "corrupt",
+            "agent writes corrupt JSON",
+            'wrapper injects `{"type": "assistant", "message": {broken`',
+            n=8,
+            expect="error:agent_protocol",
+        ),
+        id="corrupt_json_line",
+    ),
+    pytest.param(
+        WrappedFault(
+            f"bignoise:{50 * MIB}",
+            "agent writes a 50 MiB line (non-JSON)",
+            "wrapper injects 50 MiB without a newline until the end; limit 64 MiB",
+            n=3,
+            expect="result",
+        ),
+        id="fifty_mib_noise_line",
+    ),
+    pytest.param(
+        WrappedFault(
+            f"bigjson:{50 * MIB}",
+            "agent writes a 50 MiB JSON line over the limit",
+            "wrapper injects a 50 MiB JSON line; `max_line_bytes` = 16 MiB",
+            n=3,
+            expect="error:agent_protocol",
+            changes={"max_line_bytes": 16 * MIB},
+        ),
+        id="fifty_mib_line_over_the_limit",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", WRAPPED_FAULTS)
+async def test_wrapped_cli_fault(
+    case: WrappedFault,
+    tmp_path: Path,
+    agent_env: dict[str, str],
     model_server: ModelServer,
     ledger: Ledger,
     workdir: Path,
-    *,
-    directive: str,
-    fault: str,
-    how: str,
-    n: int,
-    expect: set[str],
-    exit_code: int | None = None,
 ) -> None:
     async def inject(conv: Conversation) -> str:
-        events = await conv.turn(f"[[fault:{directive}]] [[delay:200]] [[say:after-fault]]")
-        if exit_code is not None:
-            assert events[-1].data.get("exit_code") == exit_code
+        events = await conv.turn(f"[[fault:{case.directive}]] [[delay:200]] [[say:after-fault]]")
+        if case.exit_code is not None:
+            assert events[-1].data.get("exit_code") == case.exit_code
         return outcome(events[-1])
 
-    async with Hotsession(config) as hs:
+    async with Hotsession(_faulty_config(tmp_path, **case.changes)) as hs:
         await fault_loop(
             hs,
             model_server,
             ledger,
             workdir,
-            fault=fault,
-            how=how,
-            n=n,
+            fault=case.fault,
+            how=case.how,
+            n=case.n,
             inject=inject,
-            expect=expect,
+            expect={case.expect},
         )
-
-
-async def test_exit_zero_mid_turn(
-    tmp_path: Path, agent_env: dict[str, str], model_server, ledger: Ledger, workdir: Path
-):
-    await _wrapped_loop(
-        _faulty_config(tmp_path),
-        model_server,
-        ledger,
-        workdir,
-        directive="exit0",
-        fault="agent exits 0 mid-turn",
-        how="wrapper (`hotsession.testing.faulty_cli`) kills the CLI and exits 0",
-        n=8,
-        expect={"error:agent_died"},
-        exit_code=0,
-    )
-
-
-async def test_garbage_line_is_skipped(
-    tmp_path: Path, agent_env: dict[str, str], model_server, ledger: Ledger, workdir: Path
-):
-    await _wrapped_loop(
-        _faulty_config(tmp_path),
-        model_server,
-        ledger,
-        workdir,
-        directive="noise",
-        fault="agent writes a garbage (non-JSON, binary) line",
-        how="wrapper injects NUL / invalid UTF-8 / ANSI bytes mid-turn",
-        n=8,
-        expect={"result"},
-    )
-
-
-async def test_corrupt_json_line(
-    tmp_path: Path, agent_env: dict[str, str], model_server, ledger: Ledger, workdir: Path
-):
-    await _wrapped_loop(
-        _faulty_config(tmp_path),
-        model_server,
-        ledger,
-        workdir,
-        directive="corrupt",
-        fault="agent writes corrupt JSON",
-        how='wrapper injects `{"type": "assistant", "message": {broken`',
-        n=8,
-        expect={"error:agent_protocol"},
-    )
-
-
-async def test_fifty_mib_noise_line(
-    tmp_path: Path, agent_env: dict[str, str], model_server, ledger: Ledger, workdir: Path
-):
-    await _wrapped_loop(
-        _faulty_config(tmp_path),
-        model_server,
-        ledger,
-        workdir,
-        directive=f"bignoise:{50 * MIB}",
-        fault="agent writes a 50 MiB line (non-JSON)",
-        how="wrapper injects 50 MiB without a newline until the end; limit 64 MiB",
-        n=3,
-        expect={"result"},
-    )
-
-
-async def test_fifty_mib_line_over_the_limit(
-    tmp_path: Path, agent_env: dict[str, str], model_server, ledger: Ledger, workdir: Path
-):
-    await _wrapped_loop(
-        _faulty_config(tmp_path, max_line_bytes=16 * MIB),
-        model_server,
-        ledger,
-        workdir,
-        directive=f"bigjson:{50 * MIB}",
-        fault="agent writes a 50 MiB JSON line over the limit",
-        how="wrapper injects a 50 MiB JSON line; `max_line_bytes` = 16 MiB",
-        n=3,
-        expect={"error:agent_protocol"},
-    )
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
