@@ -170,6 +170,29 @@ async def test_warm_resumes_ahead(start_daemon, model_server):
     )
 
 
+async def test_warm_after_a_keep_alive_eviction_is_kept_for_the_next_turn(
+    start_daemon, model_server
+):
+    """The usual evicted session was idle beyond the keep-alive: its resume-ahead must not be
+    retired as unused at the pool's next tick (it was, so ``warm`` did nothing)."""
+    d: Running = await start_daemon(pool_enabled=True, keep_alive_s=3.0, pool_tick_s=0.1)
+    c = d.alice
+    sid = (await new_session(c))["id"]
+    await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:one]]"})
+    await poll(lambda: state_is(c, sid, "evicted"), timeout=30)
+    assert (await c.post(f"/v1/sessions/{sid}/warm")).json()["warming"] is True
+    hub = d.daemon.hub
+    assert hub is not None
+    session = hub.get(sid)
+    # the resume-ahead has its process (or was already retired: then the check below fails)
+    await wait_until(lambda: session._warming is None or session._warming.done(), timeout=60)
+    await asyncio.sleep(1.0)  # ten pool ticks, inside the keep-alive counted from the warm
+    pool = (await c.get("/v1/pool")).json()
+    assert "warm_unused" not in pool["evictions"], pool["evictions"]
+    events = await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:two]]"})
+    assert events[-1].data["timing"]["source"] == "warm"
+
+
 async def test_tenants_are_isolated(start_daemon, tmp_path: Path):
     d: Running = await start_daemon()
     alice, bob = d.alice, d.bob

@@ -141,9 +141,7 @@ class Evictor:
             if wall - last_active(session) > keep_alive_s:
                 self.evict(session, "keep_alive")
         for session in list(self._ctx.pooled_sessions()):
-            if wall - last_active(session) <= keep_alive_s:
-                continue
-            placement = session.take_unused_warm()
+            placement = session.take_unused_warm(unused_for_s=keep_alive_s)
             if placement is not None:
                 self.evictions["warm_unused"] += 1
                 self._ctx.spawn_task(self._ctx.host.retire(placement), name="retire-warm")

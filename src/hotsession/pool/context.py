@@ -67,8 +67,9 @@ class PooledSession(Protocol):
     async def replace_process(self, placement: Placement) -> None:
         """Swap in a new process (the old one is retired)."""
 
-    def take_unused_warm(self) -> Placement | None:
-        """A finished resume-ahead nobody used (the caller then owns its process)."""
+    def take_unused_warm(self, unused_for_s: float = 0.0) -> Placement | None:
+        """A resume-ahead ready for over ``unused_for_s`` that nobody used (the caller then
+        owns its process)."""
 
 
 class PoolContext(Protocol):

@@ -91,6 +91,7 @@ class Session:
         self.recent_turns: collections.deque[TurnRecord] = collections.deque(maxlen=20)
         self._runner: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[Placement] | None = None
+        self._warm_ready_at = 0.0  # when the resume-ahead got its process (wall clock)
         self._watchdog: asyncio.Timeout | None = None
         self._closed = False
         # How the process obtained at open came (spare / spawn / resume) and how long it took:
@@ -525,11 +526,17 @@ class Session:
             return False
         self._warming = asyncio.create_task(self._start_process(), name=f"warm-{self.id}")
         self._warming.add_done_callback(_consume_exception)
+        self._warming.add_done_callback(self._warm_done)
         return True
 
-    def take_unused_warm(self) -> Placement | None:
-        """The process a resume-ahead started, if it is ready and no turn took it (the caller
-        then owns it); None otherwise."""
+    def _warm_done(self, _task: asyncio.Task[Placement]) -> None:
+        self._warm_ready_at = time.time()
+
+    def take_unused_warm(self, unused_for_s: float = 0.0) -> Placement | None:
+        """The process a resume-ahead started, if it has been ready for more than
+        ``unused_for_s`` and no turn took it (the caller then owns it); None otherwise. The
+        wait counts from the warm-up, not from the session's last turn: a session is usually
+        warmed after an idle spell longer than the keep-alive."""
         warming = self._warming
         if (
             warming is None
@@ -537,6 +544,7 @@ class Session:
             or warming.cancelled()
             or warming.exception() is not None
             or self.current is not None
+            or time.time() - self._warm_ready_at <= unused_for_s
         ):
             return None
         self._warming = None
