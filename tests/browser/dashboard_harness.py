@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,6 +47,11 @@ class Daemon:
     state_dir: Path
     log_path: Path
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers of an API request with the daemon's token."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     def log_tail(self, n: int = 4000) -> str:
         """The end of the daemon's log, for failure messages."""
         try:
@@ -62,6 +68,16 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+async def login(page: Any, daemon: Daemon) -> None:
+    """Sign the page in to the dashboard with the daemon's token (the sessions view shows)."""
+    from playwright.async_api import expect  # the browser tier's: a test module imports it too
+
+    await page.goto(daemon.url + "/")
+    await page.fill("#token", daemon.token)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#sessions-view")).to_be_visible()
 
 
 def agent_env(base: Path, model_server_url: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_harness import Daemon
+from dashboard_harness import Daemon, login
 from playwright.async_api import expect
 
 pytestmark = pytest.mark.browser
@@ -24,13 +24,6 @@ MARKDOWN_JS = """async (texts) => {
 }"""
 
 
-async def login(page: Any, daemon: Daemon) -> None:
-    await page.goto(daemon.url + "/")
-    await page.fill("#token", daemon.token)
-    await page.press("#token", "Enter")
-    await expect(page.locator("#sessions-view")).to_be_visible()
-
-
 async def turn(client: httpx.AsyncClient, sid: str, prompt: str) -> None:
     async with client.stream("POST", f"/v1/sessions/{sid}/turns", json={"prompt": prompt}) as r:
         assert r.status_code == 200
@@ -43,7 +36,7 @@ async def test_markdown_is_rendered_and_the_models_html_is_not(
 ) -> None:
     hostile = '<img src=x onerror="window.__pwned = 1"> and <b>bold?</b>'
     reply = f"The answer is **sixty**, in `code`. {hostile}"
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
         res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
         sid = res.json()["id"]
@@ -97,7 +90,7 @@ def _at_bottom(pos: dict[str, float]) -> bool:
 async def test_the_conversation_follows_its_newest_turn(
     page: Any, daemon: Daemon, workdir: Path
 ) -> None:
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
         res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
         sid = res.json()["id"]
@@ -170,7 +163,7 @@ async def test_streamed_deltas_are_not_shown_twice(
 ) -> None:
     """The streaming contract (docs/api.md, include_partial_messages) as a turn's stream brings
     it: text deltas, then the same text whole in `assistant` messages, around a tool call."""
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
         sid = (await client.post("/v1/sessions", json={"cwd": str(workdir)})).json()["id"]
     events: list[tuple[str, dict[str, Any]]] = [

@@ -9,18 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_harness import Daemon
+from dashboard_harness import Daemon, login
 from playwright.async_api import expect
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.browser
-
-
-async def login(page: Any, daemon: Daemon) -> None:
-    await page.goto(daemon.url + "/")
-    await page.fill("#token", daemon.token)
-    await page.press("#token", "Enter")
-    await expect(page.locator("#sessions-view")).to_be_visible()
 
 
 async def new_session(page: Any, cwd: Path, permission_mode: str = "acceptEdits") -> str:
@@ -97,9 +90,7 @@ async def test_prompt_streams_the_answer_and_its_timing(
     await expect(page.locator("#d-facts")).to_contain_text(re.compile(r"\d+ MB pss"))
 
     # A turn sent by another client shows up live (SSE), without a reload.
-    async with httpx.AsyncClient(
-        base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}, timeout=60
-    ) as client:
+    async with httpx.AsyncClient(base_url=daemon.url, headers=daemon.auth, timeout=60) as client:
         async with client.stream(
             "POST", f"/v1/sessions/{sid}/turns", json={"prompt": "[[say:sent from elsewhere]]"}
         ) as res:
@@ -192,9 +183,7 @@ async def test_quick_turn_and_pool_figures_change(page: Any, daemon: Daemon, wor
     await page.click('#nav a[data-view="pool"]')
     await expect(spawned).not_to_have_text(str(before))
     assert int(str(await spawned.text_content())) > before
-    pool = httpx.get(
-        f"{daemon.url}/v1/pool", headers={"Authorization": f"Bearer {daemon.token}"}
-    ).json()
+    pool = httpx.get(f"{daemon.url}/v1/pool", headers=daemon.auth).json()
     if pool.get("enabled") is not False:
         # A pool: the row of this cwd's profile counts the session, and the memory chart.
         (profile,) = [p for p in pool["profiles"] if p["cwd"] == str(workdir)]
@@ -215,7 +204,7 @@ async def test_quick_turn_without_a_cwd_says_what_to_fill_in(
     the last session's directory; sending again runs the turn there."""
     from hotsession.options import PERMISSION_MODES
 
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     workdir = workdir.resolve()  # as the daemon reports a session's cwd
     made = httpx.post(f"{daemon.url}/v1/sessions", json={"cwd": str(workdir)}, headers=auth)
     assert made.status_code == 201, made.text
@@ -266,9 +255,7 @@ async def test_a_session_of_another_client_appears_live(
     urls: list[str] = []
     page.on("request", lambda req: urls.append(req.url))
     await login(page, daemon)
-    async with httpx.AsyncClient(
-        base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}, timeout=60
-    ) as client:
+    async with httpx.AsyncClient(base_url=daemon.url, headers=daemon.auth, timeout=60) as client:
         res = await client.post(
             "/v1/sessions", json={"cwd": str(workdir), "permission_mode": "acceptEdits"}
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_harness import Daemon
+from dashboard_harness import Daemon, login
 from playwright.async_api import expect
 
 pytestmark = pytest.mark.browser
@@ -26,7 +26,7 @@ def _mb(text: str) -> float:
 async def test_spawned_matches_the_metric_and_the_chart_shows_use(
     page: Any, daemon: Daemon, workdir: Path
 ) -> None:
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
         res = await client.post("/v1/sessions", json={"cwd": str(workdir)})
         assert res.status_code == 201
@@ -34,9 +34,7 @@ async def test_spawned_matches_the_metric_and_the_chart_shows_use(
         if pool.get("enabled") is False:
             pytest.skip("the daemon runs without a pool")
 
-        await page.goto(daemon.url + "/")
-        await page.fill("#token", daemon.token)
-        await page.press("#token", "Enter")
+        await login(page, daemon)
         await page.click('#nav a[data-view="pool"]')
         await expect(page.locator("#chart svg path.used")).to_have_count(1)
 

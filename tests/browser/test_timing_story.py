@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_harness import Daemon
+from dashboard_harness import Daemon, login
 from playwright.async_api import expect
 
 from hotsession.cli.render import format_timing, timing_story
@@ -78,7 +78,7 @@ async def test_cli_and_dashboard_tell_the_same_timing_story(page: Any, daemon: D
 async def test_a_real_turn_reads_the_same_in_the_cli_and_the_dashboard(
     page: Any, daemon: Daemon, workdir: Path
 ) -> None:
-    auth = {"Authorization": f"Bearer {daemon.token}"}
+    auth = daemon.auth
     async with httpx.AsyncClient(base_url=daemon.url, headers=auth, timeout=60) as client:
         # A quick turn opens its session in the turn: a start segment (claim or spawn) is in it.
         body = {"prompt": "[[delay:200]][[say:timed]]", "cwd": str(workdir)}
@@ -95,9 +95,7 @@ async def test_a_real_turn_reads_the_same_in_the_cli_and_the_dashboard(
     sid, timing = data["session"]["id"], data["result"]["timing"]
     assert timing["claim_ms"] > 0
 
-    await page.goto(daemon.url + "/")
-    await page.fill("#token", daemon.token)
-    await page.press("#token", "Enter")
+    await login(page, daemon)
     await page.goto(f"{daemon.url}/#/sessions/{sid}")
     panel = page.locator("#log .turn .timing")
     await expect(panel).to_have_count(1)
