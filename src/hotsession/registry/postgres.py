@@ -16,7 +16,8 @@ Connections and faults
     that a claim whose COMMIT was lost is recognised as ours when it is retried.
 
 Batching
-    As in SQLite: ``add_events`` appends to a list under a thread lock and returns. A task on
+    As in SQLite (the same :class:`~hotsession.registry.backlog.EventBacklog`): ``add_events``
+    appends to a list under a thread lock and returns. A task on
     the event loop that opened the registry commits the pending events when the oldest has
     waited ``flush_interval`` or ``BATCH_MAX`` are pending, in one transaction (one pipelined
     ``executemany``). ``flush()`` commits everything added before it. A batch that cannot be
@@ -56,13 +57,13 @@ import logging
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import psycopg
 
 from hotsession.errors import RegistryError
+from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.pgconn import Conn, PgPool
 from hotsession.registry.records import (
@@ -79,10 +80,6 @@ __all__ = ["BATCH_MAX", "MIGRATIONS", "PostgresRegistry"]
 
 log = logging.getLogger(__name__)
 
-#: Pending events that trigger a commit without waiting for the timer.
-BATCH_MAX: Final = 500
-#: Longest wait between two automatic retries of a failed batch.
-MAX_RETRY_DELAY: Final = 2.0
 
 # Ordered migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Never edit a
 # released entry: append a new one.
@@ -192,8 +189,6 @@ _FENCE: Final = (
     " AND node IS NOT NULL FOR SHARE)"
 )
 
-#: An event waiting to be written, with the fencing epoch it was added under.
-_Pending = tuple[EventRecord, "int | None"]
 
 # Errors of one malformed row (a caller's bug): written row by row, only the bad one is dropped.
 _MALFORMED: Final = (
@@ -347,16 +342,8 @@ class PostgresRegistry:
         self._flusher: asyncio.Task[None] | None = None
         self._commit_lock: asyncio.Lock | None = None
 
-        # Events added but not yet taken by a commit; guarded by _lock (any thread may add).
-        self._lock = threading.Lock()
-        self._pending: list[_Pending] = []
-        self._pending_since = 0.0
-        # Loop-only: the batch being written, the batch that failed (retried first), backoff.
-        self._inflight: list[_Pending] = []
-        self._failed: list[_Pending] = []
-        self._failures = 0
-        self._retry_at = 0.0
-        self._stale: dict[tuple[str, int], int] = {}
+        # Events added but not written yet (any thread may add; the loop writes).
+        self._backlog = EventBacklog(flush_interval)
 
     @property
     def schema(self) -> str:
@@ -404,7 +391,7 @@ class PostgresRegistry:
             async with self._commit_lock:
                 await self._commit_events()
         except Exception as exc:
-            lost = len(self._failed)
+            lost = len(self._backlog.failed)
             err = RegistryError(
                 f"registry closed with {lost} events not written: {exc}",
                 cause=str(exc),
@@ -513,13 +500,7 @@ class PostgresRegistry:
         self._check_open()
         if not events:
             return
-        with self._lock:
-            before = len(self._pending)
-            self._pending.extend((ev, epoch) for ev in events)
-            after = len(self._pending)
-            if before == 0:
-                self._pending_since = time.monotonic()
-        if before == 0 or before < BATCH_MAX <= after:
+        if self._backlog.add(events, epoch):
             self._poke()
 
     async def flush(self) -> None:
@@ -529,8 +510,8 @@ class PostgresRegistry:
         assert self._commit_lock is not None
         async with self._commit_lock:
             await self._commit_events()
-            if self._stale:
-                dropped, self._stale = self._stale, {}
+            dropped = self._backlog.take_stale()
+            if dropped:
                 raise stale_events(dropped)
 
     async def events_after(
@@ -540,9 +521,8 @@ class PostgresRegistry:
         if limit <= 0:
             return []
         # Taken before the query: an event committed meanwhile is then in one of the two.
-        unwritten = [
-            ev for ev in self._unwritten() if ev.session_id == session_id and ev.seq > after_seq
-        ]
+        backlog = self._backlog.unwritten()
+        unwritten = [ev for ev in backlog if ev.session_id == session_id and ev.seq > after_seq]
 
         async def job(conn: Conn) -> list[EventRecord]:
             cur = await conn.execute(
@@ -559,7 +539,7 @@ class PostgresRegistry:
 
     async def last_seq(self, session_id: str) -> int:
         self._check_open()
-        unwritten = [ev.seq for ev in self._unwritten() if ev.session_id == session_id]
+        unwritten = [ev.seq for ev in self._backlog.unwritten() if ev.session_id == session_id]
 
         async def job(conn: Conn) -> int:
             cur = await conn.execute(
@@ -727,32 +707,11 @@ class PostgresRegistry:
             with contextlib.suppress(RuntimeError):  # the loop is closed: close() flushes
                 loop.call_soon_threadsafe(wake.set)
 
-    def _unwritten(self) -> list[EventRecord]:
-        """Events added but not committed, oldest first."""
-        with self._lock:
-            pending = list(self._pending)
-        return [ev for ev, _ in self._failed + self._inflight + pending]
-
-    def _next_timeout(self) -> float | None:
-        """Seconds until the pending events are due, None when there are none."""
-        with self._lock:
-            n_pending = len(self._pending)
-            since = self._pending_since
-        if not n_pending and not self._failed:
-            return None
-        if self._failures:
-            due = self._retry_at
-        elif n_pending >= BATCH_MAX:
-            return 0.0
-        else:
-            due = since + self.flush_interval
-        return max(0.0, due - time.monotonic())
-
     async def _flush_loop(self) -> None:
         assert self._wake is not None and self._commit_lock is not None
         wake = self._wake
         while True:
-            timeout = self._next_timeout()
+            timeout = self._backlog.next_timeout()
             if timeout is None:
                 await wake.wait()
                 wake.clear()
@@ -767,11 +726,11 @@ class PostgresRegistry:
                     await self._commit_events()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # kept in self._failed; the writer must live on
+                except Exception as exc:  # kept in the backlog; the writer must live on
                     log.warning(
                         "registry: %d events not written yet (attempt %d, will retry): %s",
-                        len(self._failed),
-                        self._failures,
+                        len(self._backlog.failed),
+                        self._backlog.failures,
                         exc,
                     )
 
@@ -781,34 +740,19 @@ class PostgresRegistry:
         On failure the whole batch is kept (in order) for the next attempt and the error is
         re-raised. Hold ``_commit_lock``.
         """
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if self._failed:
-            batch = self._failed + batch
-            self._failed = []
+        backlog = self._backlog
+        batch = backlog.take()
         if not batch:
-            self._failures = 0
             return
-        self._inflight = batch
         try:
             stale = await self._db.run(lambda conn: _write_events(conn, batch), "write events")
         except BaseException:
-            self._failed = batch
-            self._failures += 1
-            delay = min(self.flush_interval * 2 ** min(self._failures, 16), MAX_RETRY_DELAY)
-            self._retry_at = time.monotonic() + delay
+            backlog.write_failed(batch)
             raise
-        finally:
-            self._inflight = []
-        if self._failures:
-            log.info("registry: event log writable again, %d events written", len(batch))
-        self._failures = 0
-        for key, n in stale.items():
-            log.warning("registry: dropped %d events of %s at stale epoch %d", n, key[0], key[1])
-            self._stale[key] = self._stale.get(key, 0) + n
+        backlog.written(batch, stale)
 
 
-async def _write_events(conn: Conn, batch: list[_Pending]) -> dict[tuple[str, int], int]:
+async def _write_events(conn: Conn, batch: list[Pending]) -> dict[tuple[str, int], int]:
     """Write a batch in one transaction; fenced events whose epoch is not current are left out
     (their counts by ``(session_id, epoch)`` are returned)."""
     stale: dict[tuple[str, int], int] = {}

@@ -13,7 +13,9 @@ Batching
     has waited ``flush_interval`` seconds, or as soon as ``BATCH_MAX`` are pending. ``flush()``
     is a job like any other, so when it returns every event added before the call is committed.
     Reads of the event log (``events_after``, ``last_seq``) merge the events still in memory,
-    so a replay never misses an event, whether or not it was flushed.
+    so a replay never misses an event, whether or not it was flushed. The bookkeeping (pending
+    events, the failed batch and its backoff, stale-event counts) is
+    :class:`~hotsession.registry.backlog.EventBacklog`, shared with the Postgres registry.
 
 Failures
     Every :class:`sqlite3.Error` (database is locked, database or disk is full, read-only file,
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 from hotsession.errors import RegistryError
+from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.records import (
     EventRecord,
@@ -72,10 +75,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Pending events that trigger a commit without waiting for the timer.
-BATCH_MAX: Final = 500
-#: Longest wait between two automatic retries of a failed batch.
-MAX_RETRY_DELAY: Final = 2.0
 
 # Ordered schema migrations: ``MIGRATIONS[i]`` takes the database from ``user_version`` i to
 # i + 1. Never edit a released entry: append a new one. Each script runs in one transaction
@@ -170,8 +169,6 @@ _EVENT_COLS: Final = "session_id, seq, turn, type, data, t"
 _PROCESS_COLS: Final = "pid, create_time, role, session_id, cli_session_id"
 _OWNERSHIP_COLS: Final = "session_id, node, epoch, claimed_at, renewed_at"
 
-#: An event waiting to be written, with the fencing epoch it was added under.
-_Pending = tuple[EventRecord, "int | None"]
 
 _STOP: Final = object()  # queue item: leave the thread loop
 _WAKE: Final = object()  # queue item: look at the pending events now
@@ -384,16 +381,8 @@ class SqliteRegistry:
         self._state = "new"  # new -> open -> closed
         self._state_lock = threading.Lock()
 
-        # Events added but not yet handed to the thread; guarded by _lock.
-        self._lock = threading.Lock()
-        self._pending: list[_Pending] = []
-        self._pending_since = 0.0  # monotonic time the oldest pending event was added
-
-        # Thread-only: a batch that failed to commit, retried first; and the retry backoff.
-        self._failed: list[_Pending] = []
-        self._failures = 0
-        self._retry_at = 0.0
-        self._stale: dict[tuple[str, int], int] = {}  # fenced events dropped, for the next flush
+        # Events added but not written yet (any thread may add; the thread writes).
+        self._backlog = EventBacklog(flush_interval)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -544,14 +533,7 @@ class SqliteRegistry:
             )
         if not events:
             return
-        with self._lock:
-            before = len(self._pending)
-            self._pending.extend((ev, epoch) for ev in events)
-            after = len(self._pending)
-            if before == 0:
-                self._pending_since = time.monotonic()
-        # Wake the thread when its timer must start, and when a batch is full.
-        if before == 0 or before < BATCH_MAX <= after:
+        if self._backlog.add(events, epoch):  # its timer must start, or a batch is full
             self._jobs.put(_WAKE)
 
     async def flush(self) -> None:
@@ -560,8 +542,8 @@ class SqliteRegistry:
 
         def job(conn: sqlite3.Connection) -> None:
             self._commit_events(conn)
-            if self._stale:
-                dropped, self._stale = self._stale, {}
+            dropped = self._backlog.take_stale()
+            if dropped:
                 raise stale_events(dropped)
 
         await self._submit(job, "write events")
@@ -581,7 +563,7 @@ class SqliteRegistry:
             )
             by_seq = {ev.seq: ev for ev in map(_event_from_row, rows)}
             # Events not committed yet replace stored ones (INSERT OR REPLACE when written).
-            for ev in self._unwritten():
+            for ev in self._backlog.unwritten():
                 if ev.session_id == session_id and ev.seq > after_seq:
                     by_seq[ev.seq] = ev
             return [by_seq[s] for s in sorted(by_seq)[:limit]]
@@ -593,7 +575,7 @@ class SqliteRegistry:
             (stored,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
             ).fetchone()
-            unwritten = (ev.seq for ev in self._unwritten() if ev.session_id == session_id)
+            unwritten = (ev.seq for ev in self._backlog.unwritten() if ev.session_id == session_id)
             return max(int(stored), *unwritten, 0)
 
         return await self._submit(job, "read events")
@@ -713,7 +695,7 @@ class SqliteRegistry:
         try:
             while True:
                 try:
-                    item = self._jobs.get(timeout=self._next_timeout())
+                    item = self._jobs.get(timeout=self._backlog.next_timeout())
                 except queue.Empty:
                     item = _WAKE
                 if item is _STOP:
@@ -751,42 +733,21 @@ class SqliteRegistry:
         with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting
             loop.call_soon_threadsafe(cb, *args)
 
-    def _next_timeout(self) -> float | None:
-        """Seconds until the pending events are due, None when there are none."""
-        with self._lock:
-            n_pending = len(self._pending)
-            since = self._pending_since
-        if not n_pending and not self._failed:
-            return None
-        if self._failures:
-            due = self._retry_at
-        elif n_pending >= BATCH_MAX:
-            return 0.0
-        else:
-            due = since + self.flush_interval
-        return max(0.0, due - time.monotonic())
-
     def _maybe_commit(self) -> None:
         if self._conn is None:
             return
-        timeout = self._next_timeout()
+        timeout = self._backlog.next_timeout()
         if timeout is None or timeout > 0:
             return
         try:
             self._commit_events(self._conn)
-        except Exception as exc:  # kept in self._failed; the thread must live on
+        except Exception as exc:  # kept in the backlog; the thread must live on
             log.warning(
                 "registry: %d events not written yet (attempt %d, will retry): %s",
-                len(self._failed),
-                self._failures,
+                len(self._backlog.failed),
+                self._backlog.failures,
                 exc,
             )
-
-    def _unwritten(self) -> list[EventRecord]:
-        """Events added but not committed, oldest first (called on the thread)."""
-        with self._lock:
-            pending = list(self._pending)
-        return [ev for ev, _ in self._failed + pending]
 
     def _commit_events(self, conn: sqlite3.Connection) -> None:
         """Commit the failed batch, then everything pending, in one transaction.
@@ -794,29 +755,17 @@ class SqliteRegistry:
         On failure the whole batch is kept (in order) for the next attempt and the error is
         re-raised.
         """
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if self._failed:
-            batch = self._failed + batch
-            self._failed = []
+        backlog = self._backlog
+        batch = backlog.take()
         if not batch:
-            self._failures = 0
             return
         try:
             stale = _write_events(conn, batch)
         except BaseException:
             _rollback(conn)
-            self._failed = batch
-            self._failures += 1
-            delay = min(self.flush_interval * 2 ** min(self._failures, 16), MAX_RETRY_DELAY)
-            self._retry_at = time.monotonic() + delay
+            backlog.write_failed(batch)
             raise
-        if self._failures:
-            log.info("registry: event log writable again, %d events written", len(batch))
-        self._failures = 0
-        for key, n in stale.items():
-            log.warning("registry: dropped %d events of %s at stale epoch %d", n, key[0], key[1])
-            self._stale[key] = self._stale.get(key, 0) + n
+        backlog.written(batch, stale)
 
     def _open_db(self, _conn: sqlite3.Connection | None) -> None:
         if self.path != ":memory:" and not self.path.startswith("file:"):
@@ -859,7 +808,7 @@ class SqliteRegistry:
             try:
                 self._commit_events(self._conn)
             except Exception as exc:  # whatever it is, close() must not hang
-                lost = len(self._failed)
+                lost = len(self._backlog.failed)
                 err = RegistryError(
                     f"registry closed with {lost} events not written: "
                     + _registry_error(exc, "write events").message,
@@ -891,7 +840,7 @@ _MALFORMED: Final = (
 )
 
 
-def _write_events(conn: sqlite3.Connection, batch: list[_Pending]) -> dict[tuple[str, int], int]:
+def _write_events(conn: sqlite3.Connection, batch: list[Pending]) -> dict[tuple[str, int], int]:
     """Write a batch in one transaction (idempotent: INSERT OR REPLACE).
 
     Fenced events whose epoch is not current are left out; returns their counts by
