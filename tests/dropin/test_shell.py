@@ -143,6 +143,11 @@ async def test_wrong_token_is_one_line_and_no_fallback(
     )
     assert code != 0 and out == ""
     assert len(err.splitlines()) == 1 and "token" in err
+    # docs/drop-in.md: the line names the daemon and the refusal
+    assert err.strip() == (
+        f"hotsession-claude: the hotsession daemon at {dropin.url} refused the token "
+        "(unauthorized: invalid token)"
+    )
 
 
 async def test_client_killed_mid_turn_the_turn_completes_and_resume_sees_it(

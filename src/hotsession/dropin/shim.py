@@ -350,7 +350,11 @@ def _pump(ws: wire.WebSocket, argv: list[str], reader: _Stdin | None, url: str) 
             return code
         elif "error" in msg:
             err = msg["error"]
-            _say(str(err.get("message")))
+            if err.get("code") in ("unauthorized", "forbidden"):  # as a refused handshake says
+                why = f"{err['code']}: {err.get('message')}"
+                _say(f"the hotsession daemon at {url} refused the token ({why})")
+            else:
+                _say(str(err.get("message")))
             ws.close()
             return int(err.get("exit", 1))
 
