@@ -47,12 +47,12 @@ from hotsession.api.schemas import HealthOut
 from hotsession.errors import (
     BodyTooLarge,
     HotsessionError,
-    PromptTooLarge,
     RegistryUnavailable,
     ShuttingDown,
     Unauthorized,
 )
 from hotsession.hub import Hotsession
+from hotsession.session import prompt_too_large
 from hotsession.settings import Settings, Tenant
 
 log = logging.getLogger(__name__)
@@ -273,9 +273,7 @@ async def _send_too_large(send: Send, scope: Scope, settings: Settings) -> None:
     prompt under the body cap but over the prompt limit."""
     cap, prompt_limit = settings.max_body_bytes, settings.config.prompt_limit_bytes
     if scope["method"] == "POST" and _PROMPT_PATHS.fullmatch(scope["path"]):
-        exc: HotsessionError = PromptTooLarge(
-            f"the prompt is over the {prompt_limit} byte limit", limit=prompt_limit
-        )
+        exc: HotsessionError = prompt_too_large(prompt_limit)
     else:
         exc = BodyTooLarge(f"the request body is over the {cap} byte limit", limit=cap)
     await _send_error(send, exc)

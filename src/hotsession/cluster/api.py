@@ -43,8 +43,9 @@ from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, 
 from hotsession.api.sessions import record_view
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.cluster.hub import ClusterHub, RemoteSession
-from hotsession.errors import InvalidRequest, PromptTooLarge
+from hotsession.errors import InvalidRequest
 from hotsession.events import Event
+from hotsession.session import check_prompt
 from hotsession.settings import Settings, Tenant
 
 router = APIRouter(prefix="/v1")
@@ -101,11 +102,7 @@ def _stream(api: ClusterState, source: Any, head: bytes = b"") -> StreamingRespo
 
 
 def _check_prompt(api: ClusterState, prompt: str) -> None:
-    if not prompt.strip():
-        raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
-    limit = api.hub.config.prompt_limit_bytes
-    if len(prompt.encode("utf-8", errors="surrogatepass")) > limit:
-        raise PromptTooLarge(f"the prompt is over the {limit} byte limit", limit=limit)
+    check_prompt(prompt, api.hub.config.prompt_limit_bytes)  # the engine's one prompt check
 
 
 async def _open(api: ClusterState, tenant: Tenant, body: SessionOptionsIn) -> RemoteSession:

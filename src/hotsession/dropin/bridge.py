@@ -26,7 +26,9 @@ too: the CLI answers a repeated one and binds the hooks it names, measured with 
 a ``control_response`` answers a request the CLI made; other lines are written to the process.
 CLI → client: every CLI message of a turn (the session's ``message`` events, recorded like any
 turn's), and between turns what the CLI writes on its own (``session_state_changed``,
-task notifications), read from the process by :meth:`DropinRun._output` while no turn runs. The
+task notifications), which :meth:`DropinRun._output` asks the session for while no turn runs
+(``Session.between_turns``: the session owns its process; this front never holds the transport,
+an import-linter contract). The
 CLI's ``can_use_tool``, ``hook_callback`` and ``mcp_message`` requests reach the client through
 ``Session.control_delegate`` with the CLI's request ids.
 
@@ -57,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotsession.agent import AgentProcess
 from hotsession.dropin import argv as cli_argv
 from hotsession.dropin.shim import ENV_EXCLUDED, ENV_PREFIXES
 from hotsession.errors import (
@@ -70,7 +71,7 @@ from hotsession.errors import (
 )
 from hotsession.hub import Hotsession
 from hotsession.options import PERMISSION_MODES, SessionOptions
-from hotsession.session import Session, Turn
+from hotsession.session import BetweenTurns, Session, Turn
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ class DropinRun:
         elif kind == "control_cancel_request":
             return  # the CLI never has a request of the client pending long; nothing to cancel
         else:
-            proc = self._process()
+            proc = self._between()
             if proc is not None:
                 with contextlib.suppress(AgentError):
                     await proc.send(msg)
@@ -433,7 +434,7 @@ class DropinRun:
                 hot = self._hot(resume)
                 if hot is not None and not inv.fork:
                     if hot.options.profile_key() == options.profile_key():
-                        _stream_partials(hot, self._partial)
+                        hot.partial_messages = self._partial
                         return hot
                     # Another profile: resume with this one, once the turns it runs are done
                     # (another client's work is never cut short).
@@ -481,8 +482,9 @@ class DropinRun:
 
     # -- turns -----------------------------------------------------------------------------------
 
-    def _process(self) -> AgentProcess | None:
-        return self.session.process if self.session is not None else None
+    def _between(self) -> BetweenTurns | None:
+        """The session's live process as this front may use it between turns."""
+        return self.session.between_turns if self.session is not None else None
 
     def _start_turn(self, prompt: str, message: dict[str, Any] | None) -> None:
         assert self.session is not None
@@ -535,7 +537,7 @@ class DropinRun:
                 self._turns.popleft()
                 self._turns_changed.set()
                 continue
-            proc = self._process()
+            proc = self._between()
             if proc is None or not proc.alive:
                 self._turns_changed.clear()
                 await self._turns_changed.wait()
@@ -599,7 +601,7 @@ class DropinRun:
         """The client's ``initialize``: forwarded (the CLI binds its hooks and answers), unless
         the process was last initialized with exactly these fields: then the CLI's answer to
         that is the answer (a round trip of ~6-9 ms saved on every hot ``--resume``)."""
-        proc = self._process()
+        proc = self._between()
         fields = {k: v for k, v in request.items() if k != "subtype"}
         canon = json.dumps(fields, sort_keys=True)
         known = _INITIALIZED.get(proc) if proc is not None else None
@@ -641,7 +643,7 @@ class DropinRun:
         self, request: dict[str, Any], *, reply_to: Any
     ) -> dict[str, Any] | None:
         """A client's control request: to the process, and its answer back."""
-        proc = self._process()
+        proc = self._between()
         subtype = str(request.get("subtype"))
         fields = {k: v for k, v in request.items() if k != "subtype"}
         try:
@@ -737,10 +739,11 @@ class DropinRun:
         return task
 
 
-_INITIALIZED: weakref.WeakKeyDictionary[AgentProcess, tuple[str, dict[str, Any]]] = (
+_INITIALIZED: weakref.WeakKeyDictionary[BetweenTurns, tuple[str, dict[str, Any]]] = (
     weakref.WeakKeyDictionary()
 )
-"""Per process: the fields of the last ``initialize`` a client sent it, and the CLI's answer."""
+"""Per process (its ``BetweenTurns`` view: one per process a session adopts): the fields of the
+last ``initialize`` a client sent it, and the CLI's answer."""
 
 
 _PROFILE_INIT: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -764,15 +767,6 @@ async def _first_of(*events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
-
-
-def _stream_partials(session: Session, on: bool) -> None:
-    """A hot session serving a client that does (not) want partial messages (the flag is not
-    part of the profile: every process writes them, the session passes them on or drops them)."""
-    session.partial_messages = on
-    proc = session.process
-    if proc is not None:
-        proc.partial_messages = on
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:

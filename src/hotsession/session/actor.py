@@ -53,6 +53,7 @@ from hotsession.events import Event
 from hotsession.host import Placement
 from hotsession.options import SessionOptions
 from hotsession.registry import SessionRecord, SessionState, TurnRecord
+from hotsession.session.between import BetweenTurns
 from hotsession.session.context import SessionContext, SessionListener
 from hotsession.session.fanout import EventFanout, Subscription
 from hotsession.session.permissions import ControlDelegate, PermissionBroker
@@ -80,8 +81,9 @@ class Session:
         self.record = record
         self.options = SessionOptions.from_dict(record.options)
         # Not part of the profile (every process can stream; see ``options.build_argv``).
-        self.partial_messages = bool(record.options.get("include_partial_messages", False))
+        self._partial_messages = bool(record.options.get("include_partial_messages", False))
         self.placement: Placement | None = None
+        self._between: BetweenTurns | None = None  # the placement's view for a front
         self.fanout = EventFanout(record.id, context.registry, last_seq=last_seq)
         self.broker = PermissionBroker(self, lambda: self._ctx.config.permission_timeout_s)
         self.current: Turn | None = None
@@ -127,6 +129,25 @@ class Session:
         """The live process, if any."""
         p = self.placement
         return p.process if p is not None and p.process.alive else None
+
+    @property
+    def between_turns(self) -> BetweenTurns | None:
+        """The live process as a front reads and writes it between turns (``between``); None
+        without a live process. A new process is a new view."""
+        return self._between if self.process is not None else None
+
+    @property
+    def partial_messages(self) -> bool:
+        """Whether the CLI's token deltas reach this session's readers (not part of the
+        profile: every process writes them, and its session passes them on or drops them)."""
+        return self._partial_messages
+
+    @partial_messages.setter
+    def partial_messages(self, on: bool) -> None:
+        self._partial_messages = on
+        proc = self.process
+        if proc is not None:
+            proc.partial_messages = on
 
     @property
     def closed(self) -> bool:
@@ -493,8 +514,9 @@ class Session:
     def _adopt(self, placement: Placement) -> Placement:
         self.placement = placement
         proc = placement.process
+        self._between = BetweenTurns(proc)
         proc.attach(self._on_control_request, self.broker.on_cancel)
-        proc.partial_messages = self.partial_messages
+        proc.partial_messages = self._partial_messages
         self.record.pid = proc.pid
         watcher = asyncio.create_task(self._watch_idle_death(placement), name=f"died-{self.id}")
         watcher.add_done_callback(_consume_exception)

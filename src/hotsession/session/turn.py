@@ -28,8 +28,14 @@ def check_prompt(prompt: object, limit_bytes: int) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("the prompt must be a non-empty string", field="prompt")
     if len(prompt.encode("utf-8", errors="surrogatepass")) > limit_bytes:
-        raise PromptTooLarge(f"the prompt is over the {limit_bytes} byte limit", limit=limit_bytes)
+        raise prompt_too_large(limit_bytes)
     return prompt
+
+
+def prompt_too_large(limit_bytes: int) -> PromptTooLarge:
+    """The error of a prompt over the limit: ``check_prompt``'s, and the API's for a prompt
+    body over the body cap (which never gets as far as the check)."""
+    return PromptTooLarge(f"the prompt is over the {limit_bytes} byte limit", limit=limit_bytes)
 
 
 class Turn:
