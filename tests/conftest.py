@@ -16,8 +16,10 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hotsession.cli_binary import bundled_cli_path
@@ -151,3 +153,28 @@ async def stop_daemon(daemon: Daemon, task: asyncio.Task[None]) -> None:
     """Shut a ``run_daemon`` daemon down and wait for it (at most 30 s)."""
     daemon.request_shutdown()
     await asyncio.wait_for(task, 30)
+
+
+@dataclass
+class RunningDaemon:
+    """A ``run_daemon`` daemon under test, with the HTTP clients its test opened."""
+
+    daemon: Daemon
+    task: asyncio.Task[None]
+    url: str
+    settings: Settings
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    client_timeout: float = 60.0
+
+    def client(self, token: str | None) -> httpx.AsyncClient:
+        """A client with ``token`` (None: no Authorization header), closed by ``stop``."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=self.client_timeout)
+        self.clients.append(c)
+        return c
+
+    async def stop(self) -> None:
+        """Close the clients, then the daemon."""
+        for c in self.clients:
+            await c.aclose()
+        await stop_daemon(self.daemon, self.task)

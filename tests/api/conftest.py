@@ -14,17 +14,16 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-from tests.conftest import run_daemon, stop_daemon
+from tests.conftest import RunningDaemon, run_daemon
 
-from hotsession.daemon import Daemon
-from hotsession.settings import Settings, load_settings
+from hotsession.settings import load_settings
 from hotsession.sse import SSEDecoder
 
 ALICE_TOKEN = "alice-token-0123456789abcdef"
@@ -40,23 +39,15 @@ class Event:
     id: int | None = None
 
 
-@dataclass
-class Running:
-    """A daemon under test."""
+@dataclass(kw_only=True)
+class Running(RunningDaemon):
+    """A daemon under test, with two tenants (alice, bob)."""
 
-    daemon: Daemon
-    task: asyncio.Task[None]
-    url: str
-    settings: Settings
     alice_root: Path
     bob_root: Path
-    clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def client(self, token: str | None = ALICE_TOKEN) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        c = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
-        self.clients.append(c)
-        return c
+        return super().client(token)
 
     @property
     def alice(self) -> httpx.AsyncClient:
@@ -119,15 +110,13 @@ async def start_daemon(
         values = {**BASE_CONFIG, "state_dir": str(base / "state"), **overrides}
         settings = load_settings(path, values)
         daemon, task = await run_daemon(settings)
-        r = Running(daemon, task, daemon.url, settings, alice, bob)
+        r = Running(daemon, task, daemon.url, settings, alice_root=alice, bob_root=bob)
         running.append(r)
         return r
 
     yield start
     for r in running:
-        for c in r.clients:
-            await c.aclose()
-        await stop_daemon(r.daemon, r.task)
+        await r.stop()
 
 
 async def read_sse(

@@ -10,7 +10,6 @@ cannot enter (a checkout under /root), the fixture links (or copies) it to where
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -18,17 +17,17 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import run_daemon, stop_daemon
+from tests.conftest import RunningDaemon as Running
+from tests.conftest import run_daemon
 
 from hotsession.cli_binary import bundled_cli_path
-from hotsession.daemon import Daemon
-from hotsession.settings import Settings, load_settings
+from hotsession.settings import load_settings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates OS users)")
 
@@ -164,22 +163,6 @@ def write_config(path: Path, *tables: str, **top: Any) -> Path:
     return path
 
 
-@dataclass
-class Running:
-    daemon: Daemon
-    task: asyncio.Task[None]
-    url: str
-    settings: Settings
-    clients: list[httpx.AsyncClient] = field(default_factory=list)
-
-    def client(self, token: str) -> httpx.AsyncClient:
-        c = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-        )
-        self.clients.append(c)
-        return c
-
-
 BASE = {
     "pool_enabled": False,
     "watchdog_s": 120.0,
@@ -197,15 +180,13 @@ async def start_daemon(
     async def start(config: Path, **overrides: Any) -> Running:
         settings = load_settings(config, {**BASE, **overrides})
         daemon, task = await run_daemon(settings)
-        r = Running(daemon, task, daemon.url, settings)
+        r = Running(daemon, task, daemon.url, settings, client_timeout=120)
         running.append(r)
         return r
 
     yield start
     for r in running:
-        for c in r.clients:
-            await c.aclose()
-        await stop_daemon(r.daemon, r.task)
+        await r.stop()
 
 
 async def turn(client: httpx.AsyncClient, sid: str, prompt: str) -> dict[str, Any]:
