@@ -193,6 +193,30 @@ async def test_warm_after_a_keep_alive_eviction_is_kept_for_the_next_turn(
     assert events[-1].data["timing"]["source"] == "warm"
 
 
+async def test_a_warmed_session_lists_as_idle_with_its_pid(start_daemon, model_server):
+    """After ``warm`` the listings show what the next turn finds (a running process), not
+    ``evicted`` with no pid; a warmed process that dies before any turn is ``evicted`` again."""
+    d: Running = await start_daemon()
+    c = d.alice
+    sid = (await new_session(c))["id"]
+    await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:one]]"})
+    hub = d.daemon.hub
+    assert hub is not None
+    assert await hub.get(sid).evict() is True
+    assert (await c.post(f"/v1/sessions/{sid}/warm")).json()["warming"] is True
+    await poll(lambda: state_is(c, sid, "idle"), timeout=60)
+    pid = (await c.get(f"/v1/sessions/{sid}")).json()["pid"]
+    assert isinstance(pid, int) and psutil.pid_exists(pid)
+    assert (await c.post(f"/v1/sessions/{sid}/warm")).json()["warming"] is False
+    psutil.Process(pid).kill()
+    await poll(lambda: state_is(c, sid, "evicted"), timeout=30)
+    assert (await c.get(f"/v1/sessions/{sid}")).json()["pid"] is None
+    assert (await c.post(f"/v1/sessions/{sid}/warm")).json()["warming"] is True
+    await poll(lambda: state_is(c, sid, "idle"), timeout=60)
+    events = await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:two]]"})
+    assert events[-1].data["timing"]["source"] == "warm"
+
+
 async def test_tenants_are_isolated(start_daemon, tmp_path: Path):
     d: Running = await start_daemon()
     alice, bob = d.alice, d.bob

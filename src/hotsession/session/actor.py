@@ -551,8 +551,40 @@ class Session:
         self._warming.add_done_callback(self._warm_done)
         return True
 
-    def _warm_done(self, _task: asyncio.Task[Placement]) -> None:
+    def _warm_done(self, task: asyncio.Task[Placement]) -> None:
+        """A resume-ahead got its process: listings show what the next turn finds (``idle``,
+        its pid), and a death before that turn makes the session ``evicted`` again."""
         self._warm_ready_at = time.time()
+        if task.cancelled() or task.exception() is not None or self._warming is not task:
+            return
+        proc = task.result().process
+        if self._closed or self.current is not None or not proc.alive:
+            return
+        if self.record.state == "evicted":
+            self.record.pid = proc.pid
+            self._set_state("idle")
+        watcher = asyncio.create_task(self._watch_warm_death(task), name=f"warm-died-{self.id}")
+        watcher.add_done_callback(_consume_exception)
+
+    async def _watch_warm_death(self, task: asyncio.Task[Placement]) -> None:
+        await task.result().process.exited.wait()
+        if self._warming is task and self.current is None and not self._closed:
+            self._warming = None
+            self._warm_unused_gone()
+
+    def _ready_warm_process(self) -> AgentProcess | None:
+        """The live process of a finished resume-ahead no turn took yet, if any."""
+        warming = self._warming
+        if warming is None or not warming.done() or warming.cancelled() or warming.exception():
+            return None
+        proc = warming.result().process
+        return proc if proc.alive else None
+
+    def _warm_unused_gone(self) -> None:
+        """The resume-ahead's process left before any turn took it."""
+        if self.placement is None and self.record.state == "idle":
+            self.record.pid = None
+            self._set_state("evicted")
 
     def take_unused_warm(self, unused_for_s: float = 0.0) -> Placement | None:
         """The process a resume-ahead started, if it has been ready for more than
@@ -570,6 +602,7 @@ class Session:
         ):
             return None
         self._warming = None
+        self._warm_unused_gone()
         return warming.result()
 
     async def evict(self) -> bool:
@@ -698,7 +731,7 @@ class Session:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view of the session for listings (``views.session_view``)."""
-        proc = self.process
+        proc = self.process or self._ready_warm_process()
         live = LiveState(
             pid=proc.pid if proc else None,
             queued=self.queued,
