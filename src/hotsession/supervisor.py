@@ -279,7 +279,12 @@ class Supervisor:
             oom_kills = await asyncio.to_thread(oom_kill_count)
             if oom_kills > self._oom_kills:
                 self._oom_kills = oom_kills
-                cause = "the kernel's out-of-memory killer ran (oom_kill count rose)"
+                # The count is machine-wide (plus this daemon's cgroup): it shows an OOM kill
+                # happened meanwhile, not that this process was the one chosen.
+                cause = (
+                    "not sent by hotsession; the kernel's out-of-memory killer ran meanwhile "
+                    "(oom_kill count rose), so it may have been memory"
+                )
             else:
                 cause = "not sent by hotsession, and no out-of-memory kill is on record"
             log.warning("agent %s (%s) was SIGKILLed: %s", agent.pid, agent.label, cause)
