@@ -165,6 +165,35 @@ async def test_kill_just_before_turn_is_transparent(
     assert main_with(model_server, m2)[-1]["n_messages"] > before
 
 
+async def test_prompt_written_to_a_dead_unnoticed_process_resumes(
+    hub: Hotsession, workdir: Path, model_server: ModelServer
+):
+    """The process is already dead (and reaped behind the engine's back, as
+    tests/security/test_agents.py does) when the next prompt is written, before its exit is
+    seen: the write fails, the prompt never reached it, so the turn resumes the conversation and
+    answers. It used to end with ``agent_died`` when the write won the race against the exit
+    (about half the runs of this test; tests/unit/test_session_resume.py holds the race open
+    and fails every time). Each round is the same race."""
+    session = await hub.open(workdir, permission_mode="bypassPermissions")
+    m1 = mark()
+    await run(session, f"remember [[marker:{m1}]]")
+    before = main_with(model_server, m1)[-1]["n_messages"]
+    for round_ in range(4):
+        proc = session.process
+        assert proc is not None
+        gone = psutil.Process(proc.pid)
+        gone.kill()
+        gone.wait(10)  # reaps it (the daemon's child) behind the engine's back, as in the test
+        assert proc.alive  # not noticed yet: the turn below is the first to meet the death
+        m = mark()
+        events = await run(session, f"round {round_} [[marker:{m}]] [[say:back {round_}]]")
+        assert events[-1].type == "result", events[-1].data
+        assert events[-1].data["result"] == f"back {round_}"
+        assert events[-1].data["timing"]["source"] == "resume"
+        assert main_with(model_server, m)[-1]["n_messages"] > before  # full context
+        assert session.process is not None and session.process.pid != proc.pid
+
+
 async def test_output_line_over_one_mib(hub: Hotsession, workdir: Path):
     session = await hub.open(workdir, permission_mode="bypassPermissions")
     events = await run(session, "[[big:3000000]]")

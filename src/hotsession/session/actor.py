@@ -316,6 +316,10 @@ class Session:
     ) -> bool:
         """The process failed the turn: drop it; True when the prompt is to be sent again."""
         proc = placement.process
+        # Read before the clean-up kill below, which marks the process as closing too: a dead
+        # process whose exit is not seen yet (the prompt's write met its closed stdin first)
+        # still looks alive here, and is no less gone by accident.
+        ended_on_purpose = proc.closing
         if isinstance(error, AgentTimeout) or proc.alive:
             proc.kill()
         self._lost_process(placement)
@@ -323,7 +327,7 @@ class Session:
         # just before the turn began) cost the user nothing yet: resume and send it again.
         if turn.clock.first_event is not None or turn.interrupted or attempt == 1:
             return False
-        if not isinstance(error, AgentDied) or proc.closing:
+        if not isinstance(error, AgentDied) or ended_on_purpose:
             return False
         log.info("session %s: process died before the turn began; resuming", self.id)
         return True

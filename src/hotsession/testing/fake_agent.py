@@ -35,7 +35,9 @@ Prompt directives: ``[[crash]]`` (exit 3 mid-turn), ``[[exit:N]]`` (exit with co
 bytes), ``[[ask:TOOL]]`` (a ``can_use_tool`` control request for TOOL with the prompt as its
 command; the turn ends when the answer comes, with the result ``decision:<answer JSON>``),
 ``[[ask-withdrawn]]`` (a ``can_use_tool`` request withdrawn 0.2 s later with
-``control_cancel_request``; the result is ``cancelled``).
+``control_cancel_request``; the result is ``cancelled``), ``[[linger:S]]`` (start a ``sleep S``
+in the agent's process group holding only its stderr, as a tool subprocess that outlives a killed
+CLI does: the agent's death then shows on stdout and stdin before its stderr closes).
 
 ``write_launcher(path)`` writes an executable copy of this file with a ``python -S`` shebang, to
 use as ``Config.cli_path``.
@@ -200,6 +202,12 @@ def _serve(argv: list[str]) -> int:
             return int(exit_code.group(1))
         for mb in re.findall(r"\[\[grow:(\d+(?:\.\d+)?)\]\]", prompt):
             _grow(float(mb))
+        linger = re.search(r"\[\[linger:(\d+(?:\.\d+)?)\]\]", prompt)
+        if linger:
+            import subprocess
+
+            devnull = subprocess.DEVNULL
+            subprocess.Popen(["sleep", linger.group(1)], stdin=devnull, stdout=devnull)
         turns += 1
         if path:
             with open(path, "a", encoding="utf-8") as f:
