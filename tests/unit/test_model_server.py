@@ -348,8 +348,11 @@ def test_stream_directive_sends_n_word_deltas_with_gaps(server: ModelServer) -> 
     frames = _frame_arrivals(server, "go [[stream:5:120]]")
     deltas = [(d, t) for n, d, t in frames if n == "content_block_delta"]
     assert [d["delta"]["text"] for d, _ in deltas] == ["w1 ", "w2 ", "w3 ", "w4 ", "w5"]
-    gaps = [b - a for (_, a), (_, b) in zip(deltas, deltas[1:], strict=False)]
-    assert min(gaps) >= 0.1  # each delta waits for the gap (4 gaps of 120 ms)
+    # The server cannot send the last delta before its 4 gaps of 120 ms have passed (a bound no
+    # load can break), and the deltas arrive spread out, not in one piece at the end (the slack
+    # leaves room for the client being descheduled; per-gap minimums failed under load).
+    assert deltas[-1][1] >= 4 * 0.12
+    assert deltas[-1][1] - deltas[0][1] >= 0.2
     assert frames[-1][0] == "message_stop"
 
 
