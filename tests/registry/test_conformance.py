@@ -320,6 +320,72 @@ async def test_a_second_handle_sees_the_first_ones_writes(store: Store) -> None:
     assert await b.last_seq("s1") == 3
 
 
+async def test_end_turn_writes_the_events_the_turn_and_the_session(store: Store) -> None:
+    a = await store.open(flush_interval=60.0)  # no timer: only end_turn can write the events
+    b = await store.open()
+    await a.put_turn(TurnRecord("s1", 1, "hi"))
+    a.add_events([event("s1", n) for n in range(1, 4)])
+    a.add_events([event("s2", 1)])  # another session's event, queued in the same batch
+    done = TurnRecord("s1", 1, "hi", status="done", started_at=1.0, ended_at=2.0)
+    await a.end_turn(done, session("s1", turns=1, state="idle"))
+    # Seen through a second handle: written to the store, not merged from a's memory.
+    assert seqs(await b.events_after("s1", 0)) == [1, 2, 3]
+    assert seqs(await b.events_after("s2", 0)) == [1]
+    assert await b.list_turns("s1") == [done]
+    got = await b.get_session("s1")
+    assert got is not None and got.turns == 1
+    # With nothing queued it still writes both records.
+    await a.end_turn(TurnRecord("s1", 2, "again", status="done"), session("s1", turns=2))
+    assert [t.turn for t in await b.list_turns("s1")] == [1, 2]
+    got = await b.get_session("s1")
+    assert got is not None and got.turns == 2
+
+
+async def test_end_turn_is_fenced_and_keeps_other_sessions_events(store: Store) -> None:
+    node_a = await store.open()
+    node_b = await store.open()
+    held = await node_a.claim("s1", "node-a", expect_epoch=0)
+    await node_a.end_turn(
+        TurnRecord("s1", 1, "from a", status="done"), session("s1", turns=1), epoch=held.epoch
+    )
+    taken = await node_b.claim("s1", "node-b", expect_epoch=held.epoch)
+    await node_b.put_session(session("s1", turns=5), epoch=taken.epoch)
+
+    node_a.add_events([event("s1", 2, who="a")], epoch=held.epoch)  # stale: dropped
+    node_a.add_events([event("s9", 1)])  # another session's, unfenced: must be written
+    with pytest.raises(StaleEpoch) as info:
+        await node_a.end_turn(
+            TurnRecord("s1", 2, "late from a", status="done"),
+            session("s1", turns=99),
+            epoch=held.epoch,
+        )
+    assert info.value.details["current_epoch"] == taken.epoch
+    got = await node_b.get_session("s1")
+    assert got is not None and got.turns == 5  # neither record of node-a's landed
+    assert [t.prompt for t in await node_b.list_turns("s1")] == ["from a"]
+    assert await node_b.events_after("s1", 1) == []
+    assert seqs(await node_b.events_after("s9", 0)) == [1]
+
+
+async def test_end_turn_writes_its_records_then_reports_stale_events(registry: Registry) -> None:
+    mine = await registry.claim("s1", "n1", expect_epoch=0)
+    gone = await registry.claim("s2", "n1", expect_epoch=0)
+    await registry.claim("s2", "n2", expect_epoch=gone.epoch)  # s2 moved away
+    registry.add_events([event("s2", 1)], epoch=gone.epoch)
+    registry.add_events([event("s1", 1)], epoch=mine.epoch)
+    with pytest.raises(StaleEpoch) as info:
+        await registry.end_turn(
+            TurnRecord("s1", 1, "hi", status="done"), session("s1", turns=1), epoch=mine.epoch
+        )
+    assert info.value.details["sessions"] == ["s2"]
+    assert [t.status for t in await registry.list_turns("s1")] == ["done"]
+    got = await registry.get_session("s1")
+    assert got is not None and got.turns == 1
+    assert seqs(await registry.events_after("s1", 0)) == [1]
+    assert await registry.events_after("s2", 0) == []
+    await registry.flush()  # reported once
+
+
 # ---------------------------------------------------------------------------- ownership
 
 

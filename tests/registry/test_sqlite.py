@@ -241,6 +241,37 @@ async def test_sqlite_full_disk_fails_then_recovers_without_loss(db_path: Path) 
         await reg.close()
 
 
+async def test_sqlite_end_turn_on_a_full_disk_writes_nothing_and_loses_nothing(
+    db_path: Path,
+) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+
+    async def on_thread(sql: str) -> Any:
+        return await reg._submit(lambda c: c.execute(sql).fetchone(), "test")
+
+    try:
+        await reg.put_turn(TurnRecord("s1", 1, "hi"))
+        (pages,) = await on_thread("PRAGMA page_count")
+        await on_thread(f"PRAGMA max_page_count = {pages}")  # "the disk" is now full
+        reg.add_events([event("s1", n, blob="x" * 2000) for n in range(1, 101)])
+        done = TurnRecord("s1", 1, "hi", status="done")
+        with pytest.raises(RegistryError, match="full"):
+            await reg.end_turn(done, session("s1", turns=1))
+        # One transaction: neither record landed, and the events wait in memory, in order.
+        assert [t.status for t in await reg.list_turns("s1")] == ["queued"]
+        assert await reg.get_session("s1") is None
+        assert stored_event_count(db_path) == 0
+        assert seqs(await reg.events_after("s1", 0)) == list(range(1, 101))
+
+        await on_thread("PRAGMA max_page_count = 1073741823")  # space freed
+        await reg.end_turn(done, session("s1", turns=1))
+        assert stored_event_count(db_path) == 100
+        assert [t.status for t in await reg.list_turns("s1")] == ["done"]
+    finally:
+        await reg.close()
+
+
 async def test_sqlite_close_reports_unwritten_events(db_path: Path) -> None:
     reg = SqliteRegistry(db_path, flush_interval=60.0, busy_timeout=0.05)
     await reg.open()

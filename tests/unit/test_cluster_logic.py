@@ -13,7 +13,7 @@ from hotsession.cluster.node import NodeRegistry
 from hotsession.cluster.placement import SESSION_MB, NodeFigures, choose
 from hotsession.cluster.wire import NodeLost, error_in, error_out, raise_if_error
 from hotsession.errors import NotFound, PromptTooLarge, QueueFull, StaleEpoch
-from hotsession.registry import MemoryRegistry, TurnRecord
+from hotsession.registry import MemoryRegistry, SessionRecord, TurnRecord
 
 
 def test_placement_prefers_a_node_with_a_ready_spare() -> None:
@@ -79,4 +79,34 @@ async def test_turn_writes_of_a_session_land_in_call_order(tmp_path: Any) -> Non
     await asyncio.gather(first, second)
     stored = await shared.list_turns("s")
     assert [t.status for t in stored] == ["running"]
+    await registry.close()
+
+
+async def test_end_turn_carries_the_nodes_epoch_and_waits_for_earlier_turn_writes(
+    tmp_path: Any,
+) -> None:
+    from hotsession.registry.sqlite import SqliteRegistry
+
+    shared = _SlowFirst()
+    registry = NodeRegistry(shared, SqliteRegistry(tmp_path / "p.db"))
+    stale: list[str] = []
+    registry.on_stale = stale.append
+    await registry.open()
+    held = await shared.claim("s", "n1", expect_epoch=0)
+    registry.epochs["s"] = held.epoch
+    rec = SessionRecord(
+        id="s", tenant="t", cli_session_id="c", cwd="/", options={}, profile_key="p"
+    )
+    turn = TurnRecord(session_id="s", turn=1, prompt="hi")
+    first = asyncio.create_task(registry.put_turn(TurnRecord(**vars(turn))))  # slow
+    turn.status = "done"
+    second = asyncio.create_task(registry.end_turn(TurnRecord(**vars(turn)), rec))
+    await asyncio.gather(first, second)
+    assert [t.status for t in await shared.list_turns("s")] == ["done"]
+
+    await shared.claim("s", "n2", expect_epoch=held.epoch)  # the session moved
+    with pytest.raises(StaleEpoch):
+        await registry.end_turn(TurnRecord(session_id="s", turn=2, prompt="late"), rec)
+    assert stale == ["s"]
+    assert [t.turn for t in await shared.list_turns("s")] == [1]
     await registry.close()

@@ -168,8 +168,16 @@ class Daemon:
 
     # -- API helpers -----------------------------------------------------------------------------
 
-    async def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One JSON call; a non-2xx answer raises ``BenchError`` with the body."""
+    async def json(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, client: str = "httpx"
+    ) -> Any:
+        """One JSON call; a non-2xx answer raises ``BenchError`` with the body.
+
+        ``client="wire"`` sends it with the bench's lean client (for a timed call, as
+        ``stream`` does); the default is ``httpx`` (setup and untimed calls)."""
+        if client == "wire":
+            assert self.wire is not None, "the daemon is not started"
+            return await self.wire.call(method, path, body)
         resp = await self.http.request(method, path, json=body)
         if resp.status_code >= 400:
             raise BenchError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")

@@ -7,6 +7,8 @@ event; ``t_send`` is stamped just before the request is sent, ``t_first`` at the
 
 * ``hs new (spare)``     — ``POST /v1/sessions`` then its first turn, with a ready spare waiting
   (prepare waits until ``GET /v1/pool`` shows one);
+* ``hs new (spare, httpx)`` — the same, the claim sent with ``httpx`` (the claim of every other
+  mode is sent and timed with the lean client, :mod:`hotsession.bench.wire`);
 * ``hs new (miss)``      — the same with a profile no spare has (a unique ``append_system_prompt``):
   a direct spawn;
 * ``hs follow-up``       — the next turn of a live session;
@@ -58,9 +60,9 @@ class HttpMode(Mode):
         """The session options every HTTP mode uses (one profile, so spares are shared)."""
         return {"cwd": str(self.env.workdir), "permission_mode": self.env.permission_mode}
 
-    async def new_session(self, **extra: Any) -> dict[str, Any]:
-        """``POST /v1/sessions``."""
-        out = await self.d.json("POST", "/v1/sessions", {**self.profile(), **extra})
+    async def new_session(self, *, client: str = "httpx", **extra: Any) -> dict[str, Any]:
+        """``POST /v1/sessions`` (``client``: see ``Daemon.json``)."""
+        out = await self.d.json("POST", "/v1/sessions", {**self.profile(), **extra}, client=client)
         assert isinstance(out, dict)
         return out
 
@@ -156,6 +158,7 @@ class HsNewSpare(HttpMode):
 
     name = "hs new (spare)"
     description = "hotsession: POST /v1/sessions + first turn, a spare ready"
+    claim_client: ClassVar[str] = "wire"  # the claim is timed with the lean client
     _last: str | None = None
 
     async def setup(self) -> None:
@@ -175,7 +178,7 @@ class HsNewSpare(HttpMode):
         """Create + first turn, timed from the create request."""
         s.t_send = time.monotonic()
         t0 = s.t_send
-        created = await self.new_session()
+        created = await self.new_session(client=self.claim_client)
         s.extra["claim_ms"] = round((time.monotonic() - t0) * 1000, 3)
         self._last = str(created["id"])
         s.extra["open_source"] = created.get("source") or created.get("open_source")
@@ -186,6 +189,14 @@ class HsNewSpare(HttpMode):
         """Close the last session."""
         if self._last:
             await self.d.close_session(self._last)
+
+
+class HsNewSpareHttpx(HsNewSpare):
+    """The same, the claim sent with ``httpx`` (what that client library adds to it)."""
+
+    name = "hs new (spare, httpx)"
+    description = "hotsession: POST /v1/sessions (httpx) + first turn, a spare ready"
+    claim_client: ClassVar[str] = "httpx"
 
 
 class HsNewMiss(HsNewSpare):
@@ -240,6 +251,7 @@ class HsAsk(HttpMode):
 
 HTTP_MODES: tuple[type[Mode], ...] = (
     HsNewSpare,
+    HsNewSpareHttpx,
     HsNewMiss,
     HsFollowUp,
     HsFollowUpHttpx,

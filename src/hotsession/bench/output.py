@@ -158,8 +158,8 @@ def print_result(result: RunResult, console: Console | None = None) -> None:
             )
         else:
             console.print(
-                f"target: claim (POST /v1/sessions, a spare ready) ≤ {target['limit_ms']} ms "
-                f"median: {target['median_ms']:.2f} ms {verdict}"
+                f"target: claim (POST /v1/sessions, a spare ready, {target['client']} client)"
+                f" ≤ {target['limit_ms']} ms median: {target['median_ms']:.2f} ms {verdict}"
             )
     mem = memory_table(result.memory)
     if mem is not None:

@@ -14,7 +14,8 @@ the bench (JSON calls, setup) stays on httpx.
 It speaks exactly what the daemon answers a streaming POST with: HTTP/1.1, a status line and
 headers, then a ``Transfer-Encoding: chunked`` body of SSE frames (or, for an error, a body with
 ``Content-Length``). One socket per concurrent stream, reused when a stream ended cleanly; a
-socket the server closed, or one left mid-stream by a cancelled read, is dropped.
+socket the server closed, or one left mid-stream by a cancelled read, is dropped. ``call`` is a
+plain JSON request on the same sockets (the claim, ``POST /v1/sessions``, is timed with it).
 """
 
 from __future__ import annotations
@@ -107,6 +108,38 @@ class WireClient:
                 self._idle.append(conn)
             else:
                 conn.close()
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON request on a kept-alive socket; the parsed JSON answer (None when empty).
+
+        Raises ``BenchError`` for an HTTP error status (with the body) or a broken socket.
+        """
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        request = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
+        conn = await self._connect()
+        reusable = False
+        try:
+            conn.writer.write(request)
+            status, headers = await _read_head(conn.reader)
+            if "content-length" not in headers:
+                raise BenchError(f"{method} {path}: HTTP {status} without a Content-Length")
+            length = int(headers["content-length"])
+            answer = await conn.reader.readexactly(length) if length else b""
+            reusable = headers.get("connection") != "close"
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise BenchError(f"{method} {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if reusable:
+                self._idle.append(conn)
+            else:
+                conn.close()
+        if status >= 400:
+            raise BenchError(f"{method} {path}: {status} {answer[:300].decode(errors='replace')}")
+        return json.loads(answer) if answer else None
 
     async def aclose(self) -> None:
         """Close the idle sockets."""

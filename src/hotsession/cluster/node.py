@@ -168,6 +168,20 @@ class NodeRegistry:
             self._stale(exc)
             raise
 
+    async def end_turn(self, turn: TurnRecord, session: SessionRecord) -> None:
+        """A turn's end in one write, fenced by this node's epoch (events of a session already
+        dropped here were never queued; its records are not sent)."""
+        if session.id in self.fenced:
+            await self.flush()
+            return
+        lock = self._turn_order.setdefault(session.id, asyncio.Lock())
+        async with lock:
+            try:
+                await self.shared.end_turn(turn, session, epoch=self.epochs.get(session.id))
+            except StaleEpoch as exc:
+                self._stale(exc)
+                raise
+
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
     ) -> list[EventRecord]:

@@ -15,6 +15,15 @@ Ownership and fencing
     it afterwards. A write without an epoch is not fenced (the single-machine mode).
     Fenced events are checked when their batch is written: stale ones are dropped and the next
     ``flush`` raises ``StaleEpoch`` naming them.
+
+A turn's end in one write
+    ``end_turn`` is what a turn's end records — every event queued so far made durable, the
+    turn's record and its session's — in one call, so the engine hands work to the store once
+    per turn rather than three times (on SQLite each hand-off wakes the registry's thread and
+    costs the event loop a GIL switch: the busiest line of a follow-up's profile, see
+    docs/benchmarks.md). SQLite writes all three in one transaction; Postgres commits the
+    event batch (shared by every session) and then the turn and session in one transaction.
+    The turn and session are fenced by ``epoch`` like ``put_turn``/``put_session``.
 """
 
 from __future__ import annotations
@@ -64,6 +73,18 @@ class Registry(Protocol):
     async def flush(self) -> None:
         """Wait until every event queued so far is written (or dropped as stale: then raise
         ``StaleEpoch``)."""
+
+    async def end_turn(
+        self, turn: TurnRecord, session: SessionRecord, *, epoch: int | None = None
+    ) -> None:
+        """``flush``, ``put_turn(turn)`` and ``put_session(session)`` in one hand-off.
+
+        When it returns, every event queued before the call is durable (or was dropped as
+        stale) and both records are written. A stale ``epoch`` raises ``StaleEpoch`` and
+        writes neither record (the events are still committed). Events dropped as stale raise
+        ``StaleEpoch`` as ``flush`` does, after both records were written (their own fence held).
+        A store that cannot be written raises ``RegistryError``: neither record is written and
+        the events not written yet stay queued, as with ``flush``."""
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000

@@ -119,6 +119,18 @@ class MemoryRegistry:
             dropped, self._stale = self._stale, {}
             raise stale_events(dropped)
 
+    async def end_turn(
+        self, turn: TurnRecord, session: SessionRecord, *, epoch: int | None = None
+    ) -> None:
+        self._check_write()
+        self._commit_pending()
+        self._check_epoch(session.id, epoch)
+        await self.put_turn(turn, epoch=epoch)
+        await self.put_session(session, epoch=epoch)
+        if self._stale:
+            dropped, self._stale = self._stale, {}
+            raise stale_events(dropped)
+
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
     ) -> list[EventRecord]:

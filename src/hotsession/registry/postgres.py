@@ -62,7 +62,7 @@ from typing import Any, Final, cast
 
 import psycopg
 
-from hotsession.errors import RegistryError
+from hotsession.errors import RegistryError, StaleEpoch
 from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.pgconn import Conn, PgPool
@@ -306,6 +306,38 @@ async def _read_owner(conn: Conn, session_id: str) -> Ownership | None:
     return None if row is None else _ownership_from_row(row)
 
 
+def _session_upsert(rec: SessionRecord, epoch: int | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement that writes a session (fenced by ``epoch`` when given) and its arguments."""
+    row = _session_row(rec)
+    if epoch is None:
+        sql = (
+            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({_SESSION_CASTS})"
+            f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
+        )
+        return sql, row
+    sql = (
+        f"INSERT INTO sessions ({_SESSION_COLS}) SELECT {_SESSION_CASTS} {_FENCE}"
+        f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
+    )
+    return sql, (*row, rec.id, epoch)
+
+
+def _turn_upsert(turn: TurnRecord, epoch: int | None) -> tuple[str, tuple[Any, ...]]:
+    """The statement that writes a turn (fenced by ``epoch`` when given) and its arguments."""
+    row = _turn_row(turn)
+    if epoch is None:
+        sql = (
+            f"INSERT INTO turns ({_TURN_COLS}) VALUES ({_TURN_CASTS})"
+            f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
+        )
+        return sql, row
+    sql = (
+        f"INSERT INTO turns ({_TURN_COLS}) SELECT {_TURN_CASTS} {_FENCE}"
+        f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
+    )
+    return sql, (*row, turn.session_id, epoch)
+
+
 class PostgresRegistry:
     """The :class:`~hotsession.registry.base.Registry` on Postgres (see module doc)."""
 
@@ -406,19 +438,7 @@ class PostgresRegistry:
     # ------------------------------------------------------------------ sessions
 
     async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
-        row = _session_row(rec)
-        if epoch is None:
-            sql = (
-                f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({_SESSION_CASTS})"
-                f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
-            )
-            args: tuple[Any, ...] = row
-        else:
-            sql = (
-                f"INSERT INTO sessions ({_SESSION_COLS}) SELECT {_SESSION_CASTS} {_FENCE}"
-                f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
-            )
-            args = (*row, rec.id, epoch)
+        sql, args = _session_upsert(rec, epoch)
         await self._fenced(sql, args, rec.id, epoch, "write a session")
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -458,19 +478,7 @@ class PostgresRegistry:
     # ------------------------------------------------------------------ turns
 
     async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
-        row = _turn_row(turn)
-        if epoch is None:
-            sql = (
-                f"INSERT INTO turns ({_TURN_COLS}) VALUES ({_TURN_CASTS})"
-                f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
-            )
-            args: tuple[Any, ...] = row
-        else:
-            sql = (
-                f"INSERT INTO turns ({_TURN_COLS}) SELECT {_TURN_CASTS} {_FENCE}"
-                f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
-            )
-            args = (*row, turn.session_id, epoch)
+        sql, args = _turn_upsert(turn, epoch)
         await self._fenced(sql, args, turn.session_id, epoch, "write a turn")
 
     async def list_turns(self, session_id: str, limit: int | None = None) -> list[TurnRecord]:
@@ -513,6 +521,30 @@ class PostgresRegistry:
             dropped = self._backlog.take_stale()
             if dropped:
                 raise stale_events(dropped)
+
+    async def end_turn(
+        self, turn: TurnRecord, session: SessionRecord, *, epoch: int | None = None
+    ) -> None:
+        """The event batch (every session's: its own transaction, as ``flush``), then the turn
+        and the session in one transaction."""
+        turn_sql, turn_args = _turn_upsert(turn, epoch)
+        session_sql, session_args = _session_upsert(session, epoch)
+        dropped: StaleEpoch | None = None
+        try:
+            await self.flush()
+        except StaleEpoch as exc:  # other events' fence: raised after the records are written
+            dropped = exc
+
+        async def job(conn: Conn) -> None:
+            async with conn.transaction():
+                cur = await conn.execute(turn_sql, turn_args)
+                if epoch is not None and cur.rowcount == 0:
+                    raise stale_epoch(session.id, epoch, await _read_owner(conn, session.id))
+                await conn.execute(session_sql, session_args)
+
+        await self._db.run(job, "record a turn's end")
+        if dropped is not None:
+            raise dropped
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000

@@ -10,7 +10,9 @@ Threading model
 Batching
     ``add_events`` is synchronous and costs a lock and a list append: it is called on a turn's
     hot path. The thread commits the pending events in ONE transaction when the oldest of them
-    has waited ``flush_interval`` seconds, or as soon as ``BATCH_MAX`` are pending. ``flush()``
+    has waited ``flush_interval`` seconds (a timer on the event loop wakes it then, rather than a
+    wake-up of the thread at the first event), or as soon as ``BATCH_MAX`` are pending;
+    ``end_turn`` commits them with a turn's records, in the same transaction. ``flush()``
     is a job like any other, so when it returns every event added before the call is committed.
     Reads of the event log (``events_after``, ``last_seq``) merge the events still in memory,
     so a replay never misses an event, whether or not it was flushed. The bookkeeping (pending
@@ -56,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from hotsession.errors import RegistryError
+from hotsession.errors import RegistryError, StaleEpoch
 from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.records import (
@@ -165,6 +167,7 @@ _TURN_COLS: Final = (
     "session_id, turn, prompt, status, queued_at, started_at, ended_at, timing, error_code,"
     " error_message"
 )
+_TURN_UPSERT: Final = f"INSERT OR REPLACE INTO turns ({_TURN_COLS}) VALUES ({', '.join('?' * 10)})"
 _EVENT_COLS: Final = "session_id, seq, turn, type, data, t"
 _PROCESS_COLS: Final = "pid, create_time, role, session_id, cli_session_id"
 _OWNERSHIP_COLS: Final = "session_id, node, epoch, claimed_at, renewed_at"
@@ -183,6 +186,16 @@ class _JobRequest:
     fut: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     opens: bool = False  # the job that creates the connection
+
+
+@dataclass(frozen=True, slots=True)
+class _TurnEnd:
+    """What ``end_turn`` writes with the event batch: a turn's and its session's rows."""
+
+    session_id: str
+    epoch: int | None
+    turn_row: tuple[Any, ...]
+    session_row: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +238,42 @@ def _event_row(ev: EventRecord) -> tuple[Any, ...]:
         log.error("event %s/%s has unserialisable data: %s", ev.session_id, ev.seq, exc)
         data = _dumps({"unserialisable": repr(exc)})
     return (ev.session_id, ev.seq, ev.turn, ev.type, data, ev.t)
+
+
+def _session_row(rec: SessionRecord) -> tuple[Any, ...]:
+    return (
+        rec.id,
+        rec.tenant,
+        rec.cli_session_id,
+        rec.cwd,
+        _dumps(rec.options),
+        rec.profile_key,
+        rec.state,
+        rec.created_at,
+        rec.updated_at,
+        rec.last_active_at,
+        rec.turns,
+        _dumps(rec.metadata),
+        rec.pid,
+        None if rec.last_timing is None else _dumps(rec.last_timing),
+        rec.error,
+        rec.closed_at,
+    )
+
+
+def _turn_row(turn: TurnRecord) -> tuple[Any, ...]:
+    return (
+        turn.session_id,
+        turn.turn,
+        turn.prompt,
+        turn.status,
+        turn.queued_at,
+        turn.started_at,
+        turn.ended_at,
+        None if turn.timing is None else _dumps(turn.timing),
+        turn.error_code,
+        turn.error_message,
+    )
 
 
 def _session_from_row(row: sqlite3.Row) -> SessionRecord:
@@ -429,24 +478,7 @@ class SqliteRegistry:
     # ------------------------------------------------------------------ sessions
 
     async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
-        row = (
-            rec.id,
-            rec.tenant,
-            rec.cli_session_id,
-            rec.cwd,
-            _dumps(rec.options),
-            rec.profile_key,
-            rec.state,
-            rec.created_at,
-            rec.updated_at,
-            rec.last_active_at,
-            rec.turns,
-            _dumps(rec.metadata),
-            rec.pid,
-            None if rec.last_timing is None else _dumps(rec.last_timing),
-            rec.error,
-            rec.closed_at,
-        )
+        row = _session_row(rec)
         sql = _SESSION_UPSERT
 
         def job(conn: sqlite3.Connection) -> None:
@@ -486,22 +518,10 @@ class SqliteRegistry:
     # ------------------------------------------------------------------ turns
 
     async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
-        row = (
-            turn.session_id,
-            turn.turn,
-            turn.prompt,
-            turn.status,
-            turn.queued_at,
-            turn.started_at,
-            turn.ended_at,
-            None if turn.timing is None else _dumps(turn.timing),
-            turn.error_code,
-            turn.error_message,
-        )
-        sql = f"INSERT OR REPLACE INTO turns ({_TURN_COLS}) VALUES ({_marks(10)})"
+        row = _turn_row(turn)
 
         def job(conn: sqlite3.Connection) -> None:
-            _fenced_write(conn, turn.session_id, epoch, sql, row)
+            _fenced_write(conn, turn.session_id, epoch, _TURN_UPSERT, row)
 
         await self._submit(job, "write a turn")
 
@@ -533,7 +553,30 @@ class SqliteRegistry:
             )
         if not events:
             return
-        if self._backlog.add(events, epoch):  # its timer must start, or a batch is full
+        if not self._backlog.add(events, epoch):
+            return
+        if self._backlog.next_timeout() == 0.0:
+            self._jobs.put(_WAKE)  # a full batch (or a retry that is due): now
+        else:
+            self._arm_timer()  # the first pending event: they are due in flush_interval
+
+    def _arm_timer(self) -> None:
+        """Have the thread commit the pending events once they are due.
+
+        On the event loop this is a timer of the loop's, not a wake-up of the thread: waking it
+        only to start its clock was a hand-off (the thread takes the GIL, the loop waits) on
+        every turn, and most turns end sooner, their ``end_turn`` committing the events (see
+        docs/benchmarks.md). Off the loop (another thread adds events), the thread is woken.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._jobs.put(_WAKE)
+            return
+        loop.call_later(self._backlog.flush_interval, self._due)
+
+    def _due(self) -> None:
+        if self._state == "open" and self._backlog.next_timeout() is not None:
             self._jobs.put(_WAKE)
 
     async def flush(self) -> None:
@@ -547,6 +590,22 @@ class SqliteRegistry:
                 raise stale_events(dropped)
 
         await self._submit(job, "write events")
+
+    async def end_turn(
+        self, turn: TurnRecord, session: SessionRecord, *, epoch: int | None = None
+    ) -> None:
+        """The event batch, the turn and the session in one job and one transaction."""
+        records = _TurnEnd(session.id, epoch, _turn_row(turn), _session_row(session))
+
+        def job(conn: sqlite3.Connection) -> None:
+            refused = self._commit_events(conn, records)
+            if refused is not None:
+                raise refused
+            dropped = self._backlog.take_stale()
+            if dropped:
+                raise stale_events(dropped)
+
+        await self._submit(job, "record a turn's end")
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -749,23 +808,27 @@ class SqliteRegistry:
                 exc,
             )
 
-    def _commit_events(self, conn: sqlite3.Connection) -> None:
-        """Commit the failed batch, then everything pending, in one transaction.
+    def _commit_events(
+        self, conn: sqlite3.Connection, records: _TurnEnd | None = None
+    ) -> StaleEpoch | None:
+        """Commit the failed batch, then everything pending, in one transaction (with a turn's
+        end ``records`` when given: see :func:`_write_events`).
 
         On failure the whole batch is kept (in order) for the next attempt and the error is
-        re-raised.
+        re-raised. Returns the refusal of ``records`` when their epoch was stale.
         """
         backlog = self._backlog
         batch = backlog.take()
-        if not batch:
-            return
+        if not batch and records is None:
+            return None
         try:
-            stale = _write_events(conn, batch)
+            stale, refused = _write_events(conn, batch, records)
         except BaseException:
             _rollback(conn)
             backlog.write_failed(batch)
             raise
         backlog.written(batch, stale)
+        return refused
 
     def _open_db(self, _conn: sqlite3.Connection | None) -> None:
         if self.path != ":memory:" and not self.path.startswith("file:"):
@@ -840,11 +903,15 @@ _MALFORMED: Final = (
 )
 
 
-def _write_events(conn: sqlite3.Connection, batch: list[Pending]) -> dict[tuple[str, int], int]:
-    """Write a batch in one transaction (idempotent: INSERT OR REPLACE).
+def _write_events(
+    conn: sqlite3.Connection, batch: list[Pending], records: _TurnEnd | None = None
+) -> tuple[dict[tuple[str, int], int], StaleEpoch | None]:
+    """Write a batch in one transaction (idempotent: INSERT OR REPLACE), and a turn's end
+    ``records`` (its turn and session rows) in the same transaction when given.
 
     Fenced events whose epoch is not current are left out; returns their counts by
-    ``(session_id, epoch)``.
+    ``(session_id, epoch)``, and the refusal of ``records`` when their own epoch is stale (the
+    events are committed all the same: the batch holds every session's).
     """
     sql = f"INSERT OR REPLACE INTO events ({_EVENT_COLS}) VALUES ({_marks(6)})"
     conn.execute("BEGIN IMMEDIATE")
@@ -868,8 +935,16 @@ def _write_events(conn: sqlite3.Connection, batch: list[Pending]) -> dict[tuple[
                 conn.execute(sql, _event_row(ev))
             except _MALFORMED as exc:
                 log.error("registry: dropped malformed event %r: %s", ev, exc)
+    refused: StaleEpoch | None = None
+    if records is not None:
+        owner = None if records.epoch is None else _read_owner(conn, records.session_id)
+        if records.epoch is not None and not _is_current(owner, records.epoch):
+            refused = stale_epoch(records.session_id, records.epoch, owner)
+        else:
+            conn.execute(_TURN_UPSERT, records.turn_row)
+            conn.execute(_SESSION_UPSERT, records.session_row)
     conn.execute("COMMIT")
-    return stale
+    return stale, refused
 
 
 def _marks(n: int) -> str:

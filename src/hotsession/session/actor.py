@@ -220,10 +220,18 @@ class Session:
         turn = Turn(self.id, self.last_turn, prompt, since=since, message=message)
         self._queue.put_nowait(turn)
         self.recent_turns.append(turn.record)
+        starts_now = self.current is None and self._queue.qsize() == 1
+        if starts_now:
+            # Nothing runs or waits before it: it is recorded "running" by the write that
+            # accepts it, one hand-off to the store where there were two (``_begin`` writes
+            # nothing then). Never "queued" when it may already run: a re-homed session re-runs
+            # its "queued" turns (hotsession.cluster.node), so the status errs towards "running".
+            turn.record.status = "running"
+            turn.record.started_at = time.time()
         # The prompt is recorded as soon as it is accepted, even if the daemon dies before it
         # runs; a stream shows none of the turn's events before that write is done (``recorded``).
         turn.accepted = ctx.registry_task(ctx.registry.put_turn(turn.record))
-        if self.current is not None or self._queue.qsize() > 1:
+        if not starts_now:
             self.emit(
                 turn, "queued", {"position": self._queue.qsize(), "prompt_bytes": len(prompt)}
             )
@@ -272,6 +280,8 @@ class Session:
 
     def _begin(self, turn: Turn) -> None:
         turn.clock.started = time.monotonic()
+        if turn.record.status == "running":
+            return  # recorded so by the write that accepted it (``submit``)
         turn.record.status = "running"
         turn.record.started_at = time.time()
         self._ctx.registry_task(self._ctx.registry.put_turn(turn.record))
@@ -397,11 +407,9 @@ class Session:
         if turn.record.ended_at is None:
             turn.record.ended_at = time.time()
         self.record.updated_at = time.time()
-        registry = self._ctx.registry
         try:
-            await registry.flush()
-            await registry.put_turn(turn.record)
-            await registry.put_session(self.record)
+            # One hand-off to the store: the events, the turn and the session (one transaction).
+            await self._ctx.registry.end_turn(turn.record, self.record)
         except HotsessionError as exc:
             log.error("session %s: cannot record turn %d: %s", self.id, turn.number, exc)
             self._ctx.note_registry(exc)
