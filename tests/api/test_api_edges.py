@@ -125,6 +125,30 @@ async def test_turn_bodies_get_the_same_answers_on_the_fast_path(start_daemon):
     assert (await c.get("/v1/sessions")).json()["sessions"] == []
 
 
+async def test_session_bodies_get_the_same_answers_on_the_fast_path(start_daemon):
+    # POST /v1/sessions is answered at the edge when the route's model accepts its body
+    # (api/fastpath.py); every other body must still get the route's own answer.
+    d: Running = await start_daemon()
+    c = d.alice
+    err(await c.post("/v1/sessions", content=b'{"cwd": '), 400, "malformed")
+    for body in ({"nope": 1}, {"model": ""}, {"cwd": str(d.alice_root), "permission_mode": 3}):
+        e = err(await c.post("/v1/sessions", json=body), 422, "invalid_request")
+        assert e.get("errors"), e  # the route's field list
+    # a valid body outside the tenant's roots: the open's own error, as on the route
+    outside = err(await c.post("/v1/sessions", json={"cwd": "/"}), 403, "forbidden")
+    assert outside["message"]
+    # valid: opened at the edge, with the route's shape (201, source, memory)
+    r = await c.post("/v1/sessions", json={"cwd": str(d.alice_root)})
+    assert r.status_code == 201, r.text
+    view = r.json()
+    assert view["source"] in ("spare", "spawn") and view["pid"] and view["state"] == "idle"
+    assert view["memory"] is not None and view["closed_at"] is None
+    assert [s["id"] for s in (await c.get("/v1/sessions")).json()["sessions"]] == [view["id"]]
+    # an empty body takes every default (the tenant's first root)
+    r = await c.post("/v1/sessions", content=b"")
+    assert r.status_code == 201, r.text
+
+
 async def test_invalid_unicode_is_refused(start_daemon):
     d: Running = await start_daemon()
     c = d.alice

@@ -97,6 +97,18 @@ def test_fast_path_matches_only_turn_posts() -> None:
     assert fastpath.match(scope("POST", "/v1/ask")) is None
 
 
+def test_fast_path_opens_only_bodies_the_route_accepts() -> None:
+    assert fastpath.is_open({"method": "POST", "path": "/v1/sessions"})
+    assert not fastpath.is_open({"method": "GET", "path": "/v1/sessions"})
+    assert not fastpath.is_open({"method": "POST", "path": "/v1/sessions/x"})
+    assert fastpath.options_of(b"") == fastpath.SessionOptionsIn()  # every default
+    got = fastpath.options_of(b'{"model": "sonnet", "include_partial_messages": true}')
+    assert got is not None and got.model == "sonnet" and got.include_partial_messages
+    # the route answers these (400 / 422), word for word
+    for body in (b"{", b"null", b"[]", b'"x"', b'{"nope": 1}', b'{"model": ""}', b"\xff"):
+        assert fastpath.options_of(body) is None, body
+
+
 @pytest.mark.parametrize(
     ("body", "prompt"),
     [

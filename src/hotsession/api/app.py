@@ -43,7 +43,7 @@ from hotsession.api.auth import Authenticator
 from hotsession.api.deps import Api, ApiState, CurrentTenant
 from hotsession.api.docs import add_viewers, errors, ok
 from hotsession.api.metrics import CONTENT_TYPE, Metrics
-from hotsession.api.schemas import HealthOut
+from hotsession.api.schemas import HealthOut, SessionOptionsIn
 from hotsession.errors import (
     BodyTooLarge,
     HotsessionError,
@@ -104,14 +104,25 @@ class EdgeState(Protocol):
 StartTurn = Callable[[Any, str, str, Tenant], Awaitable[Response]]
 """Queues a prompt and returns the SSE response of its turn (``sessions.start_turn``)."""
 
+OpenSession = Callable[[Any, Tenant, SessionOptionsIn], Awaitable[Response]]
+"""Opens a session and answers ``POST /v1/sessions`` (``sessions.created_response``)."""
+
 
 class EdgeMiddleware:
     """Shutdown gate, authentication and the body cap, before routing (see module docstring)."""
 
-    def __init__(self, app: ASGIApp, state: EdgeState, start_turn: StartTurn | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: EdgeState,
+        start_turn: StartTurn | None = None,
+        open_session: OpenSession | None = None,
+    ) -> None:
         self.app = app
         self.state = state
         self.start_turn: StartTurn = start_turn or sessions.start_turn
+        # None: every POST /v1/sessions goes to the route (cluster mode routes its own).
+        self.open_session = open_session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,6 +186,19 @@ class EdgeMiddleware:
                     await self._fast_turn(scope, receive, send, session_id, prompt)
                     return
                 receive = _replay(body, receive)  # the route answers it (400 / 422)
+            elif (
+                self.open_session is not None
+                and "hotsession.tenant" in scope
+                and fastpath.is_open(scope)
+            ):
+                body = await fastpath.read_body(receive)
+                if body is None:
+                    return  # the client went away
+                options = fastpath.options_of(body)
+                if options is not None:
+                    await self._fast_open(scope, receive, send, self.open_session, options)
+                    return
+                receive = _replay(body, receive)  # the route answers it (400 / 422)
             await self.app(scope, receive, send)
         except _SlowClient:
             # Returning without finishing the response makes the server close the connection.
@@ -184,10 +208,32 @@ class EdgeMiddleware:
         self, scope: Scope, receive: Receive, send: Send, session_id: str, prompt: str
     ) -> None:
         """``POST …/turns`` with a well-formed body (see :mod:`hotsession.api.fastpath`)."""
+        await self._answer(
+            scope,
+            receive,
+            send,
+            self.start_turn(self.state, session_id, prompt, scope["hotsession.tenant"]),
+        )
+
+    async def _fast_open(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        open_session: OpenSession,
+        options: SessionOptionsIn,
+    ) -> None:
+        """``POST /v1/sessions`` with a valid body (see :mod:`hotsession.api.fastpath`)."""
+        await self._answer(
+            scope, receive, send, open_session(self.state, scope["hotsession.tenant"], options)
+        )
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, making: Awaitable[Response]
+    ) -> None:
+        """Send the response ``making`` gives, or the error it raises (as the routes would)."""
         try:
-            response = await self.start_turn(
-                self.state, session_id, prompt, scope["hotsession.tenant"]
-            )
+            response = await making
         except HotsessionError as exc:
             if exc.status >= 500 and not isinstance(exc, ShuttingDown):
                 log.warning("POST %s: %s (%s)", scope["path"], exc.message, exc.code)
@@ -315,7 +361,7 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
         hub=hub, settings=settings, auth=Authenticator(settings.tenants), metrics=Metrics(hub)
     )
     app.state.api = state
-    app.add_middleware(EdgeMiddleware, state=state)
+    app.add_middleware(EdgeMiddleware, state=state, open_session=sessions.created_response)
     add_error_handlers(app)
     app.include_router(sessions.router)
     app.include_router(dropin.router)

@@ -154,7 +154,13 @@ async def create_session(
 ) -> JSONResponse:
     """Open a session (a warm spare of its profile when one is ready). `source` says how its
     process came: `spare`, `spawn` or `resume`. An empty body takes every default."""
-    session = await open_session(api, tenant, body or SessionOptionsIn())
+    return await created_response(api, tenant, body or SessionOptionsIn())
+
+
+async def created_response(api: ApiState, tenant: Tenant, body: SessionOptionsIn) -> JSONResponse:
+    """Open the session and answer ``POST /v1/sessions`` (the route and the edge's fast path,
+    :mod:`hotsession.api.fastpath`, both answer with this)."""
+    session = await open_session(api, tenant, body)
     # One process's memory (anon and rss, its tree from /proc): the list views' one pass over
     # every process of the machine cost ~10 ms here, on the claim's path (issue 13: ≤ 3 ms).
     out = session_view(api, session)
