@@ -169,7 +169,11 @@ class LocalHost:
         resume: bool = False,
         fork_from: str | None = None,
     ) -> AgentProcess:
-        """Spawn a CLI process for these options (no lease handling)."""
+        """Spawn a CLI process for these options (no lease handling).
+
+        A resume the CLI refuses for want of the conversation counts as a refusal, not a spawn
+        failure (``spawn_refusals_total``): an alert on spawn failures must not fire on a typo.
+        """
         mirror = self.session_mirror
         if fork_from is not None:
             argv = build_argv(
@@ -209,6 +213,7 @@ class LocalHost:
             run_as=plan.run_as,
             initialize=initialize,
             on_exit=release,
+            refusal=is_unknown_conversation if resume or fork_from is not None else None,
         )
 
     async def start_new(
@@ -279,6 +284,7 @@ class LocalHost:
             "children": len(self.supervisor.children),
             "spawned_total": self.supervisor.spawned_total,
             "spawn_failures_total": self.supervisor.spawn_failures_total,
+            "spawn_refusals_total": self.supervisor.spawn_refusals_total,
             "leases": len(self._leases),
         }
 
@@ -287,10 +293,15 @@ class LocalHost:
 _NO_CONVERSATION = "No conversation found with session ID"
 
 
+def is_unknown_conversation(exc: AgentStartError) -> bool:
+    """Whether the CLI refused a resume because it has no such conversation."""
+    return _NO_CONVERSATION in f"{exc.message}\n{exc.stderr_tail or ''}"
+
+
 def not_found_on_resume(exc: AgentStartError, cli_session_id: str) -> HotsessionError:
     """A resume the CLI refused because it has no such conversation is the caller's error
     (``ConversationNotFound``, 404), not a failed start (502); other failures stay as they are."""
-    if _NO_CONVERSATION in f"{exc.message}\n{exc.stderr_tail or ''}":
+    if is_unknown_conversation(exc):
         return ConversationNotFound(
             f"no Claude Code conversation {cli_session_id} to resume", cli_session_id=cli_session_id
         )

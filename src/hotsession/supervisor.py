@@ -127,6 +127,9 @@ class Supervisor:
         self.children: dict[int, AgentProcess] = {}
         self.spawned_total = 0
         self.spawn_failures_total = 0
+        # Starts the CLI refused because of what the caller asked (``spawn``'s ``refusal``): a
+        # resume of a conversation it does not have is a client's typo, not a failed spawn.
+        self.spawn_refusals_total = 0
         self._watchers: set[asyncio.Task[None]] = set()
         self._tags: dict[int, str] = {}  # pid -> the HOTSESSION_AGENT tag its tools inherit
         self._exit_hooks: dict[int, Callable[[], None]] = {}  # pid -> spawn's ``on_exit``
@@ -147,6 +150,7 @@ class Supervisor:
         run_as: RunAs | None = None,
         initialize: Mapping[str, Any] | None = None,
         on_exit: Callable[[], None] | None = None,
+        refusal: Callable[[AgentStartError], bool] | None = None,
     ) -> AgentProcess:
         """Start a CLI process and complete ``initialize``; raise ``AgentStartError`` on failure.
 
@@ -154,6 +158,8 @@ class Supervisor:
         fields of the ``initialize`` request (agents, system prompt, …; a drop-in client's).
         ``on_exit``: called once the process has exited and been reaped, or at once when it
         could not be started (it removes the files the argv names, hotsession.isolation.argfiles).
+        ``refusal``: true of a failed start that is the caller's error (the CLI exited because of
+        what was asked): counted in ``spawn_refusals_total``, not ``spawn_failures_total``.
         """
         try:
             if not os.path.isdir(cwd):
@@ -169,7 +175,12 @@ class Supervisor:
         try:
             await agent.initialize(timeout=self.spawn_timeout, fields=initialize)
         except AgentError as exc:
-            raise await self._start_failed(agent, exc) from exc
+            error = await self._start_failed(agent, exc)
+            if refusal is not None and refusal(error):
+                self.spawn_refusals_total += 1
+            else:
+                self.spawn_failures_total += 1
+            raise error from exc
         except BaseException:
             agent.kill()
             raise
@@ -236,7 +247,6 @@ class Supervisor:
 
     async def _start_failed(self, agent: AgentProcess, exc: AgentError) -> AgentStartError:
         """Kill a process that did not complete ``initialize``; the error that says why."""
-        self.spawn_failures_total += 1
         agent.kill()
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(5):

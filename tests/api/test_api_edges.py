@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import ALICE_TOKEN, Running, new_session
 
 
@@ -292,3 +293,26 @@ async def test_resume_of_an_unknown_conversation_is_404(start_daemon):
     assert (await d.alice.get("/v1/sessions")).json()["sessions"] == []
     # the lease went with the failed start: a real session may take the id later
     assert d.daemon.hub is not None and d.daemon.hub.host.lease_holder(unknown) is None
+
+
+def _counter(text: str, name: str) -> float:
+    """The value of counter ``name`` (its ``_total`` sample) in Prometheus text."""
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name == f"{name}_total")
+    raise AssertionError(f"no metric {name} in /metrics")
+
+
+async def test_resume_of_an_unknown_conversation_is_no_spawn_failure(start_daemon):
+    """A client's typo in a resume id counts as a refusal, not a spawn failure (an alert on
+    hotsession_spawn_failures_total fired on it)."""
+    d: Running = await start_daemon()
+    before = (await d.alice.get("/metrics")).text
+    body = {"cwd": str(d.alice_root), "resume": str(uuid.uuid4())}
+    err(await d.alice.post("/v1/sessions", json=body), 404, "conversation_not_found")
+    err(await d.alice.post("/v1/ask", json={**body, "prompt": "hi"}), 404, "conversation_not_found")
+    after = (await d.alice.get("/metrics")).text
+    failures = "hotsession_spawn_failures"
+    refusals = "hotsession_spawn_refusals"
+    assert _counter(after, failures) == _counter(before, failures)
+    assert _counter(after, refusals) == _counter(before, refusals) + 2

@@ -155,6 +155,24 @@ async def test_start_failure_carries_exit_code_and_stderr(tmp_path: Path) -> Non
     assert "configured to fail at start-up" in (info.value.stderr_tail or "")
 
 
+async def test_a_refused_start_is_counted_apart_from_spawn_failures(tmp_path: Path) -> None:
+    """``spawn(refusal=…)``: a start that fails as the predicate says (the caller's error) counts
+    in ``spawn_refusals_total``; any other failed start still in ``spawn_failures_total``."""
+    sup = Supervisor(spawn_timeout=5)
+    argv = [sys.executable, "-S", FAKE]
+    env = {**os.environ, "FAKE_AGENT_EXIT": "1"}
+
+    def refused(exc: AgentStartError) -> bool:
+        return "configured to fail at start-up" in (exc.stderr_tail or "")
+
+    with pytest.raises(AgentStartError):
+        await sup.spawn(argv, cwd=str(tmp_path), env=env, label="t", refusal=refused)
+    assert (sup.spawn_refusals_total, sup.spawn_failures_total) == (1, 0)
+    with pytest.raises(AgentStartError):
+        await sup.spawn(argv, cwd=str(tmp_path), env=env, label="t", refusal=lambda e: False)
+    assert (sup.spawn_refusals_total, sup.spawn_failures_total) == (1, 1)
+
+
 async def test_no_handshake_is_a_start_timeout_and_the_process_is_killed(tmp_path: Path) -> None:
     sup = Supervisor(spawn_timeout=0.5)
     with pytest.raises(AgentStartError):

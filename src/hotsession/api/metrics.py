@@ -53,8 +53,14 @@ class HubCollector(Collector):
         )
         yield CounterMetricFamily(
             "hotsession_spawn_failures",
-            "Agent spawns that failed.",
+            "Agent spawns that failed (not counting refusals).",
             value=host["spawn_failures_total"],
+        )
+        yield CounterMetricFamily(
+            "hotsession_spawn_refusals",
+            "Agent starts the CLI refused because of what the client asked (a resume of an "
+            "unknown conversation: HTTP 404 conversation_not_found).",
+            value=host.get("spawn_refusals_total", 0),
         )
         evictions = CounterMetricFamily(
             "hotsession_evictions", "Processes ended to free memory or idle.", labels=["reason"]
