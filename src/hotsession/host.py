@@ -2,8 +2,10 @@
 
 A session asks its host for a process (new conversation, or ``--resume`` of an existing one) and
 gives it back when done. The local host spawns through the supervisor and, when a pool is
-attached, hands out warm spares first. A multi-machine host (Ray) will implement the same
-interface with leases in the shared store.
+attached, hands out warm spares first. Cluster mode (:mod:`hotsession.cluster`) does not
+implement this interface: each Ray node runs the whole engine, with its own local host, and
+sessions are routed to a node above the hub; a host whose processes live on other machines would
+implement this interface instead.
 
 Leases. A CLI session id belongs to at most one session at a time, and that session drives at most
 one process for it (two processes resuming one id would both append to the transcript and fork the
