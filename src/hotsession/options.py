@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -90,6 +91,46 @@ class SessionOptions:
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def client(self) -> str | None:
+        """``"hotsession-claude"`` when a drop-in client's flags or ``initialize`` fields are part
+        of the profile, else None (a profile of the API, the CLI or the library)."""
+        data = self.to_dict()
+        if any(data[name] != default for name, default in _NEUTRAL.items()):
+            return "hotsession-claude"
+        return None
+
+    def flags(self) -> list[str]:
+        """What sets this profile apart besides its cwd, tenant, model and permission mode, in
+        short words for a table row (pool views): a drop-in client's flags as it passed them, the
+        *names* of its ``initialize`` fields, each other option not at its default, the names of
+        environment variables last (values can be secrets or pages long: left out or cut)."""
+        out: list[str] = []
+        if self.extra_args:
+            out.append(_cut(shlex.join(self.extra_args), 80))
+        if self.initialize:
+            try:
+                keys = sorted(json.loads(self.initialize))
+            except (ValueError, TypeError):
+                keys = []
+            out.append("initialize " + ",".join(keys))
+        shown = ("cwd", "tenant", "model", "permission_mode", "extra_args", "initialize", "env")
+        for f in fields(self):
+            name = f.name
+            value = getattr(self, name)
+            if name in shown or value == f.default or (value == () and name != "setting_sources"):
+                continue
+            if value is None:
+                out.append(f"no {name.replace('_', ' ')}")
+            elif isinstance(value, tuple):
+                out.append(f"{name} {_cut(','.join(value)) or '(none)'}")
+            elif isinstance(value, str):
+                out.append(f"{name} {_cut(value)}")
+            else:
+                out.append(f"{name} {value}")
+        if self.env:
+            out.append("env " + _cut(",".join(k for k, _ in self.env), 48))
+        return out
+
     def replace(self, **changes: Any) -> SessionOptions:
         """A copy with some options changed."""
         data = self.to_dict()
@@ -99,6 +140,12 @@ class SessionOptions:
 
 # Options added after profile keys were first stored: at these values they are left out of the key.
 _NEUTRAL: dict[str, Any] = {"extra_args": [], "initialize": None, "permission_prompt_tool": "stdio"}
+
+
+def _cut(text: str, limit: int = 32) -> str:
+    """``text`` on one line, at most ``limit`` characters (an ellipsis marks a cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def build_argv(

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -237,3 +238,24 @@ async def test_continue_picks_the_newest_conversation_of_the_cwd(
     theirs = await run(CLI, "-p", "[[say:fresh]]", "--continue", cwd=other)
     assert ours == theirs == (0, "fresh\n", "")
     assert dropin.hub.supervisor.spawned_total == spawned + 1  # served by the daemon
+
+
+async def test_pool_rows_tell_drop_in_profiles_apart(
+    start_dropin: Any, shim: str, workdir: Path
+) -> None:
+    """Two clients in one cwd with other flags are two profiles; ``/v1/pool`` says whose (the
+    ``client``) and how they differ (``flags``): the rows were identical before."""
+    dropin: Dropin = await start_dropin(pool_enabled=True)
+    for argv in (["-p", "[[say:a]]"], ["-p", "[[say:b]]", "--append-system-prompt", "be brief"]):
+        code, _, err = await run(shim, *argv, cwd=workdir)
+        assert code == 0, err
+    async with httpx.AsyncClient(
+        base_url=dropin.url, headers={"Authorization": f"Bearer {dropin.token}"}
+    ) as api:
+        pool = (await api.get("/v1/pool")).json()
+    rows = [p for p in pool["profiles"] if p["cwd"] == str(workdir)]
+    assert len(rows) == 2, rows
+    assert {p["client"] for p in rows} == {"hotsession-claude"}
+    flags = sorted((p["flags"] for p in rows), key=len)
+    assert flags[0] != flags[1]
+    assert "--append-system-prompt 'be brief'" in " ".join(flags[1])

@@ -638,6 +638,41 @@ def test_pool_table_and_memory_line(hs: Any, daemon: FakeDaemon) -> None:
     )
 
 
+def test_pool_rows_of_drop_in_profiles_differ(
+    hs: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drop-in clients' profiles (same cwd, tenant, model, mode) were identical rows: each now
+    names its client, its distinguishing flags and a short profile key."""
+    base = POOL["profiles"][0]
+    rows = [
+        {**base, "profile": "a1b2c3d4e5f60718", "client": "hotsession-claude", "flags": ["-p"]},
+        {
+            **base,
+            "profile": "0f1e2d3c4b5a6978",
+            "client": "hotsession-claude",
+            "flags": ["--setting-sources ''", "initialize agents"],
+        },
+    ]
+    monkeypatch.setitem(POOL, "profiles", [base, *rows])
+    result = hs("pool")
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines[2] == "local · default · acceptEdits"  # an API profile: as before
+    assert lines[3].startswith("/srv/work ")
+    assert lines[4:7] == [
+        "local · default · acceptEdits",
+        "hotsession-claude · a1b2c3d4",
+        "-p",
+    ]
+    assert lines[7].startswith("/srv/work ")
+    assert lines[8:12] == [
+        "local · default · acceptEdits",
+        "hotsession-claude · 0f1e2d3c",
+        "--setting-sources ''",
+        "initialize agents",
+    ]
+
+
 def test_warm_and_close(hs: Any, daemon: FakeDaemon) -> None:
     assert hs("ask", "one").exit_code == 0
     warmed = hs("warm", "s1")

@@ -20,6 +20,33 @@ def test_profile_key_is_stable_and_sensitive() -> None:
     assert a.profile_key() != SessionOptions.create("/w", env={"X": "1"}).profile_key()
 
 
+def test_client_and_flags_name_what_sets_a_profile_apart() -> None:
+    """Pool rows show these: a profile of the API is plain; a drop-in client's names its
+    flags, its initialize fields (names only) and env names (no values, cut)."""
+    plain = SessionOptions.create("/w", model="sonnet", permission_mode="plan")
+    assert (plain.client(), plain.flags()) == (None, [])
+    dropin = SessionOptions.create(
+        "/w",
+        extra_args=["--append-system-prompt", "be brief"],
+        initialize='{"systemPrompt": "secret words", "agents": {}}',
+        permission_prompt_tool=None,
+        env={"ANTHROPIC_API_KEY": "sk-secret"},
+        max_turns=3,
+    )
+    assert dropin.client() == "hotsession-claude"
+    assert dropin.flags() == [
+        "--append-system-prompt 'be brief'",
+        "initialize agents,systemPrompt",
+        "max_turns 3",
+        "no permission prompt tool",
+        "env ANTHROPIC_API_KEY",
+    ]
+    assert "secret" not in " ".join(dropin.flags())
+    api = SessionOptions.create("/w", system_prompt="x" * 100, setting_sources=[])
+    assert api.client() is None
+    assert api.flags() == ["system_prompt " + "x" * 31 + "…", "setting_sources (none)"]
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -286,6 +286,17 @@ class PoolProfileOut(Open):
     cwd: str
     model: str | None
     permission_mode: str | None
+    client: str | None = Field(
+        None,
+        description='"hotsession-claude" when a drop-in client\'s flags or initialize fields '
+        "are part of the profile; null for the API, the CLI and the library.",
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="What sets the profile apart besides cwd, tenant, model and permission "
+        "mode, in short words: other options not at their default, a drop-in client's flags, "
+        "the names of its initialize fields and environment variables.",
+    )
     ready: int
     spawning: int
     live_sessions: int

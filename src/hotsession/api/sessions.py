@@ -460,6 +460,8 @@ def _unpooled_profiles(api: ApiState, tenant: str, known: set[str]) -> list[dict
                 "cwd": opts.cwd,
                 "model": opts.model,
                 "permission_mode": opts.permission_mode,
+                "client": opts.client(),
+                "flags": opts.flags(),
                 "ready": 0,
                 "spawning": 0,
                 "live_sessions": len(ss),

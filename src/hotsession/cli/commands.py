@@ -486,6 +486,14 @@ def pool(as_json: bool, url: str | None, token: str | None, state_dir: Path | No
             f"{_dash(p.get('model') or 'default')} · "
             f"{_dash(p.get('permission_mode') or 'default')}[/]"
         )
+        if p.get("client") or p.get("flags"):
+            # Drop-in clients' profiles differ by their flags and initialize fields: say whose
+            # and which, one a line (the short key tells apart what words cannot, e.g. two
+            # values of one initialize field).
+            key = str(p.get("profile"))[:8]
+            lines = [f"{p['client']} · {key}" if p.get("client") else f"profile {key}"]
+            lines += [str(f) for f in p.get("flags") or []]
+            profile += "".join(f"\n[dim]{escape(line)}[/]" for line in lines)
         ready = _dash(p.get("ready"))
         if p.get("spawning"):
             ready += f" +{p['spawning']}"

@@ -246,6 +246,8 @@ class Pool:
             "cwd": opts.cwd,
             "model": opts.model,
             "permission_mode": opts.permission_mode,
+            "client": opts.client(),
+            "flags": opts.flags(),
             "ready": len(prof.ready),
             "spawning": prof.spawning,
             "live_sessions": live,

@@ -928,6 +928,9 @@ function renderPool() {
       h("tr", { class: x.failing ? "failing" : null, "data-profile": x.profile },
         h("th", { scope: "row" }, h("span", { class: "cwd", title: x.profile }, tailPath(x.cwd || x.profile, 60)),
           h("span", { class: "muted small" }, [x.tenant, x.model || "default model", `${x.permission_mode || "no"} permission mode`].filter(Boolean).join(" · ")),
+          // Drop-in clients' profiles differ by their flags: whose, a short key, and which flags.
+          x.client || (x.flags && x.flags.length) ? h("span", { class: "muted small", "data-k": "client", title: `profile ${x.profile}` }, [x.client, `profile ${String(x.profile).slice(0, 8)}`].filter(Boolean).join(" · ")) : null,
+          (x.flags || []).map((f) => h("span", { class: "muted small", "data-k": "flag" }, f)),
           x.failing ? h("span", { class: "badge" }, "failing") : null,
           x.pooled === false ? h("span", { class: "muted small", title: "Sessions of this profile got their process by a resume; the pool keeps no spare of it." }, "live sessions only (resumed)") : null),
         h("td", { class: "num", "data-k": "spares", "data-label": "Spares" }, `${x.ready ?? 0} ready`, x.spawning ? h("span", { class: "muted" }, ` +${x.spawning}`) : null),
