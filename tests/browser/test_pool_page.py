@@ -3,7 +3,10 @@ the use (issue 12, item 16)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +70,25 @@ async def test_spawned_matches_the_metric_and_the_chart_shows_use(
     assert used <= top <= 2.5 * used, (used, top)
     await expect(page.locator("#chart path.budget")).to_have_count(0)
     await expect(page.locator("#chart .k-budget")).to_contain_text("above the chart")
+
+
+async def test_drop_in_profiles_are_told_apart(page: Any, daemon: Daemon, workdir: Path) -> None:
+    """Two ``hotsession-claude`` runs in one cwd with other flags: two rows that name the client
+    and the flag that sets one apart (they read the same before)."""
+    shim = str(Path(sys.executable).with_name("hotsession-claude"))
+    env = {**os.environ, "HOTSESSION_STATE_DIR": str(daemon.state_dir)}
+    for extra in ([], ["--append-system-prompt", "be brief"]):
+        proc = await asyncio.create_subprocess_exec(
+            shim, "-p", "[[say:hi]]", *extra, cwd=workdir, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode() + daemon.log_tail()
+    await login(page, daemon)
+    await page.click('#nav a[data-view="pool"]')
+    # (the cwd cell is cut to its tail; the only drop-in client of this daemon is this test)
+    rows = page.locator("#profiles tr", has_text="hotsession-claude")
+    await expect(rows).to_have_count(2)
+    flagged = rows.filter(has=page.locator('[data-k="flag"]', has_text="--append-system-prompt"))
+    await expect(flagged).to_have_count(1)
