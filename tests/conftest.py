@@ -28,6 +28,12 @@ from hotsession.settings import Settings
 from hotsession.testing.model_server import ModelServer
 from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres
 
+# The cluster tier's Ray on loopback: by default Ray binds and dials the machine's interface
+# address; with this setting (meant for laptops) every node, the driver (pytest) and the daemons
+# started from it use 127.0.0.1. Ray reads it when it is imported, so it is set here, before
+# tests/cluster imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 CLI = bundled_cli_path()
 CLI_TIERS = (
     "tests/integration",

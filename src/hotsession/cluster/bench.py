@@ -225,8 +225,16 @@ async def _recovered(daemon: Daemon, session_id: str, since: float) -> dict[str,
     return {"total_ms": (s.t_result - since) * 1000, "claim_ms": float(timing.get("claim_ms", 0))}
 
 
+# Ray uses loopback addresses when this is "0" (see run_cluster_bench).
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict[str, Any]:
     """The whole run (see the module docstring); returns the figures."""
+    # Every node of this one-machine cluster on loopback: by default Ray binds and dials the
+    # machine's interface address; this setting (meant for laptops) makes it use 127.0.0.1. Ray
+    # reads it at import, and the nodes and daemons it starts inherit it.
+    os.environ[LOOPBACK_ONLY] = "0"
     import ray
     from ray.cluster_utils import Cluster
 
@@ -234,6 +242,7 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
 
     node_env = {k: v for k, v in env.agent_vars().items() if k != "CLAUDE_CONFIG_DIR"}
     node_env["RAY_USAGE_STATS_ENABLED"] = "0"
+    node_env[LOOPBACK_ONLY] = "0"
     console.print("starting a private Postgres and a 3-node Ray cluster …")
     pg = PrivatePostgres()
     pg.start()
