@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import socket
@@ -75,6 +74,8 @@ from hotsession.registry.records import (
     TurnRecord,
     TurnStatus,
 )
+from hotsession.registry.rows import dumps as _dumps
+from hotsession.registry.rows import event_row as _event_row
 
 __all__ = ["BATCH_MAX", "MIGRATIONS", "PostgresRegistry"]
 
@@ -200,22 +201,8 @@ _MALFORMED: Final = (
 )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def _dumps_opt(value: Any) -> str | None:
     return None if value is None else _dumps(value)
-
-
-def _event_row(ev: EventRecord) -> tuple[Any, ...]:
-    try:
-        data = _dumps(ev.data)
-    except (TypeError, ValueError) as exc:
-        # Keep the event (its seq must not leave a hole in the replay), as SQLite does.
-        log.error("event %s/%s has unserialisable data: %s", ev.session_id, ev.seq, exc)
-        data = _dumps({"unserialisable": repr(exc)})
-    return (ev.session_id, ev.seq, ev.turn, ev.type, data, ev.t)
 
 
 def _session_row(rec: SessionRecord) -> tuple[Any, ...]:

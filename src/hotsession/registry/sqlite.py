@@ -70,6 +70,8 @@ from hotsession.registry.records import (
     TurnRecord,
     TurnStatus,
 )
+from hotsession.registry.rows import dumps as _dumps
+from hotsession.registry.rows import event_row as _event_row
 
 __all__ = ["BATCH_MAX", "MIGRATIONS", "SCHEMA_VERSION", "SqliteRegistry"]
 
@@ -221,23 +223,8 @@ def _split_statements(script: str) -> list[str]:
     return out
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def _loads_opt(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def _event_row(ev: EventRecord) -> tuple[Any, ...]:
-    try:
-        data = _dumps(ev.data)
-    except (TypeError, ValueError) as exc:
-        # A circular structure: keep the event (its seq must not leave a hole in the replay)
-        # rather than poisoning the whole batch, which would then be retried forever.
-        log.error("event %s/%s has unserialisable data: %s", ev.session_id, ev.seq, exc)
-        data = _dumps({"unserialisable": repr(exc)})
-    return (ev.session_id, ev.seq, ev.turn, ev.type, data, ev.t)
 
 
 def _session_row(rec: SessionRecord) -> tuple[Any, ...]:
