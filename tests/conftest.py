@@ -59,9 +59,9 @@ def model_server() -> Iterator[ModelServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PrivatePostgres]:
-    """A private Postgres server (see the module doc), removed after the session."""
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private Postgres server for a fixture to yield from; skipped without the server's
+    binaries, except under CI, where that is a failure."""
     try:
         server = PrivatePostgres()
     except PostgresNotFound as exc:
@@ -70,6 +70,12 @@ def postgres_server() -> Iterator[PrivatePostgres]:
         pytest.skip(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PrivatePostgres]:
+    """A private Postgres server (see the module doc), removed after the session."""
+    yield from private_postgres()
 
 
 @pytest.fixture

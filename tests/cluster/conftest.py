@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -24,31 +23,17 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
+from tests.conftest import private_postgres  # noqa: E402
 
+from hotsession.cluster.bench import node_environment  # noqa: E402
 from hotsession.cluster.hub import ClusterConfig, ClusterHub  # noqa: E402
 from hotsession.config import Config  # noqa: E402
 from hotsession.registry.postgres import PostgresRegistry  # noqa: E402
 from hotsession.testing.model_server import ModelServer  # noqa: E402
-from hotsession.testing.postgres import PostgresNotFound, PrivatePostgres  # noqa: E402
+from hotsession.testing.postgres import PrivatePostgres  # noqa: E402
 from hotsession.transcripts.postgres import PostgresSessionStore  # noqa: E402
 
 NODE_MB = (1200, 1100, 1000)
-
-
-@contextlib.contextmanager
-def node_environment(env: dict[str, str]) -> Iterator[None]:
-    """``env`` for the Ray processes started meanwhile (a node's workers, so its agents, inherit
-    its raylet's environment, as on a real machine after ``ray start``); restored after."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -100,14 +85,7 @@ def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def cluster_pg() -> Iterator[PrivatePostgres]:
     """The tier's own private Postgres (a test restarts it under load)."""
-    try:
-        server = PrivatePostgres()
-    except PostgresNotFound as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from private_postgres()
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ TURN_TIMEOUT_S = 120.0
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
+def node_environment(env: dict[str, str]) -> Iterator[None]:
     """``env`` for the Ray processes started meanwhile (nodes' agents inherit it)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -247,7 +247,7 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
     pg = PrivatePostgres()
     pg.start()
     try:
-        with _environment(node_env):
+        with node_environment(node_env):
             cluster = Cluster(
                 initialize_head=True,
                 head_node_args={
