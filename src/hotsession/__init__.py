@@ -8,8 +8,6 @@ The names below are imported on first use (PEP 562), so a command that needs non
 
 from __future__ import annotations
 
-import importlib
-
 # Not ``typing.TYPE_CHECKING``: importing typing costs the shim several milliseconds.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,6 +48,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'hotsession' has no attribute {name!r}")
+    import importlib  # here: the package ``importlib`` costs the shim ~1 ms at start-up
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from hotsession.dropin import wire
 from hotsession.dropin.argv import parse
-from hotsession.dropin.shim import _url_of, encode
+from hotsession.dropin.shim import _url_of, decode, encode
 
 SDK_ARGV = [
     "--output-format", "stream-json", "--verbose", "--system-prompt", "",
@@ -80,3 +81,48 @@ def test_hand_made_json() -> None:
     assert json.loads(encode(value)) == value
     assert _url_of('{"pid": 1, "url": "http://[::1]:8765", "host": "::1"}') == "http://[::1]:8765"
     assert _url_of('{"pid": 1}') is None
+
+
+def test_hand_made_json_reader() -> None:
+    for text in [
+        '{"ready": {"session": "hs_1", "starting": true}}',
+        ' {"exit": 3}\n',
+        '[1, -2.5e3, null, "\\u00e9"]',
+    ]:
+        assert decode(text) == json.loads(text)
+        assert decode(text.encode()) == json.loads(text)
+    for bad in ["", "{", '{"a": 1} x', "nope"]:
+        with pytest.raises(ValueError):
+            decode(bad)
+
+
+def test_shim_imports_neither_json_nor_re() -> None:
+    """The shim's start-up (paid on every call of hotsession-claude) loads no ``json``/``re``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hotsession.dropin.shim as s; s.decode('[0]'); "
+        "print(sorted(m for m in ('json', 're', 'typing', 'importlib', 'socket', 'threading') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_ip_literals_and_localhost_connect_without_the_resolver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``getaddrinfo``'s first call costs the shim 6-20 ms even for a literal (measured)."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError(f"getaddrinfo{args}")
+
+    monkeypatch.setattr(wire._socket, "getaddrinfo", refuse)
+    assert wire._candidates("127.0.0.1", 80) == [(wire._socket.AF_INET, ("127.0.0.1", 80))]
+    assert wire._candidates("::1", 80) == [(wire._socket.AF_INET6, ("::1", 80))]
+    assert [a for _, a in wire._candidates("LocalHost", 8)] == [("127.0.0.1", 8), ("::1", 8)]
+    with pytest.raises(AssertionError):
+        wire._candidates("example.invalid", 80)
