@@ -1,6 +1,8 @@
 """``/v1/dropin``: the WebSocket that ``hotsession-claude`` (the drop-in executable) talks to.
 
-Authentication is the API's: the bearer token of the upgrade request names the tenant (a wrong
+The shim's hello comes in the upgrade request's ``X-Hotsession-Hello`` field (confirmed in the
+``101``) or as the first message (see :mod:`hotsession.dropin.shim`). Authentication is the
+API's: the bearer token of the upgrade request names the tenant (a wrong
 one gets an ``error`` message with code ``unauthorized`` and the connection is closed); the run's
 cwd must be inside the tenant's roots, as for ``POST /v1/sessions``. The messages are described
 in :mod:`hotsession.dropin.shim`; the run itself is :class:`hotsession.dropin.bridge.DropinRun`.
@@ -8,6 +10,8 @@ in :mod:`hotsession.dropin.shim`; the run itself is :class:`hotsession.dropin.br
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -18,6 +22,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from hotsession.api.auth import resolve_cwd
 from hotsession.api.deps import ApiState
 from hotsession.dropin.bridge import Client, DropinRun, Peer
+from hotsession.dropin.shim import HELLO_HEADER
 from hotsession.errors import HotsessionError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,24 @@ router = APIRouter()
 async def dropin(websocket: WebSocket) -> None:
     """One ``hotsession-claude`` run (see the module docstring)."""
     state: ApiState = websocket.app.state.api
-    await websocket.accept()
+    carried = websocket.headers.get(HELLO_HEADER)
+    hello: Any = None
+    early: list[bytes] = []
+    bad: Exception | None = None
+    if carried is not None:
+        # The hello came with the upgrade (and what stdin held then): say so in the 101.
+        try:
+            hello = json.loads(carried)
+            if not isinstance(hello, dict):
+                raise ValueError("the hello must be an object")
+            stdin = hello.pop("stdin", None)
+            if stdin:
+                early.append(base64.b64decode(str(stdin), validate=True))
+        except (ValueError, binascii.Error) as exc:
+            bad = exc
+        await websocket.accept(headers=[(HELLO_HEADER.encode(), b"taken")])
+    else:
+        await websocket.accept()
     try:
         tenant = state.auth.authenticate(websocket.headers.get("authorization"))
     except Unauthorized as exc:
@@ -39,15 +61,20 @@ async def dropin(websocket: WebSocket) -> None:
         await _refuse(websocket, HotsessionError("the service is shutting down"))
         return
     try:
-        first = await websocket.receive()
-        hello = json.loads(first.get("text") or "{}").get("hello")
-        if not isinstance(hello, dict):
-            raise ValueError("the first message must be a hello")
+        if bad is not None:
+            raise ValueError(str(bad))
+        if hello is None:
+            first = await websocket.receive()
+            hello = json.loads(first.get("text") or "{}").get("hello")
+            if not isinstance(hello, dict):
+                raise ValueError("the first message must be a hello")
     except (ValueError, AttributeError, WebSocketDisconnect) as exc:
         await _refuse(websocket, HotsessionError(f"bad hello: {exc}"))
         return
 
     async def receive() -> bytes | dict[str, Any] | None:
+        if early:
+            return early.pop()
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None

@@ -11,8 +11,13 @@ milliseconds; its WebSocket client is in ``wire``.
 
 Wire (one WebSocket at ``<url>/v1/dropin``, bearer token in the upgrade request):
 
-* shim → daemon: a text message ``{"hello": {...}}``; binary messages with stdin bytes; a text
-  message ``{"eof": true}`` at the end of stdin.
+* shim → daemon: the hello (argv, cwd, env, whether stdin is a terminal, and in ``stdin`` the
+  base64 of what stdin held already) in the upgrade request's ``X-Hotsession-Hello`` field,
+  which the daemon confirms with ``X-Hotsession-Hello: taken`` in its ``101`` (so the answer to
+  an SDK's ``initialize`` can come with the ``101``, one round trip sooner); when the daemon did
+  not take it (an older one, or a hello over ``HELLO_HEADER_MAX``), a text message
+  ``{"hello": {...}}`` and those stdin bytes as a binary message; then binary messages with
+  stdin bytes; a text message ``{"eof": true}`` at the end of stdin.
 * daemon → shim: binary messages whose first byte is 1 (stdout) or 2 (stderr); text messages
   ``{"ready": {...}}`` (the daemon serves this run), ``{"exit": N}`` (the last one),
   ``{"exec": {"path", "reason"}}`` (run the real CLI instead, only ever before ``ready``) and
@@ -61,6 +66,11 @@ ENV_PREFIXES = (
     "USE_BUILTIN_RIPGREP",
 )
 ENV_EXCLUDED = ("CLAUDECODE",)
+HELLO_HEADER = "X-Hotsession-Hello"
+"""The hello (JSON, ASCII) in the upgrade request; the daemon answers it with the same field
+``taken``. A daemon without it ignores the field: the shim sends the hello as a message."""
+HELLO_HEADER_MAX = 7000
+"""Larger hellos go as a message (a proxy's header line limit is often 8 KiB)."""
 FALLBACK_EXIT = 1
 _STDOUT, _STDERR = 1, 2
 NAME = "hotsession-claude"
@@ -176,9 +186,9 @@ class _Stdin:
     """Copies stdin to the daemon (and keeps a copy until the daemon took the run over), on a
     thread of its own (``_thread``: ``threading`` costs the shim ~2 ms more to import)."""
 
-    def __init__(self, ws: wire.WebSocket) -> None:
+    def __init__(self, ws: wire.WebSocket, early: bytes = b"") -> None:
         self.ws = ws
-        self.record: bytearray | None = bytearray()
+        self.record: bytearray | None = bytearray(early)  # ``early``: sent with the hello
         self.sink: object = None  # a file to copy to instead (the real CLI's stdin)
         self.eof = False
         self.lock = _thread.allocate_lock()
@@ -254,10 +264,21 @@ def main() -> None:
     if url is None:
         fallback(argv, f"no hotsession daemon found ({where} is missing; set HOTSESSION_URL)")
         return
-    ws_url = url.rstrip("/") + "/v1/dropin"
+    tty = os.isatty(0)
+    hello = {
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "env": relevant_env(),
+        "stdin_tty": tty,
+        "pid": os.getpid(),
+    }
+    early = b"" if tty else _early_stdin()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    carried = encode({**hello, "stdin": wire.b64(early).decode()} if early else hello)
+    if len(carried) <= HELLO_HEADER_MAX:
+        headers[HELLO_HEADER] = carried
     try:
-        ws = wire.WebSocket.connect(ws_url, headers=headers, timeout=10.0)
+        ws = wire.WebSocket.connect(url.rstrip("/") + "/v1/dropin", headers=headers, timeout=10.0)
     except wire.HandshakeError as exc:
         if exc.status in (401, 403):
             _say(f"the hotsession daemon at {url} refused the token ({_reason(exc.body)})")
@@ -267,26 +288,35 @@ def main() -> None:
     except (OSError, wire.Closed, ValueError) as exc:
         fallback(argv, f"no hotsession daemon answers at {url} ({exc})")
         return
-    tty = os.isatty(0)
-    hello = {
-        "argv": argv,
-        "cwd": os.getcwd(),
-        "env": relevant_env(),
-        "stdin_tty": tty,
-        "pid": os.getpid(),
-    }
-    try:
-        ws.send_text(encode({"hello": hello}))
-    except (OSError, wire.Closed) as exc:
-        fallback(argv, f"the hotsession daemon at {url} dropped the connection ({exc})")
-        return
+    if ws.headers.get(HELLO_HEADER.lower()) != "taken":  # a daemon that wants it as a message
+        try:
+            ws.send_text(encode({"hello": hello}))
+            if early:
+                ws.send_binary(early)
+        except (OSError, wire.Closed) as exc:
+            fallback(argv, f"the hotsession daemon at {url} dropped the connection ({exc})")
+            return
     reader: _Stdin | None = None
     if not tty:
-        reader = _Stdin(ws)
+        reader = _Stdin(ws, early)
         reader.start()
     code = _pump(ws, argv, reader, url)
     sys.stdout.flush()
     os._exit(code)
+
+
+def _early_stdin() -> bytes:
+    """What stdin holds already, without waiting (the SDKs write their ``initialize`` as soon as
+    they start the executable): it travels in the upgrade request, so the daemon can answer with
+    its ``101`` (one round trip less; the daemon would otherwise wait for the WebSocket)."""
+    import select  # not a blocking-mode switch: stdin's open file may be shared with others
+
+    try:
+        if not select.select([0], [], [], 0)[0]:
+            return b""
+        return os.read(0, 1 << 16)  # b"" at EOF: the stdin thread reads that EOF again
+    except (OSError, ValueError):
+        return b""
 
 
 def encode(value: Any) -> str:

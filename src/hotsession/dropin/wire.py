@@ -65,7 +65,8 @@ def _connect(host: str, port: int, timeout: float | None) -> Any:
     raise last or OSError(f"cannot resolve {host}")
 
 
-def _b64(data: bytes) -> bytes:
+def b64(data: bytes) -> bytes:
+    """Base64 with ``binascii`` (the ``base64`` module loads ``re``)."""
     return binascii.b2a_base64(data, newline=False)
 
 
@@ -96,8 +97,12 @@ class Closed(Exception):
 class WebSocket:
     """One client connection; ``send_*`` may be called from any thread, ``recv`` from one."""
 
-    def __init__(self, sock: Any, buffered: bytes = b"") -> None:
+    def __init__(
+        self, sock: Any, buffered: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
         self.sock = sock  # a ``_socket.socket``, or an ``ssl.SSLSocket`` for wss
+        self.headers = headers or {}
+        """The server's upgrade answer's header fields (names in lower case)."""
         self._buf = bytearray(buffered)
         self._lock = _thread.allocate_lock()
         self.closed = False
@@ -127,7 +132,7 @@ class WebSocket:
 
             plain = socket.socket(fileno=sock.detach())
             sock = ssl.create_default_context().wrap_socket(plain, server_hostname=host)
-        key = _b64(os.urandom(16))  # binascii, not base64: that one loads ``re``
+        key = b64(os.urandom(16))  # binascii, not base64: that one loads ``re``
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: {hostport}",
@@ -161,12 +166,12 @@ class WebSocket:
                 body += chunk
             sock.close()
             raise HandshakeError(status, body.decode("utf-8", "replace"))
-        accept = _b64(_sha1(key + _GUID)).decode()
+        accept = b64(_sha1(key + _GUID)).decode()
         if fields.get("sec-websocket-accept") != accept:
             sock.close()
             raise Closed("the server's upgrade answer is not a WebSocket handshake")
         sock.settimeout(None)
-        return cls(sock, rest_bytes)
+        return cls(sock, rest_bytes, fields)
 
     # -- sending -------------------------------------------------------------------------------
 
