@@ -1,18 +1,22 @@
 """The shim's wire to the daemon (``/v1/dropin``), spoken by the shim's own WebSocket client
 (``hotsession.dropin.wire``): the hello in the upgrade request with what stdin held then, the
-hello as a message (older shims, hellos too big for a header field), and a bad hello."""
+hello as a message (older shims, hellos too big for a header field), a bad hello, and
+``wss://`` to a daemon behind TLS."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import wait_until
 from tests.dropin.conftest import Dropin, run
 
+from hotsession.daemon import bind
 from hotsession.dropin import wire
 from hotsession.dropin.shim import HELLO_HEADER, HELLO_HEADER_MAX, decode, encode
 
@@ -100,3 +104,60 @@ def test_hello_header_is_one_ascii_line() -> None:
     text = encode(_hello(Path(os.getcwd()), "-p", "é\r\nX-Evil: 1\x00", stdin="AA=="))
     assert text.isascii() and "\r" not in text and "\n" not in text
     assert json.loads(text)["argv"][1] == "é\r\nX-Evil: 1\x00"
+
+
+@pytest.fixture
+async def tls_url(dropin: Dropin, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """The daemon's app served over TLS by a second uvicorn (as a remote daemon behind TLS):
+    (``https://127.0.0.1:PORT``, the PEM of the CA that signed its certificate)."""
+    import trustme
+    import uvicorn
+
+    ca = trustme.CA()
+    served = tmp_path / "served.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(served))
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    assert dropin.daemon.server is not None
+    config = uvicorn.Config(
+        dropin.daemon.server.config.app,
+        lifespan="off",
+        log_config=None,
+        ssl_certfile=str(served),
+    )
+    server = uvicorn.Server(config)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    await wait_until(lambda: server.started, timeout=10)
+    yield f"https://127.0.0.1:{port}", ca_pem
+    server.should_exit = True
+    await asyncio.wait_for(serving, 10)
+
+
+async def test_wss_to_a_tls_daemon(
+    dropin: Dropin, shim: str, workdir: Path, tls_url: tuple[str, Path]
+) -> None:
+    """Over TLS: trusted through HOTSESSION_CA_FILE or SSL_CERT_FILE, a conversation and its hot
+    ``--resume``; an untrusted certificate is one line and exit 1, never the local CLI."""
+    url, ca_pem = tls_url
+    env = {"HOTSESSION_URL": url, "HOTSESSION_TOKEN": dropin.token, "HOTSESSION_FALLBACK": "1"}
+    json_out = ("--output-format", "json")
+    code, out, err = await run(shim, "-p", "[[say:untrusted]]", *json_out, cwd=workdir, env=env)
+    assert (code, out) == (1, "") and len(err.splitlines()) == 1, err
+    assert "failed TLS verification" in err and "HOTSESSION_CA_FILE" in err
+    code, out, err = await run(
+        shim, "-p", "[[say:over tls]]", *json_out,
+        cwd=workdir, env={**env, "HOTSESSION_CA_FILE": str(ca_pem)},
+    )  # fmt: skip
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["result"] == "over tls"
+    spawned = dropin.hub.supervisor.spawned_total
+    code, out, err = await run(
+        shim, "-p", "[[say:again]]", "--resume", first["session_id"], *json_out,
+        cwd=workdir, env={**env, "SSL_CERT_FILE": str(ca_pem)},
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["session_id"] == first["session_id"]
+    assert dropin.hub.supervisor.spawned_total == spawned  # the hot process answered

@@ -278,7 +278,12 @@ def main() -> None:
     if len(carried) <= HELLO_HEADER_MAX:
         headers[HELLO_HEADER] = carried
     try:
-        ws = wire.WebSocket.connect(url.rstrip("/") + "/v1/dropin", headers=headers, timeout=10.0)
+        ws = wire.WebSocket.connect(
+            url.rstrip("/") + "/v1/dropin",
+            headers=headers,
+            timeout=10.0,
+            cafile=os.environ.get("HOTSESSION_CA_FILE") or None,
+        )
     except wire.HandshakeError as exc:
         if exc.status in (401, 403):
             _say(f"the hotsession daemon at {url} refused the token ({_reason(exc.body)})")
@@ -286,6 +291,14 @@ def main() -> None:
         fallback(argv, f"the hotsession daemon at {url} did not accept the connection ({exc})")
         return
     except (OSError, wire.Closed, ValueError) as exc:
+        ssl = sys.modules.get("ssl")  # loaded by ``wire`` for wss only
+        if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+            # Like a refused token: a daemon is there but not the one to trust; no fallback.
+            _say(
+                f"the hotsession daemon at {url} failed TLS verification ({exc}); "
+                "HOTSESSION_CA_FILE names a CA bundle to trust"
+            )
+            os._exit(1)
         fallback(argv, f"no hotsession daemon answers at {url} ({exc})")
         return
     if ws.headers.get(HELLO_HEADER.lower()) != "taken":  # a daemon that wants it as a message

@@ -109,9 +109,18 @@ class WebSocket:
 
     @classmethod
     def connect(
-        cls, url: str, *, headers: dict[str, str], timeout: float | None = 10.0
+        cls,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float | None = 10.0,
+        cafile: str | None = None,
     ) -> WebSocket:
-        """Open ``url`` (``ws``/``http`` or ``wss``/``https``) and complete the upgrade."""
+        """Open ``url`` (``ws``/``http`` or ``wss``/``https``) and complete the upgrade.
+
+        TLS verifies the server against the system's CAs (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+        replace them, as for any OpenSSL client) plus ``cafile`` when given; a failed
+        verification raises ``ssl.SSLCertVerificationError``."""
         scheme, _, rest = url.partition("://")
         hostport, slash, path = rest.partition("/")
         path = "/" + path if slash else "/"
@@ -131,7 +140,14 @@ class WebSocket:
             import ssl
 
             plain = socket.socket(fileno=sock.detach())
-            sock = ssl.create_default_context().wrap_socket(plain, server_hostname=host)
+            context = ssl.create_default_context()
+            if cafile:
+                context.load_verify_locations(cafile=cafile)
+            try:
+                sock = context.wrap_socket(plain, server_hostname=host)
+            except BaseException:
+                plain.close()
+                raise
         key = b64(os.urandom(16))  # binascii, not base64: that one loads ``re``
         lines = [
             f"GET {path} HTTP/1.1",
