@@ -259,3 +259,44 @@ async def test_pool_rows_tell_drop_in_profiles_apart(
     flags = sorted((p["flags"] for p in rows), key=len)
     assert flags[0] != flags[1]
     assert "--append-system-prompt 'be brief'" in " ".join(flags[1])
+
+
+async def test_resume_with_another_model_and_mode_switches_the_hot_process(
+    dropin: Dropin, shim: str, workdir: Path, model_server: ModelServer
+) -> None:
+    """``--resume`` of a hot conversation with another model and permission mode: the process is
+    switched in place (``set_permission_mode`` / ``set_model``), not ended and resumed; the next
+    request goes out with the new model and the new mode governs its tools."""
+    target = workdir / "made.txt"
+    write = json.dumps({"file_path": str(target), "content": "switched"})
+    code, out, err = await run(
+        shim, "-p", f"[[tool:Write:{write}]][[say:tried]]", "--output-format", "json",
+        "--model", "sonnet", "--permission-mode", "default", cwd=workdir,
+    )  # fmt: skip
+    assert code == 0, err
+    first = json.loads(out)
+    assert not target.exists()  # default mode, no one to ask: the write is refused
+    assert "sonnet" in model_server.main_requests()[-1]["model"]
+    spawned = dropin.hub.supervisor.spawned_total
+    code, out, err = await run(
+        shim, "-p", f"again [[tool:Write:{write}]][[say:written]]", "--output-format", "json",
+        "--resume", first["session_id"], "--model", "opus",
+        "--permission-mode", "acceptEdits", cwd=workdir,
+    )  # fmt: skip
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["session_id"] == first["session_id"] and second["result"] == "written"
+    assert dropin.hub.supervisor.spawned_total == spawned  # switched, not resumed
+    assert target.read_text() == "switched"
+    assert "opus" in model_server.main_requests()[-1]["model"]  # the alias, as the CLI maps it
+    (session,) = [s for s in dropin.hub.list() if s.cli_session_id == first["session_id"]]
+    assert (session.options.model, session.options.permission_mode) == ("opus", "acceptEdits")
+    # bypassPermissions is granted at launch only: that one is a resume in a new process.
+    code, out, err = await run(
+        shim, "-p", "[[say:bypassing]]", "--output-format", "json", "--resume",
+        first["session_id"], "--model", "opus",
+        "--permission-mode", "bypassPermissions", cwd=workdir,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["result"] == "bypassing"
+    assert dropin.hub.supervisor.spawned_total == spawned + 1

@@ -71,6 +71,7 @@ from hotsession.errors import (
 )
 from hotsession.hub import Hotsession
 from hotsession.options import PERMISSION_MODES, SessionOptions
+from hotsession.pool import switching
 from hotsession.session import BetweenTurns, Session, Turn
 
 log = logging.getLogger(__name__)
@@ -436,13 +437,18 @@ class DropinRun:
                     if hot.options.profile_key() == options.profile_key():
                         hot.partial_messages = self._partial
                         return hot
-                    # Another profile: resume with this one, once the turns it runs are done
-                    # (another client's work is never cut short).
+                    # Another profile, once the turns it runs are done (another client's work
+                    # is never cut short): switched in place when only the model or the
+                    # permission mode differ and the pool could switch them, else resumed
+                    # with this profile.
                     while hot.current is not None or hot.queued:
                         if hot.current is not None:
                             await hot.current.wait()
                         else:
                             await asyncio.sleep(0.05)
+                    if await self._switch(hot, options):
+                        hot.partial_messages = self._partial
+                        return hot
                     await hub.close_session(hot.id)
                 elif hot is not None and hot.current is not None:
                     await hot.current.wait()  # fork what the conversation is, not a half turn
@@ -473,6 +479,30 @@ class DropinRun:
             if exc.details.get("field") in ("resume", "cwd"):
                 raise _Exec(exc.message) from None
             raise
+
+    async def _switch(self, hot: Session, options: SessionOptions) -> bool:
+        """Switch the idle hot process of a conversation to ``options`` (True), when they differ
+        from its own in model / permission mode alone, as the pool switches a spare at claim
+        (``hotsession.pool.switching``: never to or from ``bypassPermissions``, never to an unset
+        value). What the idle process had written that a switch does not explain goes to the
+        client."""
+        view = hot.between_turns
+        plan = switching.switch_plan(hot.options, options)
+        if view is None or not plan or hot.current is not None or hot.queued:
+            return False
+        try:
+            unexplained = await switching.switch(view, plan, self.hub.config.spawn_timeout_s)
+        except (AgentError, TimeoutError) as exc:
+            log.info("drop-in: switching %s failed (%s); resuming it", hot.id, exc)
+            return False
+        hot.switched(options)
+        # Its last initialize answer reports the old mode / model: ask the CLI again next time.
+        _INITIALIZED.pop(view, None)
+        if self.inv.output_format == "stream-json":
+            for msg in unexplained:
+                if not _switch_echo(msg):
+                    self._line(msg)
+        return True
 
     def _hot(self, cli_session_id: str) -> Session | None:
         for session in self.hub.list(tenant=self.client.tenant):
@@ -767,6 +797,19 @@ async def _first_of(*events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _switch_echo(msg: dict[str, Any]) -> bool:
+    """The line a live conversation's CLI writes after ``set_model`` (measured with 2.1.330: a
+    replayed user message ``<local-command-stdout>Set model to …``), which a process started
+    with that ``--model`` never writes."""
+    content = (msg.get("message") or {}).get("content")
+    return (
+        msg.get("type") == "user"
+        and bool(msg.get("isReplay"))
+        and isinstance(content, str)
+        and content.startswith("<local-command-stdout>")
+    )
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:

@@ -12,9 +12,8 @@ target (its effective value comes from the settings).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
-from hotsession.agent import AgentProcess
 from hotsession.options import SessionOptions
 from hotsession.pool.warmup import BENIGN_IDLE
 
@@ -23,6 +22,15 @@ from hotsession.pool.warmup import BENIGN_IDLE
 SWITCHABLE_MODES = frozenset({"default", "acceptEdits", "dontAsk"})
 # What the CLI writes after a permission-mode switch (besides the idle spare's usual frames).
 _SWITCH_OUTPUT = BENIGN_IDLE | {("system", "status")}
+
+
+class Switchable(Protocol):
+    """What a switch needs of a process: an ``AgentProcess``, or a session's ``BetweenTurns``
+    view of its live one (the drop-in switches a hot conversation's process that way)."""
+
+    async def request(self, subtype: str, *, timeout: float, **fields: Any) -> dict[str, Any]: ...
+
+    def drain_idle(self) -> list[dict[str, Any]]: ...
 
 
 def switch_plan(have: SessionOptions, want: SessionOptions) -> dict[str, str] | None:
@@ -51,9 +59,9 @@ def switch_plan(have: SessionOptions, want: SessionOptions) -> dict[str, str] | 
     return plan
 
 
-async def switch(proc: AgentProcess, plan: dict[str, str], timeout: float) -> list[dict[str, Any]]:
-    """Send the switch requests to a claimed spare; returns what it wrote that a switch does
-    not explain (empty: switched).
+async def switch(proc: Switchable, plan: dict[str, str], timeout: float) -> list[dict[str, Any]]:
+    """Send the switch requests to a claimed spare (or an idle live process); returns what it
+    wrote that a switch does not explain (empty: switched).
 
     Raises ``AgentError`` or ``TimeoutError`` when a request fails or the whole switch takes
     longer than ``timeout``."""

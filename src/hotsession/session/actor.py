@@ -149,6 +149,14 @@ class Session:
         if proc is not None:
             proc.partial_messages = on
 
+    def switched(self, options: SessionOptions) -> None:
+        """The live process now runs ``options``: a front switched its model / permission mode
+        between turns (``set_model`` / ``set_permission_mode``, ``hotsession.dropin.bridge``);
+        the record says so, and a later process of the conversation starts with them."""
+        self.options = options
+        self.record.options.update(options.to_dict())
+        self.record.profile_key = options.profile_key()
+
     @property
     def closed(self) -> bool:
         """True once closed."""

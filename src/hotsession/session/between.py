@@ -53,6 +53,11 @@ class BetweenTurns:
         """A control request to the CLI and its answer (``AgentTimeout`` past ``timeout``)."""
         return await self._proc.request(subtype, timeout=timeout, **fields)
 
+    def drain_idle(self) -> list[dict[str, Any]]:
+        """Take what the idle process wrote so far, without waiting (only while no turn runs and
+        no ``next_message`` is pending)."""
+        return self._proc.drain_idle()
+
     async def send(self, message: dict[str, Any]) -> None:
         """Write one stream-json line to the CLI (``AgentDied`` when it is gone)."""
         await self._proc.send(message)
