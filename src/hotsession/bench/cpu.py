@@ -1,26 +1,39 @@
 """``hotsession bench --cpu``: the daemon's own CPU per turn, against the CLI's for the same turns.
 
 Method. One ``hotsession serve`` (the bench's harness, :mod:`hotsession.bench.daemon`) with its
-default pool. CPU times come from ``/proc`` (user + system, through psutil): the daemon's own
-process (its threads included: the registry's, uvicorn's), and the session's CLI process.
+default pool. CPU times are the processes' own CPU clocks (user + system, in nanoseconds, see
+``cpu_s``): the daemon's own process (its threads included: the registry's, uvicorn's), and the
+session's CLI process.
 
 1. Idle rate: a few sessions with a turn each, the pool's spares ready, nothing running; the
    daemon's CPU over ``idle_s`` seconds gives its idle rate (ms of CPU per second).
 2. Per kind of turn, ``turns`` turns one after the other on one session, each read to its
    ``result`` by the bench's lean client (:mod:`hotsession.bench.wire`; the client's CPU is the
-   bench's, not counted). Daemon CPU per turn = (its CPU over the run − idle rate × the run's
-   wall time) / turns; CLI CPU per turn = the session's process CPU over the run / turns.
+   bench's, not counted) on one kept-alive connection, as a client sending follow-ups does.
+   Daemon CPU per turn = (its CPU over the run − idle rate × the run's wall time) / turns; CLI
+   CPU per turn = the session's process CPU over the run / turns.
 
-Kinds: ``plain follow-up`` (a one-word reply: 3 lines from the CLI); ``streamed 500 deltas``
-(``[[stream:500]]`` on a session opened with ``include_partial_messages``: ~510 lines);
+Kinds: ``plain follow-up`` (a one-word reply: 3 lines from the CLI); ``plain follow-up, new
+connection`` (the same, each turn on a new TCP connection: what a client that connects per
+request, e.g. ``curl``, costs the daemon; before 2026-11-30 every kind was measured this way,
+as the lean client left each stream at its ``result`` and closed the socket);
+``streamed 500 deltas`` (``[[stream:500]]`` on a session opened with
+``include_partial_messages``: ~510 lines);
 ``500 deltas, not asked`` (the same reply on a session that did not ask for partial messages:
 the CLI still writes the deltas, which the daemon drops unread beyond their first bytes).
 Targets (issue 13): plain ≤ 3 % of the CLI's CPU, streamed ≤ 8 %.
+
+Why the CPU clocks and not ``psutil``'s ``cpu_times``. Those come from ``/proc/PID/stat`` in
+clock ticks (10 ms): over the ``--quick`` idle window (5 s at ~3 ms/s, ~15 ms of CPU) the idle
+rate could be off by ±2 ms/s, ±0.15 ms per plain turn once subtracted, against a target of
+~1 ms. A process's CPU clock (``clock_gettime`` of ``clock_getcpuclockid(pid)``) counts the
+same time in nanoseconds, the time of threads that ended included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,21 +50,31 @@ TARGETS = {"plain follow-up": 0.03, "streamed 500 deltas": 0.08}
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of turn measured."""
+    """One kind of turn measured (``keep_alive``: every turn on one connection)."""
 
     name: str
     prompt: str
     partial: bool
+    keep_alive: bool = True
 
 
 KINDS = (
     Kind("plain follow-up", "hi", False),
+    Kind("plain follow-up, new connection", "hi", False, keep_alive=False),
     Kind("streamed 500 deltas", "[[stream:500]]", True),
     Kind("500 deltas, not asked", "[[stream:500]]", False),
 )
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
+    """The process's CPU time (user + system, every thread's, ended ones too) in seconds."""
+    if sys.platform == "linux":
+        # clock_getcpuclockid(pid): Linux encodes a process's CPU clock as ((~pid) << 3) | 2
+        # (CPUCLOCK_SCHED); Python has no wrapper for it.
+        try:
+            return time.clock_gettime(((~pid) << 3) | 2)
+        except OSError:
+            pass
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
 
@@ -65,9 +88,9 @@ async def _open(d: Daemon, env: BenchEnv, partial: bool) -> dict[str, Any]:
     return out
 
 
-async def _turn(d: Daemon, session_id: str, prompt: str) -> None:
+async def _turn(d: Daemon, session_id: str, prompt: str, *, keep_alive: bool = True) -> None:
     s = Sample("cpu", 0, "", 0.0)
-    await d.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s)
+    await d.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s, to_end=keep_alive)
     if not s.ok:
         raise BenchError(f"a turn failed: {s.error}")
 
@@ -82,9 +105,9 @@ async def idle_rate(d: Daemon, env: BenchEnv, idle_s: float) -> dict[str, Any]:
     await d.wait_spare()
     await asyncio.sleep(1.0)
     assert d.proc is not None
-    c0, t0 = _cpu_s(d.proc.pid), time.monotonic()
+    c0, t0 = cpu_s(d.proc.pid), time.monotonic()
     await asyncio.sleep(idle_s)
-    c1, t1 = _cpu_s(d.proc.pid), time.monotonic()
+    c1, t1 = cpu_s(d.proc.pid), time.monotonic()
     for sid in opened:
         await d.close_session(sid)
     return {
@@ -102,16 +125,16 @@ async def measure_kind(
     sid = str(created["id"])
     try:
         for _ in range(3):  # the first turns of a process cost more; not counted
-            await _turn(d, sid, kind.prompt)
+            await _turn(d, sid, kind.prompt, keep_alive=kind.keep_alive)
         pid = (await d.session(sid)).get("pid")
         if not isinstance(pid, int):
             raise BenchError("the session has no process")
         await d.wait_quiet()
         assert d.proc is not None
-        d0, a0, t0 = _cpu_s(d.proc.pid), _cpu_s(pid), time.monotonic()
+        d0, a0, t0 = cpu_s(d.proc.pid), cpu_s(pid), time.monotonic()
         for _ in range(turns):
-            await _turn(d, sid, kind.prompt)
-        d1, a1, t1 = _cpu_s(d.proc.pid), _cpu_s(pid), time.monotonic()
+            await _turn(d, sid, kind.prompt, keep_alive=kind.keep_alive)
+        d1, a1, t1 = cpu_s(d.proc.pid), cpu_s(pid), time.monotonic()
     finally:
         await d.close_session(sid)
     wall = t1 - t0

@@ -184,13 +184,24 @@ class Daemon:
         return resp.json() if resp.content else None
 
     async def stream(
-        self, path: str, body: dict[str, Any], s: Sample, *, client: str = "wire"
+        self,
+        path: str,
+        body: dict[str, Any],
+        s: Sample,
+        *,
+        client: str = "wire",
+        to_end: bool = False,
     ) -> dict[str, Any]:
         """POST an SSE endpoint and read it to the turn's end; stamps ``s`` (t_send included).
 
         ``client="wire"`` (the default) times with the bench's lean client
         (:mod:`hotsession.bench.wire`, the daemon as any lean client sees it), ``"httpx"`` with
         ``httpx.AsyncClient``. Returns the ``session`` event's data (``/v1/ask``) or ``{}``.
+
+        ``to_end``: after the turn's last event, read on to the end of the response (untimed),
+        so the lean client's socket is kept alive for the next request, as a client that
+        keeps its connection reads it. Without it the stream is left at the turn's last event
+        and its socket closed: the next request connects anew.
         """
         if client == "httpx":
             return await self._stream_httpx(path, body, s)
@@ -198,8 +209,12 @@ class Daemon:
         request = self.wire.request_bytes(path, body)
         first: dict[str, Any] = {}
         s.t_send = time.monotonic()
-        async for kind, data in self.wire.events(request):
+        events = self.wire.events(request)
+        async for kind, data in events:
             if self._stamp(s, kind, data, first):
+                if to_end:
+                    async for _ in events:
+                        pass
                 return first
         raise BenchError(f"POST {path}: the stream ended before the turn did")
 
