@@ -1,4 +1,9 @@
-"""Server-sent events: framing, and the one generator behind every stream of the API.
+"""Server-sent events: framing, and the generator behind the API's streams.
+
+A local turn's own stream (``POST …/turns``, ``POST /v1/ask``) is written by
+:class:`hotsession.api.turnstream.TurnStream` instead, with the same frames in the same order
+(measured cheaper; see there); this generator serves ``/events`` (replay, then live), a turn of
+another node in cluster mode, and the tests that drive a stream by hand.
 
 Design
 ======

@@ -36,9 +36,10 @@ from hotsession.api.schemas import (
     TurnIn,
     WarmOut,
 )
+from hotsession.api.turnstream import TurnStream
 from hotsession.errors import Conflict, InvalidRequest, NotFound
 from hotsession.registry import SessionRecord
-from hotsession.session import Session, replay
+from hotsession.session import Session, Turn, replay
 from hotsession.session import check_prompt as session_check_prompt
 from hotsession.session import session_view as view_of
 from hotsession.settings import Tenant
@@ -125,6 +126,19 @@ async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) ->
 def sse_response(api: ApiState, body: Any) -> StreamingResponse:
     """A ``text/event-stream`` response around one of ``sse.stream``'s generators."""
     return StreamingResponse(body, media_type="text/event-stream", headers=sse.SSE_HEADERS)
+
+
+def turn_response(api: ApiState, turn: Turn, head: bytes = b"") -> TurnStream:
+    """The SSE response of a turn (:class:`~hotsession.api.turnstream.TurnStream`)."""
+    streams = api.metrics.streams
+    return TurnStream(
+        turn,
+        api.closing,
+        keepalive_s=api.settings.sse_keepalive_s,
+        head=head,
+        opened=streams.inc,
+        closed=streams.dec,
+    )
 
 
 async def _counted(api: ApiState, body: Any) -> Any:
@@ -275,8 +289,7 @@ async def start_turn(api: ApiState, session_id: str, prompt: str, tenant: Tenant
     session = await live_session(api, session_id, tenant)
     turn = session.send(prompt)
     api.metrics.turns.labels("turns").inc()
-    gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s)
-    return sse_response(api, _counted(api, gen))
+    return turn_response(api, turn)
 
 
 @router.get(
@@ -383,7 +396,7 @@ async def answer_permission(
         **errors(*_BODY, *_OPENS),
     },
 )
-async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
+async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> Response:
     """Open a session (from the pool when a spare is ready) and run one turn. The first event,
     `session`, names it (`id`, `cli_session_id`, `source`); it stays open for follow-ups."""
     began = time.monotonic()
@@ -404,8 +417,7 @@ async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse
             "source": api.sources.get(session.id),
         },
     )
-    gen = sse.stream(turn, api.closing, keepalive_s=api.settings.sse_keepalive_s, head=head)
-    return sse_response(api, _counted(api, gen))
+    return turn_response(api, turn, head)
 
 
 def pool_view(api: ApiState, tenant: str) -> dict[str, Any]:

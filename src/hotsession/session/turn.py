@@ -5,11 +5,20 @@ reader iterates the turn (``async for event in turn``) until its terminal ``resu
 event. ``handed_over`` lets the runner wait (bounded) until the reader has handled that last
 event before the turn's bookkeeping runs, so the bookkeeping does not compete with the reader's
 write of the result (see ``Session._run``).
+
+Events wait in a plain deque with a *doorbell* (``waiter``): one future, resolved by the first
+``push`` after a reader went to sleep, so a reader wakes once per batch of events that arrived
+together and takes them all with ``take_ready``. Anyone may resolve the waiter early to wake the
+reader for a reason of its own (the API's SSE response: its keep-alive timer, the daemon's
+shutdown). Why not an ``asyncio.Queue``: its ``get`` per event, with the SSE writer's task and
+``asyncio.wait`` per event on top, was the per-event cost of the turn's stream (measured with
+``bench --cpu``, docs/benchmarks.md, 2026-11-30).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -59,36 +68,68 @@ class Turn:
         self.done = asyncio.Event()
         self.interrupted = False
         self.terminal: Event | None = None
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: collections.deque[Event] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._readers = 0
-        self._drained = asyncio.Event()
+        self._drained: asyncio.Event | None = None
         self._terminal_taken = False
         self.accepted: asyncio.Task[Any] | None = None  # the write that records the prompt
 
     def push(self, event: Event) -> None:
         """Add one of the turn's events (the session's fan-out calls this)."""
-        self._events.put_nowait(event)
+        self._events.append(event)
         if event.terminal:
             self.terminal = event
             self.done.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved at the turn's next event (already resolved when the turn holds
+        events not taken yet); one per batch, shared by every reader waiting now. Resolving it
+        early wakes them (for another reason of the reader's: check ``take_ready`` after)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._events and not self._terminal_taken:
+            waiter.set_result(None)
+            self._waiter = None
+        return waiter
+
+    def attach(self) -> None:
+        """A reader begins: the turn's bookkeeping waits (bounded) until it ``detach``es."""
+        self._readers += 1
+
+    def detach(self) -> None:
+        """The reader has handled the turn's last event, or went away (see ``handed_over``)."""
+        self._readers -= 1
+        if not self._readers and self._drained is not None:
+            self._drained.set()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
-        self._readers += 1
+        self.attach()
         try:
+            events = self._events
             while not self._terminal_taken:
-                event = await self._events.get()
+                if not events:
+                    await self.waiter()
+                    continue
+                event = events.popleft()
+                if event.terminal:
+                    self._terminal_taken = True
                 yield event
                 if event.terminal:
                     return
         finally:
             # Back here after the terminal event: the reader has handled it (an SSE stream has
             # written its frame), or the reader went away.
-            self._readers -= 1
-            if not self._readers:
-                self._drained.set()
+            self.detach()
 
     async def recorded(self) -> None:
         """Wait until the accepted prompt is in the registry (at once if that write failed:
@@ -102,9 +143,18 @@ class Turn:
 
         For a reader that iterates the turn and wants to batch its writes (``api.events``); the
         iteration goes on after them, and ends when the terminal event was among them."""
-        out: list[Event] = []
-        while not self._events.empty():
-            event = self._events.get_nowait()
+        events = self._events
+        if not events or self._terminal_taken:
+            return []
+        if self.terminal is None or events[-1] is self.terminal:
+            # The usual case: nothing follows the terminal event (``push`` never adds after it).
+            out = list(events)
+            events.clear()
+            self._terminal_taken = self.terminal is not None
+            return out
+        out = []
+        while events:
+            event = events.popleft()
             out.append(event)
             if event.terminal:
                 self._terminal_taken = True
@@ -114,7 +164,9 @@ class Turn:
     async def handed_over(self, limit: float | None = None) -> None:
         """Wait until this turn's reader has handled its last event (at most ``limit`` s,
         default ``HANDOVER_S``; at once when nobody iterates the turn). See ``Session._run``."""
-        if self._readers and not self._drained.is_set():
+        if self._readers:
+            if self._drained is None:
+                self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HANDOVER_S if limit is None else limit):
                     await self._drained.wait()

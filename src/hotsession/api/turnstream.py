@@ -1,0 +1,173 @@
+"""The SSE response of a turn (``POST …/turns``, ``POST /v1/ask``): an ASGI app of its own.
+
+Design
+======
+What it writes is what :func:`hotsession.api.events.stream` writes for a turn, byte for byte: an
+optional head frame, then (once the prompt is recorded: ``Turn.recorded``) the turn's events as
+SSE frames, the events that are ready together in one write (``_batches``), up to the turn's
+terminal ``result``/``error``; a ``: keep-alive`` comment after ``keepalive_s`` without a write;
+the ``shutting_down`` error frame when the daemon stops first. The difference is how it gets
+there, and it is why the module exists (hand-written where Starlette's ``StreamingResponse``
+around that generator was measured to cost the most of the turn's HTTP side: py-spy of the
+daemon under ``bench --cpu``, 2026-11-30, docs/benchmarks.md):
+
+* It waits on the turn's doorbell (``Turn.waiter``: one future per batch of events that arrived
+  together) instead of a task per event raced against the shutdown future by ``asyncio.wait``
+  with a timeout.
+* One keep-alive timer per stream, re-armed only when it fires (``call_at`` the last write plus
+  ``keepalive_s``), instead of a timeout per wait. The daemon's shutdown rings the same doorbell
+  (a done-callback on ``closing``).
+* No task group: ``StreamingResponse`` runs the body and a ``receive`` listener as two tasks of
+  an anyio task group per response, with cancel scopes, to notice a client that went away. A
+  turn's stream ends by itself with the turn; writes to a client that went away are dropped by
+  the server; a client that stays connected but stops reading meets the send limit of the
+  edge's bounded send. So nothing listens for the disconnect while the turn runs; at each
+  keep-alive (a turn idle for ``keepalive_s``, e.g. waiting for a permission answer) a listener
+  is started once, so a stream whose client left ends then instead of at the turn's end.
+* The last frame goes out with ``more_body=False``: the server writes it and the end of the
+  chunked body in one write (``StreamingResponse`` sends an empty last body: one write more).
+
+It is a reader of the turn (``attach``/``detach``): the turn's bookkeeping waits (bounded) until
+the stream has written the terminal frame (``Turn.handed_over``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from hotsession.api.events import KEEPALIVE, SHUTDOWN_FRAME, _batches
+from hotsession.session.turn import Turn
+
+HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+"""As ``StreamingResponse(media_type="text/event-stream", headers=SSE_HEADERS)`` sends them."""
+
+
+class TurnStream(Response):
+    """The SSE response of one turn (see the module docstring).
+
+    A Starlette ``Response`` by type only, so a FastAPI route can return it (``/v1/ask``);
+    nothing of ``Response.__init__`` is needed."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        turn: Turn,
+        closing: asyncio.Future[None],
+        *,
+        keepalive_s: float,
+        head: bytes = b"",
+        opened: Callable[[], Any] | None = None,
+        closed: Callable[[], Any] | None = None,
+    ) -> None:
+        self.turn = turn
+        self.closing = closing
+        self.keepalive_s = keepalive_s
+        self.head = head
+        self.opened = opened  # the open-streams gauge
+        self.closed = closed
+        self.status_code = 200
+        self.raw_headers = list(HEADERS)
+        self.background = None  # what a Starlette response would run after it: nothing
+        self._waiter: asyncio.Future[None] | None = None
+        self._last_out = 0.0
+        self._keepalive_due = False
+        self._left = False  # the client went away
+        self._listener: asyncio.Future[Any] | None = None
+        self._receive: Receive | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = self._last_out + self.keepalive_s
+        if loop.time() >= due:
+            self._keepalive_due = True
+            self._timer = loop.call_at(loop.time() + self.keepalive_s, self._tick)
+            self._wake()
+            if self._listener is None and self._receive is not None:
+                # Idle this long: from now on notice a client that went away (module docstring).
+                self._listener = asyncio.ensure_future(self._receive())
+                self._listener.add_done_callback(self._gone)
+        else:
+            self._timer = loop.call_at(due, self._tick)
+
+    def _gone(self, listener: asyncio.Future[Any]) -> None:
+        if not listener.cancelled():
+            self._left = True
+            self._wake()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        turn = self.turn
+        closing = self.closing
+        loop = asyncio.get_running_loop()
+        self._receive = receive
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if self.opened is not None:
+            self.opened()
+        turn.attach()
+        closing.add_done_callback(self._wake)
+        self._last_out = loop.time()
+        self._timer = loop.call_at(self._last_out + self.keepalive_s, self._tick)
+        try:
+            if self.head:
+                await send({"type": "http.response.body", "body": self.head, "more_body": True})
+            await turn.recorded()
+            while True:
+                ready = turn.take_ready()
+                if ready:
+                    end = ready[-1].terminal
+                    chunks = list(_batches(ready))
+                    last = len(chunks) - 1
+                    for i, chunk in enumerate(chunks):
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": chunk,
+                                "more_body": not (end and i == last),
+                            }
+                        )
+                    self._last_out = loop.time()
+                    if end:
+                        return
+                    continue
+                if self._left:
+                    return
+                if closing.done():
+                    await send(
+                        {"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False}
+                    )
+                    return
+                if self._keepalive_due:
+                    self._keepalive_due = False
+                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                    self._last_out = loop.time()
+                    continue
+                self._waiter = turn.waiter()
+                await self._waiter
+        finally:
+            self._waiter = None
+            closing.remove_done_callback(self._wake)
+            if self._timer is not None:
+                self._timer.cancel()
+            listener = self._listener
+            if listener is not None:
+                listener.remove_done_callback(self._gone)
+                if not listener.done():
+                    listener.cancel()
+            turn.detach()
+            if self.closed is not None:
+                self.closed()
