@@ -110,3 +110,65 @@ async def test_end_turn_carries_the_nodes_epoch_and_waits_for_earlier_turn_write
     assert stale == ["s"]
     assert [t.turn for t in await shared.list_turns("s")] == [1]
     await registry.close()
+
+
+class _Gated(MemoryRegistry):
+    """A store whose turn ends wait for ``gate`` (a slow round trip), recording write order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.order: list[str] = []
+
+    async def end_turn(
+        self, turn: TurnRecord, session: SessionRecord, *, epoch: int | None = None
+    ) -> None:
+        await self.gate.wait()
+        await super().end_turn(turn, session, epoch=epoch)
+        self.order.append(f"end {turn.turn}")
+
+    async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
+        await super().put_session(rec, epoch=epoch)
+        self.order.append(f"session {rec.state}")
+
+
+async def test_a_turns_end_is_written_in_the_background_in_the_sessions_order(
+    tmp_path: Any,
+) -> None:
+    """The session's next prompt does not wait for the store's write of the last turn's end
+    (the runner awaits ``end_turn`` before taking it), and later writes of the session still
+    land after it: a "closed" written next is not undone by the older turn end."""
+    from hotsession.registry.sqlite import SqliteRegistry
+
+    shared = _Gated()
+    registry = NodeRegistry(shared, SqliteRegistry(tmp_path / "p.db"))
+    tasks: set[asyncio.Task[None]] = set()
+    registry.spawn = lambda coro: tasks.add(asyncio.create_task(coro))
+    stale: list[str] = []
+    registry.on_stale = stale.append
+    await registry.open()
+    held = await shared.claim("s", "n1", expect_epoch=0)
+    registry.epochs["s"] = held.epoch
+    rec = SessionRecord(
+        id="s", tenant="t", cli_session_id="c", cwd="/", options={}, profile_key="p"
+    )
+    done = TurnRecord(session_id="s", turn=1, prompt="hi", status="done")
+    await asyncio.wait_for(registry.end_turn(done, rec), 1.0)  # returns with the store blocked
+    closing = asyncio.create_task(
+        registry.put_session(SessionRecord(**{**vars(rec), "state": "closed"}))
+    )
+    await asyncio.sleep(0.01)
+    assert shared.order == [] and not closing.done()  # queued behind the turn's end
+    shared.gate.set()
+    await closing
+    await asyncio.gather(*tasks)
+    # (the store's own end_turn writes the session first: "starting")
+    assert shared.order == ["session starting", "end 1", "session closed"]
+    assert (await shared.get_session("s")).state == "closed"  # type: ignore[union-attr]
+
+    # A turn end the store refuses (the session moved) drops the session, raising nowhere.
+    await shared.claim("s", "n2", expect_epoch=held.epoch)
+    await registry.end_turn(TurnRecord(session_id="s", turn=2, prompt="late"), rec)
+    await asyncio.gather(*tasks)
+    assert stale == ["s"]
+    await registry.close()

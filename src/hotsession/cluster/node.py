@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ class NodeSpec:
     fence_check_s: float = 1.0
 
 
+WRITE_PASSES = 8
+"""Loop passes a prompt accepted by ``send`` waits for the runner to write it to the CLI."""
+
 SEQ_GAP = 10_000
 """How far a re-homed session's event numbering jumps (more than a node ever has unwritten)."""
 
@@ -96,6 +99,8 @@ class NodeRegistry:
         # connections the second could commit first — a re-homed session would then run a turn
         # that already ran. (asyncio.Lock wakes its waiters in order.)
         self._turn_order: dict[str, asyncio.Lock] = {}
+        # Runs a write in the background (the engine's ``registry_task``); None: awaited.
+        self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
 
     def forget(self, session_id: str) -> None:
         """The session left this node: drop its write-order lock."""
@@ -118,7 +123,12 @@ class NodeRegistry:
             await self.local.close()
 
     async def put_session(self, rec: SessionRecord) -> None:
-        if rec.id not in self.fenced:
+        if rec.id in self.fenced:
+            return
+        # In the session's write order: a turn's end written in the background also writes
+        # the session, and must not land after (and undo) a later state such as "closed".
+        lock = self._turn_order.setdefault(rec.id, asyncio.Lock())
+        async with lock:
             try:
                 await self.shared.put_session(rec, epoch=self.epochs.get(rec.id))
             except StaleEpoch as exc:
@@ -170,17 +180,34 @@ class NodeRegistry:
 
     async def end_turn(self, turn: TurnRecord, session: SessionRecord) -> None:
         """A turn's end in one write, fenced by this node's epoch (events of a session already
-        dropped here were never queued; its records are not sent)."""
+        dropped here were never queued; its records are not sent).
+
+        With ``spawn`` set (the engine's ``registry_task``), the write runs in the background,
+        still in the session's write order: the session's runner takes its next prompt at once
+        instead of after the store's round trips (~2-5 ms a node's loaded loop took, which a
+        prompt sent right after a result waited for before reaching its CLI). What a client
+        may rely on after ``result`` does not change: the transcript is in the store before the
+        result leaves the node (``NodeHost.send``), and the turn's record was written after it
+        already. A failure is logged and noted by the engine as any background write's."""
         if session.id in self.fenced:
             await self.flush()
             return
         lock = self._turn_order.setdefault(session.id, asyncio.Lock())
-        async with lock:
-            try:
-                await self.shared.end_turn(turn, session, epoch=self.epochs.get(session.id))
-            except StaleEpoch as exc:
-                self._stale(exc)
-                raise
+        epoch = self.epochs.get(session.id)
+
+        async def write(background: bool) -> None:
+            async with lock:
+                try:
+                    await self.shared.end_turn(turn, session, epoch=epoch)
+                except StaleEpoch as exc:
+                    self._stale(exc)  # the session moved: it is dropped here
+                    if not background:
+                        raise
+
+        if self.spawn is None:
+            await write(False)
+        else:
+            self.spawn(write(True))
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -244,6 +271,7 @@ class NodeHost:
             fields["memory_budget_mb"] = node_budget_mb(self.name)
         config = Config(state_dir=self.root, **fields)
         self.hub = Hotsession(config, registry=self.registry)  # type: ignore[arg-type]
+        self.registry.spawn = self.hub.registry_task
         await self.hub.start()
         if self.spec.transcripts is not None:
             # Set before any session's process starts (the pool spawns on demand only).
@@ -519,6 +547,16 @@ class NodeHost:
         except HotsessionError as exc:
             yield error_out(exc)
             return
+        if turn.record.status == "running":
+            # It starts now: let the session's runner write the prompt to the CLI before this
+            # generator hands the acknowledgement to Ray (serialising and sending an item runs
+            # on this loop, ~1-2 ms that were on the turn's path). The runner needs a pass or
+            # two of the loop for a live process; a process still to be spawned does not make
+            # it wait longer than that.
+            for _ in range(WRITE_PASSES):
+                if turn.clock.written != turn.clock.accepted or turn.done.is_set():
+                    break
+                await asyncio.sleep(0)
         yield {"turn": turn.number}
         await turn.recorded()
         async for event in turn:

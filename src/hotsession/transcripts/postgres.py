@@ -150,7 +150,11 @@ class PostgresSessionStore(SessionStore):
                          _dumps(entry)))  # fmt: skip
 
         async def job(conn: Conn) -> None:
-            async with conn.transaction():
+            # Pipelined: the statements up to the summary's read go out together and their
+            # results come back together, then the folded summary and COMMIT: two round trips
+            # where one per statement made seven. A node flushes a turn's frames before its
+            # result leaves (hotsession.cluster.node), so this is on a follow-up's path.
+            async with conn.pipeline(), conn.transaction():
                 async with conn.cursor() as cur:
                     await cur.executemany(_INSERT_ENTRY, rows)
                 cur2 = await conn.execute(
@@ -161,9 +165,6 @@ class PostgresSessionStore(SessionStore):
                     " RETURNING mtime",
                     (tenant, pk, sid, sub),
                 )
-                row = await cur2.fetchone()
-                assert row is not None
-                mtime = int(row[0])
                 if sub:
                     return  # subagent transcripts do not feed the main summary
                 await conn.execute(
@@ -176,6 +177,9 @@ class PostgresSessionStore(SessionStore):
                     " AND project_key = %s AND session_id = %s FOR UPDATE",
                     (tenant, pk, sid),
                 )
+                row = await cur2.fetchone()  # the first round trip
+                assert row is not None
+                mtime = int(row[0])
                 found = await cur3.fetchone()
                 prev: SessionSummaryEntry | None = None
                 if found is not None and found[1] is not None:
