@@ -300,3 +300,57 @@ async def test_resume_with_another_model_and_mode_switches_the_hot_process(
     assert code == 0, err
     assert json.loads(out)["result"] == "bypassing"
     assert dropin.hub.supervisor.spawned_total == spawned + 1
+
+
+async def _prompts_mid_turn(argv: list[str], cwd: Path, tag: str) -> tuple[list[str], list[str]]:
+    """Three prompts on stream-json stdin, the last two while the first turn runs (its model
+    answer is late): the results in order, and the user messages replayed."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "-p", "--input-format", "stream-json", "--output-format", "stream-json",
+        "--verbose", "--replay-user-messages",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=cwd,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def user(text: str) -> bytes:
+        msg = {"type": "user", "message": {"role": "user", "content": text}}
+        return (json.dumps({**msg, "parent_tool_use_id": None, "session_id": ""}) + "\n").encode()
+
+    proc.stdin.write(user(f"first {tag} [[delay:1500]][[say:one]]"))
+    await proc.stdin.drain()
+    results: list[str] = []
+    replayed: list[str] = []
+    while True:
+        msg = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        if msg["type"] == "system" and msg.get("subtype") == "init" and not results:
+            # The first turn runs (the model is slow to answer): two more prompts now.
+            proc.stdin.write(user(f"second {tag} [[say:two]]") + user(f"third {tag} [[say:3]]"))
+            await proc.stdin.drain()
+        if msg["type"] == "user" and msg.get("isReplay"):
+            replayed.append(msg["message"]["content"])
+        if msg["type"] == "result":
+            results.append(msg["result"])
+            if results[-1] != "one":  # the turn of the later prompts
+                break
+    proc.stdin.close()
+    await asyncio.wait_for(proc.wait(), 60)
+    return results, replayed
+
+
+async def test_prompts_written_mid_turn_run_after_it_merged_like_the_cli(
+    dropin: Dropin, shim: str, workdir: Path, model_server: ModelServer
+) -> None:
+    """The CLI (2.1.330) runs prompts written while a text turn runs after it, as one turn of
+    one user message (their texts joined by a line break); so does the drop-in (it ran one turn
+    per prompt before)."""
+    theirs = await _prompts_mid_turn([CLI], workdir, "cli")
+    asked_cli = model_server.main_requests()[-1]["last_user_text"]
+    ours = await _prompts_mid_turn([shim], workdir, "shim")
+    asked_shim = model_server.main_requests()[-1]["last_user_text"]
+    assert theirs[0] == ["one", "two"], theirs
+    assert ours == (
+        theirs[0],
+        [t.replace("cli", "shim") for t in theirs[1]],
+    ), (ours, theirs)
+    assert asked_cli == "second cli [[say:two]]\nthird cli [[say:3]]"
+    assert asked_shim == asked_cli.replace("cli", "shim")

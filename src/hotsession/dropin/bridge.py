@@ -132,6 +132,7 @@ class DropinRun:
         self._stdin_buf = bytearray()
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], str]] = {}
         self._turns: deque[Turn] = deque()
+        self._held: list[dict[str, Any]] = []  # user messages written while a turn runs
         self._turns_changed = asyncio.Event()
         self._idle_get: asyncio.Task[dict[str, Any]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -261,7 +262,10 @@ class DropinRun:
         while True:
             item = await self.peer.receive()
             if item is None:
-                # Gone (not EOF): stop serving; the session finishes what it runs.
+                # Gone (not EOF): stop serving; the session finishes what it runs, and what the
+                # client had written (held prompts are queued now: nothing is lost).
+                if self._held:
+                    self._start_held()
                 self._gone = True
                 self._detach()
                 self._ended.set()
@@ -317,7 +321,12 @@ class DropinRun:
         kind = msg.get("type")
         if kind == "user":
             self._trace("user message")
-            self._start_turn(_prompt_text(msg), msg)
+            if self._turns:
+                # Written while a turn of this run is unfinished: run after it, merged with any
+                # other such prompt into one turn, as the CLI runs its queue (see ``_merge``).
+                self._held.append(msg)
+            else:
+                self._start_turn(_prompt_text(msg), msg)
         elif kind == "control_request":
             request = msg.get("request") or {}
             request_id = msg.get("request_id")
@@ -523,6 +532,11 @@ class DropinRun:
         self._turns.append(turn)
         self._turns_changed.set()
 
+    def _start_held(self) -> None:
+        held, self._held = self._held, []
+        merged = _merge(held)
+        self._start_turn(_prompt_text(merged), merged)
+
     async def _print_turn(self) -> None:
         prompt = self.inv.prompt
         if not self.hello.get("stdin_tty"):
@@ -565,6 +579,8 @@ class DropinRun:
                     else:
                         self._event(event.type, event.data)
                 self._turns.popleft()
+                if self._held:
+                    self._start_held()
                 self._turns_changed.set()
                 continue
             proc = self._between()
@@ -797,6 +813,31 @@ async def _first_of(*events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _merge(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """User messages written while a turn ran, as the one message the CLI makes of them for its
+    next turn (measured with 2.1.330: string contents joined by a line break, the merged message
+    replayed as one; a content block list is kept as blocks, strings becoming text blocks).
+
+    The CLI hands such prompts to the model inside the running turn instead when that turn makes
+    another model request (after a tool result, as a system note); the drop-in cannot know that
+    ahead and runs them after the turn (docs/drop-in.md)."""
+    if len(messages) == 1:
+        return messages[0]
+    contents = [(m.get("message") or {}).get("content") for m in messages]
+    content: Any
+    if all(isinstance(c, str) for c in contents):
+        content = "\n".join(contents)  # type: ignore[arg-type]
+    else:
+        content = []
+        for c in contents:
+            if isinstance(c, str):
+                content.append({"type": "text", "text": c})
+            elif isinstance(c, list):
+                content.extend(c)
+    first = messages[0]
+    return {**first, "message": {**(first.get("message") or {}), "content": content}}
 
 
 def _switch_echo(msg: dict[str, Any]) -> bool:
