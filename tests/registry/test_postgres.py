@@ -254,3 +254,38 @@ async def test_open_against_a_dead_server_is_unavailable() -> None:
     with pytest.raises(RegistryUnavailable, match="cannot connect"):
         await reg.open()
     await reg.close()
+
+
+async def test_writes_of_one_session_commit_in_call_order(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine writes a turn "queued" and then "running" from two background tasks; on a
+    pool of connections the first can reach the server last (here: its connection is slow to
+    come). The registry itself keeps a session's writes in call order, so the turn is not left
+    "queued" (a re-homed session would run it again) and a session's later state stands."""
+    reg = make()
+    await reg.open()
+    await reg.put_session(session("s1"))
+    run = reg._db.run
+    slow = {"first": True}
+
+    async def slow_first(fn: Any, doing: str) -> Any:
+        if slow["first"] and doing in ("write a turn", "write a session"):
+            slow["first"] = False
+            await asyncio.sleep(0.2)  # e.g. waiting for a connection of the pool
+        return await run(fn, doing)
+
+    monkeypatch.setattr(reg._db, "run", slow_first)
+    turn = TurnRecord("s1", 1, "hello", status="queued")
+    queued = asyncio.create_task(reg.put_turn(TurnRecord(**vars(turn))))
+    running = asyncio.create_task(reg.put_turn(TurnRecord(**{**vars(turn), "status": "running"})))
+    await asyncio.gather(queued, running)
+    assert [t.status for t in await reg.list_turns("s1")] == ["running"]
+
+    slow["first"] = True
+    first = asyncio.create_task(reg.put_session(session("s1", state="idle")))
+    closed = asyncio.create_task(reg.put_session(session("s1", state="closed")))
+    await asyncio.gather(first, closed)
+    stored = await reg.get_session("s1")
+    assert stored is not None and stored.state == "closed"
+    assert len(reg._order) == 0  # nothing kept for a session with no write under way

@@ -48,6 +48,7 @@ from hotsession.config import Config
 from hotsession.errors import Conflict, HotsessionError, NotFound, StaleEpoch
 from hotsession.hub import Hotsession
 from hotsession.registry import EventRecord, ProcessRecord, Registry, SessionRecord, TurnRecord
+from hotsession.registry.order import SessionOrder
 from hotsession.registry.sqlite import SqliteRegistry
 from hotsession.session import Session
 from hotsession.transcripts.mirror import TranscriptMirror
@@ -94,17 +95,12 @@ class NodeRegistry:
         self.epochs: dict[str, int] = {}  # sessions held here → their epoch
         self.fenced: set[str] = set()
         self.on_stale: Callable[[str], None] = lambda _sid: None  # the store refused a write
-        # Turn writes of one session are applied in the order they were made: the engine writes
-        # a turn "queued" and then "running" from two background tasks, and on a pool of
-        # connections the second could commit first — a re-homed session would then run a turn
-        # that already ran. (asyncio.Lock wakes its waiters in order.)
-        self._turn_order: dict[str, asyncio.Lock] = {}
+        # A session's writes are applied in the order they were made (registry.order): the
+        # engine writes a turn "queued" and then "running" from two background tasks, and a
+        # turn's end is written in the background (``end_turn``).
+        self._order = SessionOrder()
         # Runs a write in the background (the engine's ``registry_task``); None: awaited.
         self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
-
-    def forget(self, session_id: str) -> None:
-        """The session left this node: drop its write-order lock."""
-        self._turn_order.pop(session_id, None)
 
     def _stale(self, exc: StaleEpoch) -> None:
         sessions = exc.details.get("sessions") or [exc.details.get("session_id")]
@@ -127,8 +123,7 @@ class NodeRegistry:
             return
         # In the session's write order: a turn's end written in the background also writes
         # the session, and must not land after (and undo) a later state such as "closed".
-        lock = self._turn_order.setdefault(rec.id, asyncio.Lock())
-        async with lock:
+        async with self._order.hold(rec.id):
             try:
                 await self.shared.put_session(rec, epoch=self.epochs.get(rec.id))
             except StaleEpoch as exc:
@@ -149,8 +144,7 @@ class NodeRegistry:
     async def put_turn(self, turn: TurnRecord) -> None:
         if turn.session_id in self.fenced:
             return
-        lock = self._turn_order.setdefault(turn.session_id, asyncio.Lock())
-        async with lock:
+        async with self._order.hold(turn.session_id):
             try:
                 await self.shared.put_turn(turn, epoch=self.epochs.get(turn.session_id))
             except StaleEpoch as exc:
@@ -192,11 +186,10 @@ class NodeRegistry:
         if session.id in self.fenced:
             await self.flush()
             return
-        lock = self._turn_order.setdefault(session.id, asyncio.Lock())
         epoch = self.epochs.get(session.id)
 
         async def write(background: bool) -> None:
-            async with lock:
+            async with self._order.hold(session.id):
                 try:
                     await self.shared.end_turn(turn, session, epoch=epoch)
                 except StaleEpoch as exc:
@@ -487,7 +480,6 @@ class NodeHost:
         assert self.registry is not None
         self.epochs.pop(session_id, None)
         self.registry.fenced.add(session_id)
-        self.registry.forget(session_id)
         session = hub.sessions.pop(session_id, None)
         if session is None:
             return False

@@ -64,6 +64,7 @@ import psycopg
 from hotsession.errors import RegistryError, StaleEpoch
 from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
+from hotsession.registry.order import SessionOrder
 from hotsession.registry.pgconn import Conn, PgPool
 from hotsession.registry.records import (
     EventRecord,
@@ -363,6 +364,8 @@ class PostgresRegistry:
 
         # Events added but not written yet (any thread may add; the loop writes).
         self._backlog = EventBacklog(flush_interval)
+        # A session's records are written one at a time, in call order (registry.order).
+        self._order = SessionOrder()
 
     @property
     def schema(self) -> str:
@@ -426,7 +429,8 @@ class PostgresRegistry:
 
     async def put_session(self, rec: SessionRecord, *, epoch: int | None = None) -> None:
         sql, args = _session_upsert(rec, epoch)
-        await self._fenced(sql, args, rec.id, epoch, "write a session")
+        async with self._order.hold(rec.id):
+            await self._fenced(sql, args, rec.id, epoch, "write a session")
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         self._check_open()
@@ -466,7 +470,8 @@ class PostgresRegistry:
 
     async def put_turn(self, turn: TurnRecord, *, epoch: int | None = None) -> None:
         sql, args = _turn_upsert(turn, epoch)
-        await self._fenced(sql, args, turn.session_id, epoch, "write a turn")
+        async with self._order.hold(turn.session_id):
+            await self._fenced(sql, args, turn.session_id, epoch, "write a turn")
 
     async def list_turns(self, session_id: str, limit: int | None = None) -> list[TurnRecord]:
         self._check_open()
@@ -514,6 +519,10 @@ class PostgresRegistry:
     ) -> None:
         """The event batch (every session's: its own transaction, as ``flush``), then the turn
         and the session in one transaction."""
+        async with self._order.hold(session.id):
+            await self._end_turn(turn, session, epoch)
+
+    async def _end_turn(self, turn: TurnRecord, session: SessionRecord, epoch: int | None) -> None:
         turn_sql, turn_args = _turn_upsert(turn, epoch)
         session_sql, session_args = _session_upsert(session, epoch)
         dropped: StaleEpoch | None = None
