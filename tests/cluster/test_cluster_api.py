@@ -215,3 +215,50 @@ async def test_serve_refuses_cluster_without_database(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode != 0
     assert "database-url" in err.decode()
+
+
+async def test_the_tenants_stream_pushes_changes_and_turn_milestones(
+    api_daemons: Start, workdir: Path
+) -> None:
+    """``/v1/stream`` on one daemon shows a session another daemon opens and its turn's
+    ``result`` as they happen (pushed by the session's node), not at the next ``pool`` tick."""
+    a, b = await api_daemons(), await api_daemons()
+    async with a.client() as ca, b.client() as cb:
+        async with ca.stream("GET", "/v1/stream?pool_interval=60") as feed:
+            head = await read_sse(feed, limit=1)
+            while head[-1].type != "pool":
+                head += await read_sse(feed, limit=1)
+            r = await cb.post("/v1/sessions", json={"cwd": str(workdir)})
+            assert r.status_code == 201, r.text
+            sid, node = r.json()["id"], r.json()["node"]
+            done = await stream_post(cb, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:pushed]]"})
+            assert done[-1].type == "result"
+
+            seen: list[Any] = []
+
+            async def until_result() -> None:
+                while not any(
+                    e.type == "turn" and e.data["session_id"] == sid and e.data["type"] == "result"
+                    for e in seen
+                ):
+                    seen.extend(await read_sse(feed, limit=1))
+
+            await asyncio.wait_for(until_result(), 30)  # well before the next pool event
+            await a.hub.refresh_nodes()
+            assert all(n.stats.get("watchers") == 1 for n in a.hub.live_nodes())
+        assert [e.type for e in seen].count("pool") == 0
+
+        # The stream's end (the client went away) ends its calls on the nodes.
+        async def unwatched() -> None:
+            while True:
+                await a.hub.refresh_nodes()
+                if all(n.stats.get("watchers") == 0 for n in a.hub.live_nodes()):
+                    return
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(unwatched(), 30)
+        views = [e.data for e in seen if e.type == "session" and e.data["id"] == sid]
+        assert views and views[-1]["node"] == node
+        result = next(e.data for e in seen if e.type == "turn" and e.data["type"] == "result")
+        assert result["data"]["result"] == "pushed" and result["turn"] == 1
+        await cb.delete(f"/v1/sessions/{sid}")

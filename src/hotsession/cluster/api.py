@@ -11,22 +11,24 @@ turns or reconnect its event stream (``Last-Event-ID``) to another daemon.
 
 What differs. Views carry ``node`` (which node holds the session). ``/v1/pool`` adds ``nodes``
 (per-node sessions, spares, memory and hit rate) and sums the nodes' figures (the cluster's
-budget is the sum of the nodes'). ``/v1/stream`` polls the nodes' views every ``pool_interval``
-seconds and sends a ``session`` event for each one that changed (no per-turn ``turn`` events:
-those would need a subscription on every node). A call that finds no live node for a session
-answers 503 ``node_lost`` (retryable); a store that cannot be reached answers 503
-``registry_unavailable``.
+budget is the sum of the nodes'). ``/v1/stream`` holds one streaming call per node, which pushes
+that node's session changes and turn milestones as they happen (:class:`ClusterFeed`,
+:mod:`hotsession.cluster.watch`), so it carries the same events as on one machine. A call that
+finds no live node for a session answers 503 ``node_lost`` (retryable); a store that cannot be
+reached answers 503 ``registry_unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import ray
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -42,7 +44,7 @@ from hotsession.api.metrics import CONTENT_TYPE
 from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
 from hotsession.api.sessions import record_view
 from hotsession.cli_binary import cli_version, resolve_cli_path
-from hotsession.cluster.hub import ClusterHub, RemoteSession
+from hotsession.cluster.hub import LOST, ClusterHub, RemoteSession
 from hotsession.errors import InvalidRequest
 from hotsession.events import Event
 from hotsession.session import check_prompt
@@ -365,7 +367,7 @@ async def pool(api: Api, tenant: CurrentTenant) -> JSONResponse:
 
 @router.get(
     "/stream",
-    summary="Every session and pool figure of the tenant (SSE)",
+    summary="Every session, turn milestone and pool figure of the tenant (SSE)",
     response_class=StreamingResponse,
     responses=_SSE_DOC,
 )
@@ -376,40 +378,113 @@ async def tenant_stream(
         float, Query(ge=0.5, le=60, description="Seconds between `pool` events.")
     ] = 2.0,
 ) -> StreamingResponse:
-    """A `session` event per open session and a `pool` event, then every `pool_interval`
-    seconds a `session` event for each session that changed and a `pool` event."""
-    return StreamingResponse(_feed(api, tenant.name, pool_interval), media_type="text/event-stream")
+    """First a `session` event per open session (on every node) and a `pool` event; then a
+    `session` event whenever one changes state, opens, closes or moves to another node, a
+    `turn` event per `result` / `error` / `permission_request` / `permission_resolved`, and a
+    `pool` event every `pool_interval` seconds."""
+    feed = ClusterFeed(api, tenant.name, pool_interval)
+    return StreamingResponse(feed.frames(), media_type="text/event-stream", headers=sse.SSE_HEADERS)
 
 
-async def _feed(api: ClusterState, tenant: str, interval: float) -> AsyncIterator[bytes]:
-    seen: dict[str, tuple[Any, ...]] = {}
-    while True:
-        views = await api.hub.views(tenant=tenant)
-        frames = []
-        current = set()
-        for view in views:
-            current.add(view["id"])
-            key = (view["state"], view["turns"], view["updated_at"], view["node"], view["queued"])
-            if seen.get(view["id"]) != key:
-                seen[view["id"]] = key
-                frames.append(sse.frame_untracked("session", view))
-        for gone in set(seen) - current:
-            seen.pop(gone)
-            frames.append(sse.frame_untracked("session", {"id": gone, "state": "gone"}))
-        pool = pool_view(api, tenant)
+SNAPSHOT_WAIT_S = 5.0
+"""How long the first frames wait for a node's snapshot (a node that does not answer by then
+joins the stream when it does)."""
+
+
+class ClusterFeed:
+    """``/v1/stream`` for a cluster: one streaming call per node (``NodeHost.watch``, see
+    :mod:`hotsession.cluster.watch`) pushes that node's changes; this merges them, adds the
+    ``pool`` events (the nodes' figures, refreshed by the hub every ``refresh_s``), and starts a
+    call on every node that joins. A node that is lost ends its call; its sessions appear on
+    the nodes that adopt them."""
+
+    def __init__(self, api: ClusterState, tenant: str, interval: float) -> None:
+        self.api = api
+        self.tenant = tenant
+        self.interval = interval
+        self.out: asyncio.Queue[bytes] = asyncio.Queue()
+        self.pumps: dict[str, asyncio.Task[None]] = {}
+        self.snapshots: dict[str, asyncio.Event] = {}
+
+    def _watch_new_nodes(self) -> None:
+        for node in self.api.hub.live_nodes():
+            pump = self.pumps.get(node.name)
+            if pump is None or pump.done():
+                self.snapshots.setdefault(node.name, asyncio.Event())
+                self.pumps[node.name] = asyncio.create_task(self._pump(node.name, node.actor))
+
+    async def _pump(self, name: str, actor: Any) -> None:
+        gen = actor.watch.remote(self.tenant)
+        try:
+            async for ref in gen:
+                batch = await ref
+                if batch.get("resync"):
+                    return  # fell behind: the next round opens a fresh call
+                frames = [sse.frame_untracked("turn", t) for t in batch["turns"]]
+                frames += [sse.frame_untracked("session", v) for v in batch["sessions"]]
+                if frames:
+                    self.out.put_nowait(b"".join(frames))
+                self.snapshots[name].set()
+        except LOST:
+            pass  # the node is gone: the hub re-homes its sessions, their new nodes report them
+        finally:
+            self.snapshots[name].set()
+            with contextlib.suppress(Exception):
+                ray.cancel(gen)
+
+    def _pool(self) -> bytes:
+        pool = pool_view(self.api, self.tenant)
         pool["sample"] = {
             "t": round(time.time(), 3),
             "used_mb": pool["memory"]["used_mb"],
             "budget_mb": pool["memory"]["budget_mb"],
         }
-        frames.append(sse.frame_untracked("pool", pool))
-        yield b"".join(frames)
+        return sse.frame_untracked("pool", pool)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """The stream's bytes: the snapshot of every node and a ``pool`` event, then changes as
+        they come and a ``pool`` event every ``interval`` (until shutdown or disconnect)."""
+        closing = self.api.closing
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(asyncio.shield(api.closing), timeout=interval)
-        except TimeoutError:
-            continue
-        yield sse.SHUTDOWN_FRAME
-        return
+            self._watch_new_nodes()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SNAPSHOT_WAIT_S):
+                    await asyncio.gather(*(e.wait() for e in self.snapshots.values()))
+            yield self._drain() + self._pool()
+            next_pool = loop.time() + self.interval
+            while True:
+                getter = asyncio.ensure_future(self.out.get())
+                try:
+                    await asyncio.wait(
+                        (getter, closing),
+                        timeout=max(0.0, next_pool - loop.time()),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if closing.done():
+                    yield sse.SHUTDOWN_FRAME
+                    return
+                chunk = getter.result() if getter.done() and not getter.cancelled() else b""
+                chunk += self._drain()
+                if loop.time() >= next_pool:
+                    self._watch_new_nodes()
+                    chunk += self._pool()
+                    next_pool = loop.time() + self.interval
+                if chunk:
+                    yield chunk
+        finally:
+            for pump in self.pumps.values():
+                pump.cancel()
+            await asyncio.gather(*self.pumps.values(), return_exceptions=True)
+
+    def _drain(self) -> bytes:
+        chunks = []
+        while not self.out.empty():
+            chunks.append(self.out.get_nowait())
+        return b"".join(chunks)
 
 
 # -- metrics --------------------------------------------------------------------------------------

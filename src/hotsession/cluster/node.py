@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 from claude_agent_sdk import SessionStore
 
+from hotsession.cluster.watch import NodeWatch
 from hotsession.cluster.wire import EventTuple, error_out, event_out
 from hotsession.config import Config
 from hotsession.errors import Conflict, HotsessionError, NotFound, StaleEpoch
@@ -241,6 +242,7 @@ class NodeHost:
         self._mirror_lock = asyncio.Lock()
         self.dropped_total = 0
         self.adopted_total = 0
+        self.watchers = 0  # open ``watch`` calls (tenants' streams of the daemons)
         self.started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -424,6 +426,7 @@ class NodeHost:
         await hub.registry.put_session(rec)
         for turn in queued:
             session.send(turn.prompt)
+        hub.session_state_changed(session)  # watchers (the tenants' streams) see it arrive
         await hub.registry.flush()
         self.adopted_total += 1
         log.info(
@@ -589,6 +592,16 @@ class NodeHost:
         if self.epochs.get(session_id) != epoch and not session.closed:
             yield error_out(self._moved(session_id, epoch))
 
+    async def watch(self, tenant: str) -> AsyncIterator[dict[str, Any]]:
+        """The tenant's sessions here and their turn milestones, pushed as they change
+        (``hotsession.cluster.watch``): a snapshot first, then a batch per change."""
+        self.watchers += 1
+        try:
+            async for batch in NodeWatch(self._hub(), tenant, self._view).batches():
+                yield batch
+        finally:
+            self.watchers -= 1
+
     def _moved(self, session_id: str, epoch: int) -> StaleEpoch:
         return StaleEpoch("the session moved to another node", session_id=session_id, epoch=epoch)
 
@@ -696,6 +709,7 @@ class NodeHost:
                 "available_mb": round(psutil.virtual_memory().available / 2**20, 1),
             },
             "adopted_total": self.adopted_total,
+            "watchers": self.watchers,
             "dropped_total": self.dropped_total,
             "pool": pool,
             "spawned_total": out.get("spawned_total", 0),
