@@ -227,3 +227,51 @@ async def test_a_send_that_fails_after_waiting_raises_its_error() -> None:
 
     with pytest.raises(OSError, match="connection reset"):
         await edge._bounded_send(send, 5)({"type": "http.response.body", "body": b""})
+
+
+async def test_deltas_that_follow_a_write_go_out_together_within_the_coalescing_time() -> None:
+    from hotsession.api import turnstream
+    from hotsession.session import Turn
+
+    loop = asyncio.get_running_loop()
+    turn = Turn("hs_x", 1, "p")
+    closing: asyncio.Future[None] = loop.create_future()
+    client = Client()
+    task = asyncio.ensure_future(run(TurnStream(turn, closing, keepalive_s=60), client))
+    seq = iter(range(1, 1000))
+
+    def delta(text: str) -> Event:
+        line = b'{"type":"stream_event","event":{"delta":{"text":"%s"}}}' % text.encode()
+        return Event("hs_x", next(seq), 1, "message", {"type": "stream_event"}, raw=line)
+
+    def written() -> list[bytes]:
+        return [m["body"] for m in client.bodies]
+
+    await asyncio.sleep(turnstream.COALESCE_S * 2)
+    turn.push(delta("a"))  # the first after a pause: at once
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(written()) == 1 and b'"a"' in written()[0]
+    for text in "bcdef":  # right behind it: held ...
+        turn.push(delta(text))
+        await asyncio.sleep(0)
+    assert len(written()) == 1
+    began = loop.time()
+    while len(written()) < 2:
+        await asyncio.sleep(0.001)
+    held = written()[1]  # ... and written together, in order, within the coalescing time
+    assert loop.time() - began < 1.0
+    assert [f.split(b'"text":"')[1][:1] for f in frames(held)] == [b"b", b"c", b"d", b"e", b"f"]
+    turn.push(delta("g"))  # held again (soon after that write) ...
+    await asyncio.sleep(0)
+    turn.push(Event("hs_x", next(seq), 1, "message", {"type": "assistant"}))  # ... until this
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(written()) == 3
+    assert b'"g"' in written()[2] and b"assistant" in written()[2]
+    assert written()[2].index(b'"g"') < written()[2].index(b"assistant")
+    turn.push(Event("hs_x", next(seq), 1, "result", {"ok": True}))
+    await asyncio.wait_for(task, 5)
+    assert client.bodies[-1]["more_body"] is False
+    seqs = [int(f.split(b"\n")[0][4:]) for f in frames(client.body)]
+    assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))  # every event, once, in order

@@ -70,6 +70,7 @@ class Turn:
         self.terminal: Event | None = None
         self._events: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._partials_ring = True  # does a partial message resolve the waiter?
         self._readers = 0
         self._drained: asyncio.Event | None = None
         self._terminal_taken = False
@@ -82,19 +83,25 @@ class Turn:
             self.terminal = event
             self.done.set()
         waiter = self._waiter
-        if waiter is not None:
+        if waiter is not None and (self._partials_ring or event.raw is None):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def waiter(self) -> asyncio.Future[None]:
+    def waiter(self, *, partials: bool = True) -> asyncio.Future[None]:
         """A future resolved at the turn's next event (already resolved when the turn holds
         events not taken yet); one per batch, shared by every reader waiting now. Resolving it
-        early wakes them (for another reason of the reader's: check ``take_ready`` after)."""
+        early wakes them (for another reason of the reader's: check ``take_ready`` after).
+
+        ``partials=False``: partial messages (token deltas, the events with ``raw``) pushed
+        meanwhile do not resolve it; they wait in the turn for a reader that holds them back on
+        purpose and wakes itself (the API's SSE response, which writes deltas in batches)."""
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = asyncio.get_running_loop().create_future()
-        if self._events and not self._terminal_taken:
+        self._partials_ring = partials
+        events = self._events
+        if events and not self._terminal_taken and (partials or events[-1].raw is None):
             waiter.set_result(None)
             self._waiter = None
         return waiter
