@@ -19,6 +19,7 @@ from tests.dropin.conftest import Dropin, run
 from hotsession.daemon import bind
 from hotsession.dropin import wire
 from hotsession.dropin.shim import HELLO_HEADER, HELLO_HEADER_MAX, decode, encode
+from hotsession.testing.model_server import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,25 @@ async def test_hello_and_stdin_in_the_upgrade(dropin: Dropin, workdir: Path) -> 
     assert got[-1] == {"exit": 0}, got
     out = b"".join(data for item in got if isinstance(item, tuple) for data in [item[1]])
     assert json.loads(out)["result"] == "carried"
+
+
+async def test_a_proxy_that_drops_the_confirmation_duplicates_nothing(
+    dropin: Dropin, workdir: Path, model_server: ModelServer
+) -> None:
+    """The shim did not see ``taken`` in the 101 (a proxy dropped the field), so it sends the
+    hello as a message and the stdin bytes again: the daemon, which had them, skips them."""
+    prompt = b"once only [[say:ok]]"
+    hello = _hello(workdir, "-p", "--output-format", "json")
+    headers = {
+        "Authorization": f"Bearer {dropin.token}",
+        HELLO_HEADER: encode({**hello, "stdin": wire.b64(prompt).decode()}),
+    }
+    again = encode({"hello": {**hello, "stdin_sent": len(prompt)}})
+    _, got = await asyncio.to_thread(
+        _talk, dropin.url, headers, [again, prompt, b" and more", '{"eof":true}']
+    )
+    assert got[-1] == {"exit": 0}, got
+    assert model_server.main_requests()[-1]["last_user_text"] == "once only [[say:ok]] and more"
 
 
 async def test_hello_as_a_message_still_served(dropin: Dropin, workdir: Path) -> None:

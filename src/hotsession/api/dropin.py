@@ -72,20 +72,38 @@ async def dropin(websocket: WebSocket) -> None:
         await _refuse(websocket, HotsessionError(f"bad hello: {exc}"))
         return
 
+    # Stdin bytes a shim sends again after its hello message when it did not see the 101 confirm
+    # the header (a proxy that drops the field from the answer): already had, so skipped.
+    resent = 0
+
     async def receive() -> bytes | dict[str, Any] | None:
+        nonlocal resent
         if early:
             return early.pop()
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return None
-        if message.get("bytes") is not None:
-            data: bytes = message["bytes"]
-            return data
-        try:
-            parsed = json.loads(message.get("text") or "{}")
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            if message.get("bytes") is not None:
+                data: bytes = message["bytes"]
+                if resent:
+                    cut = min(resent, len(data))
+                    resent -= cut
+                    data = data[cut:]
+                    if not data:
+                        continue
+                return data
+            try:
+                parsed = json.loads(message.get("text") or "{}")
+            except ValueError:
+                return {}
+            if not isinstance(parsed, dict):
+                return {}
+            again = parsed.get("hello")
+            if carried is not None and isinstance(again, dict):
+                resent = int(again.get("stdin_sent") or 0)
+                continue
+            return parsed
 
     async def send_json(obj: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(obj))

@@ -16,7 +16,8 @@ Wire (one WebSocket at ``<url>/v1/dropin``, bearer token in the upgrade request)
   which the daemon confirms with ``X-Hotsession-Hello: taken`` in its ``101`` (so the answer to
   an SDK's ``initialize`` can come with the ``101``, one round trip sooner); when the daemon did
   not take it (an older one, or a hello over ``HELLO_HEADER_MAX``), a text message
-  ``{"hello": {...}}`` and those stdin bytes as a binary message; then binary messages with
+  ``{"hello": {..., "stdin_sent": N}}`` and those N stdin bytes as a binary message (a daemon
+  that had taken the field skips them: a proxy may drop the confirmation); then binary messages with
   stdin bytes; a text message ``{"eof": true}`` at the end of stdin.
 * daemon → shim: binary messages whose first byte is 1 (stdout) or 2 (stderr); text messages
   ``{"ready": {...}}`` (the daemon serves this run), ``{"exit": N}`` (the last one),
@@ -303,7 +304,9 @@ def main() -> None:
         return
     if ws.headers.get(HELLO_HEADER.lower()) != "taken":  # a daemon that wants it as a message
         try:
-            ws.send_text(encode({"hello": hello}))
+            # ``stdin_sent``: a daemon that did take the header (a proxy dropped its answer's
+            # field) skips those bytes, which it had.
+            ws.send_text(encode({"hello": {**hello, "stdin_sent": len(early)}}))
             if early:
                 ws.send_binary(early)
         except (OSError, wire.Closed) as exc:
