@@ -262,3 +262,29 @@ async def test_the_tenants_stream_pushes_changes_and_turn_milestones(
         result = next(e.data for e in seen if e.type == "turn" and e.data["type"] == "result")
         assert result["data"]["result"] == "pushed" and result["turn"] == 1
         await cb.delete(f"/v1/sessions/{sid}")
+
+
+async def test_a_streamed_turn_through_the_cluster_delivers_every_delta(
+    api_daemons: Start, workdir: Path
+) -> None:
+    """``include_partial_messages`` across Ray: every token delta in order before the result,
+    each passed through as the CLI wrote it (the node sends its line, not a parsed copy)."""
+    from tests.api.test_api_partial_messages import assistant_text, text_deltas, words
+
+    d = await api_daemons()
+    async with d.client() as c:
+        r = await c.post(
+            "/v1/sessions", json={"cwd": str(workdir), "include_partial_messages": True}
+        )
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        events = await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[stream:40:2]]"})
+        assert text_deltas(events) == words(40)
+        assert assistant_text(events) == "".join(words(40))
+        assert events[-1].type == "result"
+        ids = [e.id for e in events]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        async with c.stream("GET", f"/v1/sessions/{sid}/events?follow=false") as resp:
+            replay = await read_sse(resp)
+        assert text_deltas(replay) == words(40)
+        await c.delete(f"/v1/sessions/{sid}")

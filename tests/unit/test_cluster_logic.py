@@ -172,3 +172,15 @@ async def test_a_turns_end_is_written_in_the_background_in_the_sessions_order(
     await asyncio.gather(*tasks)
     assert stale == ["s"]
     await registry.close()
+
+
+def test_events_cross_the_wire_with_a_cli_line_kept_as_it_came() -> None:
+    from hotsession.cluster.wire import event_in, event_out
+    from hotsession.events import Event
+
+    line = b'{"type":"stream_event","event":{"delta":{"text":"hi \\u00e9"}}}'
+    back = event_in(event_out(Event("s", 7, 2, "message", None, 1.5, raw=line)))
+    assert back.raw == line and back.data["event"]["delta"]["text"] == "hi \u00e9"
+    assert (back.session_id, back.seq, back.turn, back.type, back.t) == ("s", 7, 2, "message", 1.5)
+    plain = event_in(event_out(Event("s", 8, 2, "result", {"result": "ok"}, 2.0)))
+    assert plain.raw is None and plain.data == {"result": "ok"}

@@ -117,6 +117,7 @@ async def _open(api: ClusterState, tenant: Tenant, body: SessionOptionsIn) -> Re
         resume=body.resume,
         fork=body.fork,
         metadata=body.metadata,
+        include_partial_messages=body.include_partial_messages,
         **body.option_fields(),
     )
 

@@ -341,9 +341,11 @@ class ClusterHub:
         metadata: dict[str, Any] | None = None,
         tenant: str = "local",
         node: str | None = None,
+        include_partial_messages: bool = False,
         **option_fields: Any,
     ) -> RemoteSession:
-        """Open a session on the node placement picks (on ``node`` when given)."""
+        """Open a session on the node placement picks (on ``node`` when given);
+        ``include_partial_messages`` as ``Hotsession.open``'s."""
         if self.shutting_down:
             raise ShuttingDown("the service is shutting down")
         if cwd is None:
@@ -363,7 +365,7 @@ class ClusterHub:
                 reply = await self.actor(target.node).open.remote(
                     tenant=tenant,
                     cwd=path,
-                    options=option_fields,
+                    options={**option_fields, "include_partial_messages": include_partial_messages},
                     resume=resume,
                     fork=fork,
                     metadata=metadata,

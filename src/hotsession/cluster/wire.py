@@ -14,7 +14,9 @@ from typing import Any
 from hotsession import errors
 from hotsession.events import Event
 
-EventTuple = tuple[str, int, int, str, dict[str, Any], float]
+EventTuple = tuple[str, int, int, str, dict[str, Any] | bytes, float]
+"""``(session_id, seq, turn, type, data, t)``; ``data`` is the CLI's own line (bytes) when the
+event carries one (``Event.raw``: a partial message passed through unparsed), else the dict."""
 
 
 def _error_classes() -> dict[str, type[errors.HotsessionError]]:
@@ -66,10 +68,16 @@ def raise_if_error(reply: Any) -> Any:
 
 
 def event_out(event: Event) -> EventTuple:
-    """An event as it crosses the wire."""
-    return (event.session_id, event.seq, event.turn, event.type, event.data, event.t)
+    """An event as it crosses the wire: a CLI line passed through stays the bytes it came as
+    (neither side parses or re-encodes it; a token delta's JSON cost most of a daemon's CPU
+    per delta, see ``Event``)."""
+    data: dict[str, Any] | bytes = event.raw if event.raw is not None else event.data
+    return (event.session_id, event.seq, event.turn, event.type, data, event.t)
 
 
 def event_in(data: EventTuple) -> Event:
     """The event again."""
-    return Event(*data)
+    sid, seq, turn, kind, payload, t = data
+    if isinstance(payload, bytes):
+        return Event(sid, seq, turn, kind, None, t, raw=payload)
+    return Event(sid, seq, turn, kind, payload, t)
