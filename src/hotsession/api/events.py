@@ -103,7 +103,11 @@ async def stream(
     it: AsyncGenerator[Event, None] = source.__aiter__()  # type: ignore[assignment]
     # A turn (``Session.send``'s ``Turn``) can hand over the events it already has at once ...
     turn = source if isinstance(source, Turn) else None
-    take_ready: Callable[[], list[Event]] | None = turn.take_ready if turn else None
+    # (a turn of another node in cluster mode, ``RemoteTurn``, hands over the rest of the batch
+    # its node sent the same way)
+    take_ready: Callable[[], list[Event]] | None = (
+        turn.take_ready if turn else getattr(source, "take_ready", None)
+    )
     # ... and says when its prompt is recorded: a client that saw one of its events may rely on
     # the turn being in the registry (a daemon killed after that still knows of it).
     recorded: Callable[[], Awaitable[None]] | None = turn.recorded if turn else None
