@@ -354,3 +354,45 @@ async def test_prompts_written_mid_turn_run_after_it_merged_like_the_cli(
     ), (ours, theirs)
     assert asked_cli == "second cli [[say:two]]\nthird cli [[say:3]]"
     assert asked_shim == asked_cli.replace("cli", "shim")
+
+
+def _kinds(out: str) -> list[str]:
+    """Each stdout line's kind: its session state, subtype or type."""
+    lines = [json.loads(line) for line in out.splitlines()]
+    return [str(d.get("state") or d.get("subtype") or d["type"]) for d in lines]
+
+
+async def test_session_state_lines_and_a_resume_print_what_the_cli_prints(
+    dropin: Dropin, shim: str, workdir: Path
+) -> None:
+    """With the session-state events the SDKs ask for, a run's lines are the CLI's, the trailing
+    ``idle`` included, for a new conversation and a hot ``--resume``; a ``-p`` json resume after
+    it prints its one JSON object. Before: the ``idle`` was left for the next run of the
+    conversation (first in its stream, before the result in its json), and a ``status`` line
+    the client had not asked for (partial messages) came with every turn."""
+    env = {"CLAUDE_CODE_EMIT_SESSION_STATE_EVENTS": "1"}
+    argv = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
+
+    def user(text: str) -> bytes:
+        msg = {"type": "user", "message": {"role": "user", "content": text}}
+        return (json.dumps({**msg, "parent_tool_use_id": None}) + "\n").encode()
+
+    seen = {}
+    for name, exe in (("cli", CLI), ("shim", shim)):
+        code, out, err = await run(exe, *argv, input=user("[[say:one]]"), cwd=workdir, env=env)
+        assert code == 0, err
+        sid = json.loads(out.splitlines()[-2])["session_id"]
+        new = _kinds(out)
+        code, out, err = await run(
+            exe, *argv, "--resume", sid, input=user("[[say:two]]"), cwd=workdir, env=env
+        )
+        assert code == 0, err
+        seen[name] = (new, _kinds(out))
+        code, out, err = await run(
+            exe, "-p", "[[say:three]]", "--resume", sid, "--output-format", "json",
+            cwd=workdir, env=env,
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["result"] == "three", out
+    assert seen["cli"][0] == seen["cli"][1] == ["running", "init", "assistant", "success", "idle"]
+    assert seen["shim"] == seen["cli"]

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 STDOUT, STDERR = 1, 2
 GONE = "the client went away (hotsession-claude disconnected)"
+IDLE_STATE_GRACE_S = 2.0
+"""How long the end of a run waits for the CLI's ``idle`` state after the last result."""
 STDIN_GRACE_S = 3.0
 """How long ``-p`` waits for piped stdin to say something (as the CLI does, with its warning)."""
 STDIN_WARNING = (
@@ -133,6 +135,7 @@ class DropinRun:
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], str]] = {}
         self._turns: deque[Turn] = deque()
         self._held: list[dict[str, Any]] = []  # user messages written while a turn runs
+        self._idle_state = asyncio.Event()  # the CLI said "idle" since the last turn started
         self._turns_changed = asyncio.Event()
         self._idle_get: asyncio.Task[dict[str, Any]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -236,6 +239,7 @@ class DropinRun:
             # A client of this profile is here: keep a spare of it for its next conversation.
             pool.prewarm(options, 1)
         self.session.control_delegate = self._cli_request
+        self._drop_stale_states()
         output = self._spawn(self._output(), "dropin-output")
         if self._sdk_servers:
             await self._forward_control(
@@ -250,6 +254,7 @@ class DropinRun:
         else:
             await self._print_turn()
         await self._wait_turns()
+        await self._await_idle_state()
         output.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await output
@@ -528,6 +533,7 @@ class DropinRun:
     def _start_turn(self, prompt: str, message: dict[str, Any] | None) -> None:
         assert self.session is not None
         self._stop_idle_read()
+        self._idle_state.clear()
         turn = self.session.send(prompt, message=message)
         self._turns.append(turn)
         self._turns_changed.set()
@@ -604,7 +610,39 @@ class DropinRun:
                 if got.exception() is not None:  # the process is gone (whoever reads next sees it)
                     await self._turns_changed.wait()
                 else:
-                    self._line(got.result())
+                    self._idle_line(got.result())
+
+    def _idle_line(self, msg: dict[str, Any]) -> None:
+        """A line the process wrote between turns: the client's when it reads stream-json (the
+        CLI prints nothing but the result with ``-p`` text or json output)."""
+        if _is_state(msg) and msg.get("state") == "idle":
+            self._idle_state.set()
+        if self.inv.output_format == "stream-json":
+            self._line(msg)
+
+    async def _await_idle_state(self) -> None:
+        """After the run's last turn, the CLI's ``session_state_changed: idle`` that follows the
+        result (written when the process reports session state, as the SDKs ask): the client's
+        (the CLI ends a run with it), and never left for the next run of the conversation."""
+        session = self.session
+        if session is None or self._gone or self._idle_state.is_set():
+            return
+        flag = dict(session.options.env).get("CLAUDE_CODE_EMIT_SESSION_STATE_EVENTS", "")
+        if flag.strip().lower() in ("", "0", "false", "no", "off"):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IDLE_STATE_GRACE_S):
+                await self._idle_state.wait()
+
+    def _drop_stale_states(self) -> None:
+        """Before the first turn of a run on a hot process: session-state lines a run before it
+        left (its client went away first) describe turns this client never saw."""
+        view = self._between()
+        if view is None or self.session is None or self.session.current is not None:
+            return
+        for msg in view.drain_idle():
+            if not _is_state(msg):
+                self._idle_line(msg)
 
     def _stop_idle_read(self) -> None:
         """Before a turn starts, stop reading the process (the session reads it now)."""
@@ -614,13 +652,13 @@ class DropinRun:
         self._idle_get = None
         if got.done():
             if not got.cancelled() and got.exception() is None:
-                self._line(got.result())
+                self._idle_line(got.result())
         else:
             got.cancel()
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "message":
-            if self.inv.output_format == "stream-json":
+            if self.inv.output_format == "stream-json" and (self._partial or not _requesting(data)):
                 self._line(data)
             if data.get("type") == "result":
                 self._result(data)
@@ -838,6 +876,21 @@ def _merge(messages: list[dict[str, Any]]) -> dict[str, Any]:
                 content.extend(c)
     first = messages[0]
     return {**first, "message": {**(first.get("message") or {}), "content": content}}
+
+
+def _requesting(msg: dict[str, Any]) -> bool:
+    """The ``system/status`` "requesting" line a CLI writes only with
+    ``--include-partial-messages`` (measured with 2.1.330), which every process of the daemon
+    has: not the client's unless it asked for partial messages."""
+    return (
+        msg.get("type") == "system"
+        and msg.get("subtype") == "status"
+        and msg.get("status") == "requesting"
+    )
+
+
+def _is_state(msg: dict[str, Any]) -> bool:
+    return msg.get("type") == "system" and msg.get("subtype") == "session_state_changed"
 
 
 def _switch_echo(msg: dict[str, Any]) -> bool:
