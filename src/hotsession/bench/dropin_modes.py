@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from hotsession.bench.environment import BenchError
 from hotsession.bench.http_modes import HttpMode
+from hotsession.bench.modes import client_turn, disconnect
 from hotsession.bench.stats import Sample
 
 _LINE_LIMIT = 64 * 1024 * 1024
@@ -171,27 +172,12 @@ class ShimClient(_SdkMode):
 
     async def sample(self, s: Sample, prompt: str) -> None:
         """``query`` + ``receive_response``."""
-        from claude_agent_sdk import ResultMessage
-
-        s.t_send = time.monotonic()
-        await self.client.query(prompt)
-        async for msg in self.client.receive_response():
-            now = time.monotonic()
-            if s.t_first is None:
-                s.t_first = now
-            if isinstance(msg, ResultMessage):
-                s.t_result = now
-                if msg.is_error:
-                    s.error = f"result is_error: {str(msg.result)[:200]}"
-        if s.t_result is None:
-            raise BenchError("receive_response() ended without a result")
+        await client_turn(self.client, s, prompt)
 
     async def teardown(self) -> None:
         """Disconnect."""
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.disconnect()
-            self.client = None
+        await disconnect(self.client)
+        self.client = None
 
 
 async def _version_ms(env: dict[str, str], runs: int = 5) -> float:

@@ -381,6 +381,32 @@ class LeanTransport(Mode):
         return {"lean transport session": proc.pid} if proc is not None else {}
 
 
+async def client_turn(client: Any, s: Sample, prompt: str) -> None:
+    """One turn on a connected ``ClaudeSDKClient`` (``query`` + ``receive_response``), stamping
+    ``s``: shared by the SDK's own client and the one connected through the drop-in."""
+    from claude_agent_sdk import ResultMessage
+
+    s.t_send = time.monotonic()
+    await client.query(prompt)
+    async for msg in client.receive_response():
+        now = time.monotonic()
+        if s.t_first is None:
+            s.t_first = now
+        if isinstance(msg, ResultMessage):
+            s.t_result = now
+            if msg.is_error:
+                s.error = f"result is_error: {str(msg.result)[:200]}"
+    if s.t_result is None:
+        raise BenchError("receive_response() ended without a result")
+
+
+async def disconnect(client: Any) -> None:
+    """Disconnect a ``ClaudeSDKClient`` if there is one (best effort)."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+
+
 class SdkClient(Mode):
     """A follow-up on a connected ``ClaudeSDKClient``."""
 
@@ -409,27 +435,12 @@ class SdkClient(Mode):
 
     async def sample(self, s: Sample, prompt: str) -> None:
         """``query`` + ``receive_response``."""
-        from claude_agent_sdk import ResultMessage
-
-        s.t_send = time.monotonic()
-        await self.client.query(prompt)
-        async for msg in self.client.receive_response():
-            now = time.monotonic()
-            if s.t_first is None:
-                s.t_first = now
-            if isinstance(msg, ResultMessage):
-                s.t_result = now
-                if msg.is_error:
-                    s.error = f"result is_error: {str(msg.result)[:200]}"
-        if s.t_result is None:
-            raise BenchError("receive_response() ended without a result")
+        await client_turn(self.client, s, prompt)
 
     async def teardown(self) -> None:
         """Disconnect."""
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.disconnect()
-            self.client = None
+        await disconnect(self.client)
+        self.client = None
 
     def pids(self) -> dict[str, int]:
         """The client's CLI process (private attribute; best effort)."""
