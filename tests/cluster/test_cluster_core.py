@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
-from hotsession.cluster.hub import ClusterHub
+from hotsession.cluster.hub import ClusterConfig, ClusterHub
+from hotsession.config import Config
 from hotsession.testing.model_server import ModelServer
 
 
@@ -53,3 +55,27 @@ async def test_placement_prefers_a_ready_spare(chub: ClusterHub, workdir: Path) 
     second = await chub.open(workdir, tenant="t1", append_system_prompt="spare-test")
     assert second.owner.node == home
     assert second.view["source"] == "spare"
+
+
+async def test_a_nodes_figures_are_read_again_after_an_open(
+    cluster_config: ClusterConfig, cluster_root: Path, workdir: Path
+) -> None:
+    """An open changes its node's figures (a spare taken); the hub reads them at once, not at
+    its next refresh, so /v1/pool and placement do not count a spare that is gone."""
+    slow = dataclasses.replace(cluster_config, refresh_s=3600.0)  # no background refresh here
+    async with ClusterHub(Config(state_dir=cluster_root / "daemon-slow"), slow) as hub:
+        first = await hub.open(workdir, tenant="t1", append_system_prompt="figures-test")
+        profile, home = first.view["profile"], first.owner.node
+        deadline = asyncio.get_running_loop().time() + 30
+        while hub.nodes[home].figures.spares.get(profile, 0) == 0:
+            assert asyncio.get_running_loop().time() < deadline, "no spare came up"
+            await asyncio.sleep(0.2)
+            await hub.refresh_nodes()
+        hits = hub.nodes[home].stats["hits"]
+        second = await hub.open(workdir, tenant="t1", append_system_prompt="figures-test")
+        assert second.owner.node == home and second.view["source"] == "spare"
+        while hub.nodes[home].stats["hits"] == hits:  # no refresh_nodes() call here
+            assert asyncio.get_running_loop().time() < deadline, "figures not read again"
+            await asyncio.sleep(0.05)
+        for s in (first, second):
+            await hub.close_session(s.id)

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,7 @@ class ClusterHub:
         self._owners: dict[str, Owner] = {}  # last seen owner of each session (see ``owner``)
         self._tenants: dict[str, str] = {}  # tenant of each open session this daemon has seen
         self._refresh: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # background figure updates
         self._nodes_lock = asyncio.Lock()
         self._state_lock = state_lock  # one daemon per state dir (its daemon.json), as locally
 
@@ -155,6 +156,7 @@ class ClusterHub:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(HotsessionError):
             await self.registry.close()
         if self._state_lock is not None:
@@ -216,6 +218,11 @@ class ClusterHub:
                 await self.refresh_nodes()
             except Exception:
                 log.warning("cluster refresh failed", exc_info=True)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def live_nodes(self) -> list[Node]:
         """Nodes believed alive."""
@@ -374,6 +381,11 @@ class ClusterHub:
                 await self.node_lost(target.node)
                 continue
             reply = raise_if_error(reply)
+            # The node's figures change with every open (a spare taken, a replacement spawning):
+            # read them now, off the request's path, rather than at the next refresh, so that
+            # /v1/pool and the next placement do not count a spare that is gone.
+            if target.node in self.nodes:
+                self._background(self._update(self.nodes[target.node]))
             view = reply["session"]
             owner = self._owners[view["id"]] = Owner(target.node, reply["epoch"])
             self._tenants[view["id"]] = tenant
