@@ -59,11 +59,43 @@ FORCED_EXIT_CODE = 130
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the daemon owns the signals)."""
+    """uvicorn without its signal handlers (the daemon owns the signals), ticking once a second.
+
+    uvicorn's main loop wakes every 0.1 s to see whether it should stop (and every tenth time
+    renews its ``Date`` header): ten wake-ups a second of an idle daemon. Here it wakes once a
+    second (the header is renewed as often as before) and at once when ``should_exit`` is set.
+    Measured: the idle daemon's CPU, ``bench --cpu`` (docs/benchmarks.md, 2026-11-30)."""
+
+    TICK_S = 1.0
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _should_exit = False
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value and self._wake is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000  # uvicorn's tick count: a second is ten ticks
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.TICK_S)
+            should_exit = await self.on_tick(counter)
 
 
 def is_loopback(host: str) -> bool:

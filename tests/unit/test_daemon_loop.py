@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
 import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -51,3 +52,30 @@ def test_uvicorn_picks_httptools():
     config = uvicorn.Config(app=lambda scope, receive, send: None)  # as the daemon builds it
     config.load()
     assert config.http_protocol_class is HttpToolsProtocol
+
+
+async def test_the_servers_main_loop_ticks_slowly_but_stops_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hotsession.daemon import _Server
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("no request expected")
+
+    monkeypatch.setattr(_Server, "TICK_S", 3600.0)  # a stop must not wait for the next tick
+    server = _Server(uvicorn.Config(app, lifespan="off"))
+    ticks: list[int] = []
+    on_tick = server.on_tick
+
+    async def counted(counter: int) -> bool:
+        ticks.append(counter)
+        return await on_tick(counter)
+
+    server.on_tick = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(server.main_loop())
+    await asyncio.sleep(0.1)
+    assert not running.done() and ticks == [0]
+    assert any(name == b"date" for name, _ in server.server_state.default_headers)
+    server.should_exit = True
+    await asyncio.wait_for(running, 5)
+    assert ticks[-1] % 10 == 0  # each tick renews the Date header, as uvicorn's tenth did

@@ -374,6 +374,30 @@ async def _send_too_large(send: Send, scope: Scope, settings: Settings) -> None:
     await _send_error(send, exc)
 
 
+class _EdgeFirst(FastAPI):
+    """FastAPI with the edge middleware in front of its whole stack, not inside it.
+
+    Added with ``add_middleware`` the edge ran inside FastAPI's own layers (its telemetry
+    check, Starlette's error and body-limit middleware: five coroutine frames per request, one
+    more wrapper per body write); its fast paths (a follow-up, a claim) need none of them: they
+    answer their own errors (``_answer``) and never raise past the start of a response. Every
+    other request goes from the edge through the whole FastAPI stack as before. Measured with
+    ``bench --cpu`` on the fake agent (2026-11-30): see docs/benchmarks.md."""
+
+    edge: EdgeMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        edge = self.edge
+        if edge is not None and scope["type"] == "http":
+            await edge(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def behind_edge(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app the edge hands what it does not answer itself to."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
     """The FastAPI app serving ``hub`` to ``settings.tenants``.
 
@@ -396,7 +420,7 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
             if owns_hub:
                 await hub.stop()
 
-    app = FastAPI(
+    app = _EdgeFirst(
         title="hotsession",
         version=__version__,
         summary="Claude Code sessions that answer instantly.",
@@ -410,7 +434,7 @@ def create_app(hub: Hotsession, settings: Settings) -> FastAPI:
         hub=hub, settings=settings, auth=Authenticator(settings.tenants), metrics=Metrics(hub)
     )
     app.state.api = state
-    app.add_middleware(EdgeMiddleware, state=state, open_session=sessions.created_response)
+    app.edge = EdgeMiddleware(app.behind_edge, state=state, open_session=sessions.created_response)
     add_error_handlers(app)
     app.include_router(sessions.router)
     app.include_router(dropin.router)
