@@ -502,13 +502,23 @@ class NodeHost:
     async def _confirm(self, session_id: str, epoch: int) -> None:
         """Make sure the store still gives the session to this node (one round trip), before a
         prompt is accepted: a node cut off from the cluster while its sessions moved must not
-        run a turn the new owner runs too. A moved session is dropped here."""
+        run a turn the new owner runs too. A moved session is dropped here.
+
+        A read, not ``renew``'s ``UPDATE``: it sees every claim committed before it, which is
+        all an ``UPDATE`` could refuse (a claim committed after either is a later move, which
+        the fence check and the store's fenced writes catch), and it commits nothing, so a
+        follow-up does not wait for a WAL flush on a server with ``synchronous_commit``."""
         assert self.store is not None
-        try:
-            await self.store.renew(session_id, self.name, epoch)
-        except StaleEpoch:
+        owner = await self.store.owner(session_id)
+        if owner is None or owner.node != self.name or owner.epoch != epoch:
             await self._drop(session_id)
-            raise
+            raise StaleEpoch(
+                "this node no longer owns the session with that epoch",
+                session_id=session_id,
+                epoch=epoch,
+                current_epoch=owner.epoch if owner else 0,
+                owner=owner.node if owner else None,
+            )
 
     async def _fence_loop(self) -> None:
         while True:
@@ -521,11 +531,14 @@ class NodeHost:
     async def check_fences(self) -> list[str]:
         """Drop every held session whose owner or epoch moved on; returns their ids."""
         assert self.store is not None
-        moved = []
-        for session_id, epoch in list(self.epochs.items()):
-            owner = await self.store.owner(session_id)
-            if owner is not None and (owner.node != self.name or owner.epoch != epoch):
-                moved.append(session_id)
+        held = dict(self.epochs)
+        # One query for every session of this node (was one per session a check).
+        owned = {o.session_id: o.epoch for o in await self.store.list_owned(self.name)}
+        moved = [  # (still held with the epoch checked: not re-adopted meanwhile)
+            sid
+            for sid, epoch in held.items()
+            if owned.get(sid) != epoch and self.epochs.get(sid) == epoch
+        ]
         for session_id in moved:
             await self._drop(session_id)
         return moved
