@@ -14,18 +14,29 @@ dataclasses we would turn back into JSON for the API, and its bounded 100-messag
 control requests when nobody reads. This module keeps only what the daemon needs, forwards the
 raw dicts, and keeps the SDK for what it is best at: the pinned, bundled CLI binary.
 
-Threading model. Everything runs on the daemon's asyncio loop. One reader task per process reads
-stdout for the process's whole life, so control responses always arrive even between turns; it
-routes control traffic itself and queues every other message (unbounded: a turn takes them, and
-a process emits nothing between turns). One task drains stderr into a ring buffer of the last
-lines, for error reports. CLI-initiated control requests each get their own task, so a permission
-wait never blocks the reader.
+Threading model. Everything runs on the daemon's asyncio loop. The process object is the
+subprocess's protocol (``asyncio.SubprocessProtocol``): the loop hands it each chunk of stdout as
+it is read (``pipe_data_received``), and it splits the chunk into lines in one pass, routes control
+traffic itself (so control responses arrive even between turns), and passes every other message
+on, in order — to a *sink* when one is set (a turn's runner: called synchronously, no task
+wake-up per line), else to a queue (unbounded: a process emits little between turns) that
+readers iterate. Stderr is kept the same way as a ring buffer of the last lines, for error
+reports. CLI-initiated control requests each get their own task, so a permission wait never
+blocks reading.
+
+Why a protocol and not ``StreamReader.readline`` in a task (measured, docs/benchmarks.md): with
+``--include-partial-messages`` a reply is hundreds of lines, and the task cost one wake-up, one
+``readline`` and one queue hand-off per line; a token delta nobody asked for is now dropped by
+a ``startswith`` on its bytes, inside the split.
 
 The interface. Readers never see the queue: ``async for msg in process`` (or ``await
 process.next_message()``) yields the process's messages in order and raises the process's
 ``exit_error`` (an :class:`~hotsession.errors.AgentError`) once it is gone and every message it
 wrote before dying was taken; ``drain_idle()`` takes what an idle process wrote, without waiting
-(the pool's health checks). ``send_user`` starts a turn and counts it (``turns``).
+(the pool's health checks). ``deliver(sink)`` hands the messages to ``sink`` as they are read
+(those queued first) until it returns True for one — a turn's ``result`` — and resolves with that
+message (or the process's ``exit_error``); what follows it stays queued. ``send_user`` starts a
+turn and counts it (``turns``).
 
 Liveness. Death is detected on every path: EOF on stdout (exit code 0 or not), a reader error
 (a line over ``max_line_bytes``, corrupt JSON) — in which case the process is killed, since a
@@ -52,19 +63,34 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from hotsession.errors import AgentDied, AgentError, AgentProtocolError, AgentTimeout
 
 log = logging.getLogger(__name__)
 
-_END: Final[dict[str, Any]] = {"type": "__end__"}
-# Queued after the last message of a dead process, so a waiting reader wakes up (never returned).
-
 _STREAM_EVENT: Final = b'{"type":"stream_event"'
 # How the CLI starts a partial message's line (``--include-partial-messages``; key order as CLI
 # 2.1.330 writes it). Only a cheap filter: a line that starts otherwise is parsed and routed as
 # any message, so a CLI that orders keys differently loses nothing.
+
+_DELTA: Final = b'{"type":"stream_event","event":{"type":"content_block_delta"'
+# A token delta's line: more are coming at once (see ``COALESCE_S``).
+
+COALESCE_S: Final = 0.001
+"""How long reading pauses after a token delta when lines come densely (a gap under this since
+the previous read): the CLI writes one line per write, so a streamed reply of 500 deltas was
+~500 wake-ups and reads of the pipe, ~7 µs of the daemon's CPU each whether or not anybody asked
+for the deltas (measured, docs/benchmarks.md); lines that queue up meanwhile are read in one
+chunk. A delta reaches its readers at most about this much later; a turn's ``result`` never
+waits (it follows the reply's ``message_stop``, after which reading does not pause)."""
+
+_ROUTED: Final = frozenset(
+    {"control_response", "control_request", "transcript_mirror", "control_cancel_request"}
+)
+"""Message types the process routes itself; they never reach readers."""
+
+_STDERR_LINE_CHARS: Final = 2000
 
 
 class PartialMessage(dict[str, Any]):
@@ -81,44 +107,111 @@ class PartialMessage(dict[str, Any]):
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 MirrorSink = Callable[[dict[str, Any]], None]
 """Takes the CLI's ``transcript_mirror`` frames (``--session-mirror``), in order."""
+Sink = Callable[[dict[str, Any]], bool]
+"""Takes a turn's messages as they are read (``deliver``); True for the last one it wants."""
 
 
-class AgentProcess:
-    """A live CLI process. Create it with ``Supervisor.spawn``; always ``close()`` it."""
+class AgentProcess(asyncio.SubprocessProtocol):
+    """A live CLI process. Create it with ``Supervisor.spawn``; always ``close()`` it.
 
-    def __init__(
-        self,
-        proc: asyncio.subprocess.Process,
-        *,
-        label: str,
-        max_line_bytes: int,
-        stderr_lines: int = 200,
-    ) -> None:
-        self._proc = proc
-        self.pid: int = proc.pid
+    It is the process's ``asyncio.SubprocessProtocol`` (the supervisor passes it to the loop's
+    ``subprocess_exec``); the protocol methods are the loop's, not an API."""
+
+    def __init__(self, *, label: str, max_line_bytes: int, stderr_lines: int = 200) -> None:
+        self.pid = 0
         self.label = label
         self.started_mono = time.monotonic()
         self.max_line_bytes = max_line_bytes
-        self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None  # a reader waits for the queue
+        self._sink: Sink | None = None
+        self._sink_done: asyncio.Future[dict[str, Any]] | None = None
         self.exited = asyncio.Event()
         self.exit_error: AgentError | None = None
         self.init_response: dict[str, Any] | None = None
         self.control_handler: ControlHandler | None = None
         self.on_cancel: Callable[[str], None] | None = None
-        # ``transcript_mirror`` frames go here, never to ``messages`` (they are not conversation).
+        # ``transcript_mirror`` frames go here, never to readers (they are not conversation).
         self.on_mirror: MirrorSink | None = None
         self.turns = 0
         # Every process runs with --include-partial-messages; its owner says whether it wants
         # them. Unwanted ones are dropped by the reader before they are parsed.
         self.partial_messages = False
+        self.last_output = self._loop.time()  # loop time of the last stdout chunk (watchdogs)
         self._stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._counter = 0
         self._closing = False
-        self._write_lock = asyncio.Lock()
-        self._reader = asyncio.create_task(self._read_stdout(), name=f"agent-{self.pid}-stdout")
-        self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"agent-{self.pid}-err")
+        # Reading: an unfinished stdout line's chunks (joined once its newline comes), the same
+        # for stderr; set once stdout ended or could not be understood any more.
+        self._line_parts: list[bytes] = []
+        self._line_len = 0
+        self._err_part = b""
+        self._stdout_done = False
+        # Writing: stdin's flow control (the pipe is full) and its loss.
+        self._write_paused: asyncio.Future[None] | None = None
+        self._stdin_lost: BaseException | None = None
+        self._reaped: asyncio.Future[None] = self._loop.create_future()
+        self._stderr_closed: asyncio.Future[None] = self._loop.create_future()
+        self._finisher: asyncio.Task[None] | None = None
+
+    # -- the loop's protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement these interfaces without subclassing asyncio's.
+        sub = self._transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = sub.get_pid()
+        self._stdin = cast(asyncio.WriteTransport, sub.get_pipe_transport(0))
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        assert type(data) is bytes
+        if fd == 1:
+            self._read_stdout(data)
+        elif fd == 2:
+            self._read_stderr(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 0:
+            self._stdin_lost = exc or BrokenPipeError("stdin closed")
+            self._resume_writing(self._stdin_lost)
+        elif fd == 1:
+            if not self._stdout_done:
+                tail = b"".join(self._line_parts)
+                self._line_parts = []
+                if tail:  # a last line without its newline is still a line
+                    self._read_stdout(tail + b"\n")
+            self._end_stdout(None)
+        elif fd == 2:
+            if self._err_part:
+                self._keep_stderr(self._err_part)
+                self._err_part = b""
+            if not self._stderr_closed.done():
+                self._stderr_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self._reaped.done():
+            self._reaped.set_result(None)
+        if self.exited.is_set() and self._transport is not None:
+            self._transport.close()  # reaped after ``_on_exit`` gave up waiting for it
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._resume_writing(None)
+
+    def _resume_writing(self, exc: BaseException | None) -> None:
+        waiter, self._write_paused = self._write_paused, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -135,7 +228,7 @@ class AgentProcess:
     @property
     def returncode(self) -> int | None:
         """The exit status once reaped (negative: killed by that signal)."""
-        return self._proc.returncode
+        return self._transport.get_returncode() if self._transport is not None else None
 
     def stderr_tail(self, lines: int = 20) -> str:
         """The last lines the CLI wrote to stderr."""
@@ -149,13 +242,15 @@ class AgentProcess:
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes to stdin; a dead process raises ``AgentDied``."""
-        stdin = self._proc.stdin
-        if stdin is None or not self.alive or stdin.is_closing():
+        stdin = self._stdin
+        if stdin is None or not self.alive or stdin.is_closing() or self._stdin_lost:
             raise self.exit_error or self._died("the agent process is gone")
-        async with self._write_lock:
+        stdin.write(data)
+        if stdin.is_closing() or self._stdin_lost:  # the write met a closed pipe
+            raise self._died(f"cannot write to the agent process: {self._stdin_lost or 'EPIPE'}")
+        while self._write_paused is not None:  # the pipe is full: wait until it drains
             try:
-                stdin.write(data)
-                await stdin.drain()
+                await asyncio.shield(self._write_paused)
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise self._died(f"cannot write to the agent process: {exc}") from exc
 
@@ -177,7 +272,7 @@ class AgentProcess:
         """Send a control request and wait for its response (``AgentTimeout`` past ``timeout``)."""
         self._counter += 1
         request_id = f"req_{self._counter}_{os.urandom(4).hex()}"
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[request_id] = fut
         try:
             await self.send(
@@ -225,71 +320,177 @@ class AgentProcess:
         return self
 
     async def next_message(self) -> dict[str, Any]:
-        """The next message the CLI wrote; raises ``exit_error`` once it is gone (and drained)."""
-        msg = await self._messages.get()
-        if msg is _END:
-            self._messages.put_nowait(_END)  # every later read raises too
-            assert self.exit_error is not None
-            raise self.exit_error
-        return msg
+        """The next message the CLI wrote; raises ``exit_error`` once it is gone (and drained).
 
-    def drain_idle(self) -> list[dict[str, Any]]:
-        """Take every message written so far, without waiting (an idle process's output)."""
-        out: list[dict[str, Any]] = []
-        queue = self._messages
-        while not queue.empty():
-            msg = queue.get_nowait()
-            if msg is _END:
-                queue.put_nowait(_END)
-                break
-            out.append(msg)
-        return out
+        Cancelling a pending call loses nothing: a message leaves the queue only when returned."""
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if self.exit_error is not None:
+                raise self.exit_error  # every later read raises too
+            if self._waiter is None or self._waiter.done():
+                self._waiter = self._loop.create_future()
+            await asyncio.shield(self._waiter)  # shared by readers; a cancelled one leaves it
 
     __anext__ = next_message  # iteration ends only by raising: see ``next_message``
 
-    async def _read_stdout(self) -> None:
-        stdout = self._proc.stdout
-        assert stdout is not None
-        error: AgentError | None = None
+    def drain_idle(self) -> list[dict[str, Any]]:
+        """Take every message written so far, without waiting (an idle process's output)."""
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    def deliver(self, sink: Sink) -> asyncio.Future[dict[str, Any]]:
+        """Hand messages to ``sink`` as they are read, in order (queued ones first), until it
+        returns True for one: the future then holds that message, and later ones are queued
+        again. It raises the process's ``exit_error`` when the process ends first, or what
+        ``sink`` raised. ``undeliver`` (or cancelling the future) stops the delivery.
+
+        For a turn's runner: ``sink`` is called on the reader's path (keep it quick), with no
+        task wake-up per message."""
+        if self._sink is not None:
+            raise RuntimeError("messages are already being delivered")
+        done: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._sink, self._sink_done = sink, done
+        queue = self._queue
+        delivering = True
+        while queue and delivering:
+            delivering = self._feed(queue.popleft())
+        if delivering and self.exit_error is not None:
+            self._sink = self._sink_done = None
+            done.set_exception(self.exit_error)
+        return done
+
+    def undeliver(self, done: asyncio.Future[dict[str, Any]]) -> None:
+        """Stop the delivery ``deliver`` returned ``done`` for (no error if it already ended)."""
+        if self._sink_done is done:
+            self._sink = self._sink_done = None
+        if not done.done():
+            done.cancel()
+
+    def _feed(self, msg: dict[str, Any]) -> bool:
+        """One message to the sink (set by the caller); False once the delivery ended."""
+        sink, done = self._sink, self._sink_done
+        assert sink is not None and done is not None
         try:
-            while True:
-                try:
-                    line = await stdout.readline()
-                except ValueError as exc:  # LimitOverrunError wrapped by readline
-                    error = AgentProtocolError(
-                        f"the agent wrote a line over the {self.max_line_bytes} byte limit",
-                        stderr_tail=self.stderr_tail(),
-                    )
-                    log.warning("agent %s: %s (%s)", self.pid, error.message, exc)
+            last = sink(msg)
+        except BaseException as exc:  # the sink's error is its caller's, the reader goes on
+            self._sink = self._sink_done = None
+            done.set_exception(exc)
+            return False
+        if last:
+            self._sink = self._sink_done = None
+            done.set_result(msg)
+            return False
+        return True
+
+    def _read_stdout(self, data: bytes) -> None:
+        """Split a chunk of stdout into lines, route or pass each on (see the docstring)."""
+        if self._stdout_done:
+            return  # after a protocol error the rest is not read
+        now = self._loop.time()
+        dense = now - self.last_output < COALESCE_S
+        self.last_output = now
+        if self._line_parts:  # an unfinished line waits for its newline
+            if b"\n" not in data:
+                self._line_parts.append(data)
+                self._line_len += len(data)
+                if self._line_len > self.max_line_bytes:
+                    self._too_long()
+                return
+            self._line_parts.append(data)
+            data = b"".join(self._line_parts)
+            self._line_parts = []
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._line_parts = [tail]
+            self._line_len = len(tail)
+            if self._line_len > self.max_line_bytes:
+                self._too_long()
+                return
+        if len(data) > self.max_line_bytes and any(
+            len(line) > self.max_line_bytes for line in lines
+        ):
+            self._too_long()
+            return
+        out: list[dict[str, Any]] = []
+        wanted = self.partial_messages
+        for line in lines:
+            if line.startswith(_STREAM_EVENT) and line.endswith(b"}"):
+                if wanted:  # routing needs nothing more than its type
+                    out.append(PartialMessage(line))
+                continue
+            if line[:1] != b"{":
+                # Non-JSON noise (debug output of tools or the runtime) carries no message.
+                if line.strip():
+                    self._stderr.append("[stdout] " + line[:500].decode(errors="replace"))
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                self._pass_on(out)
+                self._fail("the agent wrote corrupt JSON")
+                return
+            if type(msg) is not dict:
+                continue
+            if msg.get("type") in _ROUTED:
+                self._pass_on(out)  # what came before it first: the order is the CLI's
+                out = []
+                self._route(msg)
+            else:
+                out.append(msg)
+        if out:
+            self._pass_on(out)
+        if dense and lines and lines[-1].startswith(_DELTA) and not self._stdout_done:
+            self._coalesce()
+
+    def _coalesce(self) -> None:
+        """Pause reading stdout for ``COALESCE_S`` (more deltas are on their way)."""
+        pipe = self._transport.get_pipe_transport(1) if self._transport is not None else None
+        if pipe is None or pipe.is_closing():
+            return
+        cast(asyncio.ReadTransport, pipe).pause_reading()
+        self._loop.call_later(COALESCE_S, self._resume_reading, pipe)
+
+    @staticmethod
+    def _resume_reading(pipe: asyncio.BaseTransport) -> None:
+        if not pipe.is_closing():
+            cast(asyncio.ReadTransport, pipe).resume_reading()
+
+    def _pass_on(self, msgs: list[dict[str, Any]]) -> None:
+        """Messages to the sink, or to the queue (waking a reader)."""
+        i = 0
+        if self._sink_done is not None and self._sink_done.done():
+            self._sink = self._sink_done = None  # cancelled by its waiter: the queue's now
+        if self._sink is not None:
+            for msg in msgs:
+                i += 1
+                if not self._feed(msg):
                     break
-                if not line:
-                    break
-                if line.startswith(_STREAM_EVENT) and line.endswith(b"}\n"):
-                    if self.partial_messages:  # routing needs nothing more than its type
-                        self._messages.put_nowait(PartialMessage(line))
-                    continue
-                if line[:1] != b"{":
-                    # Non-JSON noise (debug output of tools or the runtime) carries no message.
-                    if line.strip():
-                        self._stderr.append("[stdout] " + line[:500].decode(errors="replace"))
-                    continue
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    error = AgentProtocolError(
-                        "the agent wrote corrupt JSON", stderr_tail=self.stderr_tail()
-                    )
-                    break
-                if isinstance(msg, dict):
-                    self._route(msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # pragma: no cover - defensive: a reader bug must not hang turns
-            log.exception("agent %s: reader failed", self.pid)
-            error = AgentProtocolError(f"reader failed: {exc}")
-        if error is not None:
-            self._signal_group(signal.SIGKILL)
-        await self._on_exit(error)
+        if i < len(msgs):
+            self._queue.extend(msgs[i:] if i else msgs)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _too_long(self) -> None:
+        self._line_parts = []
+        message = f"the agent wrote a line over the {self.max_line_bytes} byte limit"
+        log.warning("agent %s: %s", self.pid, message)
+        self._fail(message)
+
+    def _fail(self, message: str) -> None:
+        """A process we can no longer understand is as good as dead: killed."""
+        error = AgentProtocolError(message, stderr_tail=self.stderr_tail())
+        self._signal_group(signal.SIGKILL)
+        self._end_stdout(error)
+
+    def _end_stdout(self, error: AgentError | None) -> None:
+        if self._stdout_done:
+            return
+        self._stdout_done = True
+        self._finisher = self._loop.create_task(self._on_exit(error), name=f"agent-{self.pid}-exit")
 
     def _route(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -307,7 +508,7 @@ class AgentProcess:
             return
         if kind == "control_request":
             request_id = str(msg.get("request_id", ""))
-            task = asyncio.create_task(self._answer(request_id, msg.get("request") or {}))
+            task = self._loop.create_task(self._answer(request_id, msg.get("request") or {}))
             self._inflight[request_id] = task
             task.add_done_callback(functools.partial(self._forget_inflight, request_id))
             return
@@ -315,14 +516,12 @@ class AgentProcess:
             if self.on_mirror is not None:
                 self.on_mirror(msg)
             return
-        if kind == "control_cancel_request":
-            request_id = str(msg.get("request_id", ""))
-            if request_id in self._inflight:
-                self._inflight.pop(request_id).cancel()
-            if self.on_cancel is not None:
-                self.on_cancel(request_id)
-            return
-        self._messages.put_nowait(msg)
+        # control_cancel_request
+        request_id = str(msg.get("request_id", ""))
+        if request_id in self._inflight:
+            self._inflight.pop(request_id).cancel()
+        if self.on_cancel is not None:
+            self.on_cancel(request_id)
 
     def _forget_inflight(self, request_id: str, _task: object) -> None:
         self._inflight.pop(request_id, None)
@@ -345,23 +544,28 @@ class AgentProcess:
         with contextlib.suppress(AgentError):
             await self.send({"type": "control_response", "response": reply})
 
-    async def _read_stderr(self) -> None:
-        stderr = self._proc.stderr
-        if stderr is None:
-            return
-        with contextlib.suppress(ValueError, asyncio.CancelledError):
-            while line := await stderr.readline():
-                self._stderr.append(line[:2000].decode(errors="replace").rstrip())
+    def _read_stderr(self, data: bytes) -> None:
+        lines = (self._err_part + data).split(b"\n") if self._err_part else data.split(b"\n")
+        tail = lines.pop()
+        # An endless line is cut: only its start is kept, like every line's.
+        self._err_part = tail if len(tail) <= 4 * _STDERR_LINE_CHARS else b""
+        if not self._err_part and tail:
+            lines.append(tail)
+        for line in lines:
+            self._keep_stderr(line)
+
+    def _keep_stderr(self, line: bytes) -> None:
+        self._stderr.append(line[:_STDERR_LINE_CHARS].decode(errors="replace").rstrip())
 
     async def _on_exit(self, error: AgentError | None) -> None:
-        with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
+        with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(10):
-                await self._proc.wait()
+                await asyncio.shield(self._reaped)
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(1):
-                await self._stderr_task  # the last words, for the error report
+                await asyncio.shield(self._stderr_closed)  # the last words, for the error report
         if error is None:
-            code = self._proc.returncode
+            code = self.returncode
             how = (
                 f"was killed by signal {-code}"
                 if code is not None and code < 0
@@ -375,12 +579,17 @@ class AgentProcess:
         for task in list(self._inflight.values()):
             task.cancel()
         self.exited.set()
-        self._messages.put_nowait(_END)
+        done, self._sink, self._sink_done = self._sink_done, None, None
+        if done is not None and not done.done():
+            done.set_exception(error)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._reaped.done() and self._transport is not None:
+            self._transport.close()  # every pipe is closed and the process reaped
 
     def _died(self, message: str) -> AgentDied:
-        return AgentDied(
-            message, exit_code=self._proc.returncode, stderr_tail=self.stderr_tail() or None
-        )
+        return AgentDied(message, exit_code=self.returncode, stderr_tail=self.stderr_tail() or None)
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -401,7 +610,7 @@ class AgentProcess:
             # A busy CLI finishes its turn after stdin EOF; interrupting first saves that time.
             with contextlib.suppress(AgentError):
                 await self.interrupt(timeout=step_timeout)
-        stdin = self._proc.stdin
+        stdin = self._stdin
         if stdin is not None and not stdin.is_closing():
             with contextlib.suppress(OSError):
                 stdin.close()

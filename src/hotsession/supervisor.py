@@ -42,6 +42,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import resource
@@ -197,22 +198,23 @@ class Supervisor:
     ) -> AgentProcess:
         """Start the process (its own group, tagged, dying with the daemon) and adopt it."""
         tag = f"{os.getpid()}:{secrets.token_hex(8)}"
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            # The process object is the pipes' protocol: it reads stdout chunk by chunk.
+            _, agent = await loop.subprocess_exec(
+                functools.partial(AgentProcess, label=label, max_line_bytes=self.max_line_bytes),
                 *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=cwd,
                 env={**env, AGENT_TAG_ENV: tag},
-                limit=self.max_line_bytes,
                 start_new_session=True,
                 preexec_fn=_set_pdeathsig if run_as is None else _become(run_as),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             self.spawn_failures_total += 1
             raise AgentStartError(f"cannot start the Claude Code CLI: {exc}") from exc
-        agent = AgentProcess(proc, label=label, max_line_bytes=self.max_line_bytes)
         agent.on_mirror = self.mirror_sink
         self._tags[agent.pid] = tag
         self._adopt(agent)

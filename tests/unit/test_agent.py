@@ -4,6 +4,7 @@ process speaking the CLI's protocol; its prompt directives and environment switc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from hotsession.agent import AgentProcess
+from hotsession.agent import AgentProcess, PartialMessage
 from hotsession.errors import (
     AgentDied,
     AgentError,
@@ -270,3 +271,95 @@ def test_children_die_with_the_daemon(tmp_path: Path) -> None:
     while not gone(child) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert gone(child)
+
+
+async def deliver_turn(agent: AgentProcess) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A turn's messages as a turn's runner takes them (``deliver``), and its result."""
+    taken: list[dict[str, Any]] = []
+
+    def take(msg: dict[str, Any]) -> bool:
+        taken.append(msg)
+        return msg.get("type") == "result"
+
+    async with asyncio.timeout(10):
+        result = await agent.deliver(take)
+    return taken, result
+
+
+async def test_deltas_arrive_whole_in_order_and_only_when_asked(tmp_path: Path) -> None:
+    """Hundreds of one-write lines, read in chunks (coalesced): every delta once, in order,
+    before the assistant message; none when the owner did not ask for them."""
+    agent = await spawn(tmp_path)
+    agent.partial_messages = True
+    await agent.send_user("[[stream:300]]")
+    taken, result = await deliver_turn(agent)
+    partial = [m for m in taken if isinstance(m, PartialMessage)]
+    texts = [json.loads(m.raw)["event"]["delta"]["text"] for m in partial]
+    assert texts == [f"d{i}" for i in range(300)]
+    kinds = [m["type"] for m in taken]
+    assert kinds == ["stream_event"] * 300 + ["system", "assistant", "result"]
+    assert result is taken[-1]
+    agent.partial_messages = False
+    await agent.send_user("[[stream:300]]")
+    taken, _ = await deliver_turn(agent)
+    assert [m["type"] for m in taken] == ["system", "assistant", "result"]
+    await agent.close()
+
+
+async def test_a_line_written_in_pieces_is_one_message(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path)
+    await agent.send_user("[[split]]")
+    taken, _ = await deliver_turn(agent)
+    assert [m for m in taken if m.get("split")] == [
+        {"type": "assistant", "session_id": taken[0]["session_id"], "split": True}
+    ]
+    await agent.close()
+
+
+async def test_delivery_ends_at_the_sinks_last_message_and_the_rest_stays_queued(
+    tmp_path: Path,
+) -> None:
+    agent = await spawn(tmp_path)
+    await agent.send_user("one")
+    await agent.send_user("two")
+    taken, result = await deliver_turn(agent)
+    assert result["result"] == "echo: one"
+    assert [m["type"] for m in taken] == ["system", "assistant", "result"]
+    rest: list[dict[str, Any]] = []
+    async with asyncio.timeout(5):
+        while not any(m["type"] == "result" for m in rest):
+            rest.append(await agent.next_message())
+    assert [m["type"] for m in rest] == ["system", "assistant", "result"]
+    assert rest[-1]["result"] == "echo: two"
+    await agent.close()
+
+
+async def test_delivery_raises_the_death_and_a_sinks_error(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path)
+
+    def broken(msg: dict[str, Any]) -> bool:
+        raise ValueError("the sink failed")
+
+    await agent.send_user("one")
+    with pytest.raises(ValueError, match="the sink failed"):
+        async with asyncio.timeout(5):
+            await agent.deliver(broken)
+    rest: list[dict[str, Any]] = []  # the reader went on: the rest of the turn is queued
+    async with asyncio.timeout(5):
+        while not any(m["type"] == "result" for m in rest):
+            rest.append(await agent.next_message())
+    assert [m["type"] for m in rest] == ["assistant", "result"]
+    await agent.send_user("[[exit:0]]")
+    with pytest.raises(AgentDied) as info:
+        await deliver_turn(agent)
+    assert info.value is agent.exit_error
+
+
+async def test_a_cancelled_read_loses_no_message(tmp_path: Path) -> None:
+    agent = await spawn(tmp_path)
+    pending = asyncio.ensure_future(agent.next_message())
+    await asyncio.sleep(0.05)
+    pending.cancel()
+    await agent.send_user("x")
+    assert (await next_message(agent))["type"] == "assistant"
+    await agent.close()

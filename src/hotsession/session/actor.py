@@ -95,6 +95,7 @@ class Session:
         self._warming: asyncio.Task[Placement] | None = None
         self._warm_ready_at = 0.0  # when the resume-ahead got its process (wall clock)
         self._watchdog: asyncio.Timeout | None = None
+        self._watch_from = 0.0  # loop time the watchdog counts from, unless output came later
         self._closed = False
         # How the process obtained at open came (spare / spawn / resume) and how long it took:
         # the first turn reports them, since it is the one a user waited for.
@@ -377,31 +378,51 @@ class Session:
         self._set_state("idle" if proc.alive else "evicted")
 
     async def _pump(self, turn: Turn, proc: AgentProcess) -> dict[str, Any]:
-        """Forward the turn's CLI messages until its result; the process's death raises."""
+        """Forward the turn's CLI messages until its result; the process's death raises.
+
+        The messages are taken by ``take`` on the process's reader path (``deliver``): no task
+        wake-up per message, which mattered for streamed replies of hundreds of lines (measured,
+        docs/benchmarks.md). The watchdog is one timer per quiet spell, not one per message: it
+        expires ``watchdog_s`` after the process's last output (or the last permission answer)
+        and only then looks at whether there was output meanwhile."""
+        clock = turn.clock
+        emit = self.fanout.emit
+        monotonic = time.monotonic
+
+        def take(msg: dict[str, Any]) -> bool:
+            clock.observe(msg, monotonic())
+            if type(msg) is PartialMessage:
+                emit(turn, "message", msg, raw=msg.raw)
+                return False
+            emit(turn, "message", msg)
+            return msg.get("type") == "result"
+
         loop = asyncio.get_running_loop()
         watchdog = self._ctx.config.watchdog_s
-        broker = self.broker
+        self._watch_from = loop.time()
+        done = proc.deliver(take)
         try:
-            async with asyncio.timeout(watchdog) as cm:
-                self._watchdog = cm
-                async for msg in proc:
-                    turn.clock.observe(msg, time.monotonic())
-                    if type(msg) is PartialMessage:
-                        self.fanout.emit(turn, "message", msg, raw=msg.raw)
-                    else:
-                        self.emit(turn, "message", msg)
-                    if msg.get("type") == "result":
-                        return msg
-                    if not broker.waiting:
-                        cm.reschedule(loop.time() + watchdog)
-        except TimeoutError:
-            raise AgentTimeout(
-                f"no output from the agent for {watchdog:g}s; the process was killed",
-                stderr_tail=proc.stderr_tail() or None,
-            ) from None
+            while True:
+                paused = self.broker.waiting
+                deadline = None if paused else max(proc.last_output, self._watch_from) + watchdog
+                try:
+                    async with asyncio.timeout_at(deadline) as cm:
+                        self._watchdog = cm
+                        return await asyncio.shield(done)
+                except TimeoutError:
+                    if done.done():
+                        return done.result()
+                    if self.broker.waiting or (
+                        loop.time() < max(proc.last_output, self._watch_from) + watchdog
+                    ):
+                        continue  # output (or a permission answer) came meanwhile
+                    raise AgentTimeout(
+                        f"no output from the agent for {watchdog:g}s; the process was killed",
+                        stderr_tail=proc.stderr_tail() or None,
+                    ) from None
         finally:
             self._watchdog = None
-        raise AssertionError("unreachable: a process's messages end only by raising")
+            proc.undeliver(done)
 
     def _end_with_error(self, turn: Turn, exc: HotsessionError) -> None:
         turn.record.status = "interrupted" if exc.code == "interrupted" else "error"
@@ -466,7 +487,8 @@ class Session:
         """Restart the running turn's watchdog from now."""
         if self._watchdog is not None:
             loop = asyncio.get_running_loop()
-            self._watchdog.reschedule(loop.time() + self._ctx.config.watchdog_s)
+            self._watch_from = loop.time()
+            self._watchdog.reschedule(self._watch_from + self._ctx.config.watchdog_s)
 
     def answer_permission(
         self,

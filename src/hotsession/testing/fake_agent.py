@@ -37,7 +37,10 @@ command; the turn ends when the answer comes, with the result ``decision:<answer
 ``[[ask-withdrawn]]`` (a ``can_use_tool`` request withdrawn 0.2 s later with
 ``control_cancel_request``; the result is ``cancelled``), ``[[linger:S]]`` (start a ``sleep S``
 in the agent's process group holding only its stderr, as a tool subprocess that outlives a killed
-CLI does: the agent's death then shows on stdout and stdin before its stderr closes).
+CLI does: the agent's death then shows on stdout and stdin before its stderr closes),
+``[[stream:N]]`` (N ``stream_event`` token deltas ``d0`` … in the CLI's key order, one write each,
+before the assistant message), ``[[split]]`` (the assistant message's line written in three
+pieces 50 ms apart).
 
 ``write_launcher(path)`` writes an executable copy of this file with a ``python -S`` shebang, to
 use as ``Config.cli_path``.
@@ -237,6 +240,17 @@ def _serve(argv: list[str]) -> int:
             _out({"type": "control_cancel_request", "request_id": request_id})
             _turn(session_id, "cancelled", turns, model, mode)
             continue
+        deltas = re.search(r"\[\[stream:(\d+)\]\]", prompt)
+        for i in range(int(deltas.group(1)) if deltas else 0):
+            delta = {"type": "content_block_delta", "index": 0}
+            delta["delta"] = {"type": "text_delta", "text": f"d{i}"}
+            _out({"type": "stream_event", "event": delta, "session_id": session_id})
+        if "[[split]]" in prompt:
+            line = json.dumps({"type": "assistant", "session_id": session_id, "split": True})
+            for piece in (line[:5], line[5:20], line[20:] + "\n"):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                time.sleep(0.05)
         said = re.search(r"\[\[say:(.*?)\]\]", prompt)
         _turn(session_id, said.group(1) if said else "echo: " + prompt, turns, model, mode)
     return 0
