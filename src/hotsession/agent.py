@@ -107,8 +107,9 @@ class PartialMessage(dict[str, Any]):
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 MirrorSink = Callable[[dict[str, Any]], None]
 """Takes the CLI's ``transcript_mirror`` frames (``--session-mirror``), in order."""
-Sink = Callable[[dict[str, Any]], bool]
-"""Takes a turn's messages as they are read (``deliver``); True for the last one it wants."""
+Sink = Callable[[dict[str, Any], "bytes | None"], bool]
+"""Takes a turn's messages as they are read (``deliver``), each with the CLI's line (None for a
+message that was queued before the delivery began); True for the last one it wants."""
 
 
 class AgentProcess(asyncio.SubprocessProtocol):
@@ -355,7 +356,7 @@ class AgentProcess(asyncio.SubprocessProtocol):
         queue = self._queue
         delivering = True
         while queue and delivering:
-            delivering = self._feed(queue.popleft())
+            delivering = self._feed(queue.popleft(), None)
         if delivering and self.exit_error is not None:
             self._sink = self._sink_done = None
             done.set_exception(self.exit_error)
@@ -368,12 +369,12 @@ class AgentProcess(asyncio.SubprocessProtocol):
         if not done.done():
             done.cancel()
 
-    def _feed(self, msg: dict[str, Any]) -> bool:
+    def _feed(self, msg: dict[str, Any], line: bytes | None) -> bool:
         """One message to the sink (set by the caller); False once the delivery ended."""
         sink, done = self._sink, self._sink_done
         assert sink is not None and done is not None
         try:
-            last = sink(msg)
+            last = sink(msg, line)
         except BaseException as exc:  # the sink's error is its caller's, the reader goes on
             self._sink = self._sink_done = None
             done.set_exception(exc)
@@ -414,12 +415,12 @@ class AgentProcess(asyncio.SubprocessProtocol):
         ):
             self._too_long()
             return
-        out: list[dict[str, Any]] = []
+        out: list[tuple[dict[str, Any], bytes]] = []  # messages with their lines
         wanted = self.partial_messages
         for line in lines:
             if line.startswith(_STREAM_EVENT) and line.endswith(b"}"):
                 if wanted:  # routing needs nothing more than its type
-                    out.append(PartialMessage(line))
+                    out.append((PartialMessage(line), line))
                 continue
             if line[:1] != b"{":
                 # Non-JSON noise (debug output of tools or the runtime) carries no message.
@@ -439,7 +440,7 @@ class AgentProcess(asyncio.SubprocessProtocol):
                 out = []
                 self._route(msg)
             else:
-                out.append(msg)
+                out.append((msg, line))
         if out:
             self._pass_on(out)
         if dense and lines and lines[-1].startswith(_DELTA) and not self._stdout_done:
@@ -458,18 +459,18 @@ class AgentProcess(asyncio.SubprocessProtocol):
         if not pipe.is_closing():
             cast(asyncio.ReadTransport, pipe).resume_reading()
 
-    def _pass_on(self, msgs: list[dict[str, Any]]) -> None:
+    def _pass_on(self, msgs: list[tuple[dict[str, Any], bytes]]) -> None:
         """Messages to the sink, or to the queue (waking a reader)."""
         i = 0
         if self._sink_done is not None and self._sink_done.done():
             self._sink = self._sink_done = None  # cancelled by its waiter: the queue's now
         if self._sink is not None:
-            for msg in msgs:
+            for msg, line in msgs:
                 i += 1
-                if not self._feed(msg):
+                if not self._feed(msg, line):
                     break
         if i < len(msgs):
-            self._queue.extend(msgs[i:] if i else msgs)
+            self._queue.extend(msg for msg, _ in msgs[i:])
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)

@@ -24,9 +24,13 @@ class Event:
     (a partial message: hundreds a turn). ``data`` is then parsed from it on first use, and the
     SSE framing writes ``raw`` as it came (parsing and re-encoding a token delta cost ~2/3 of the
     daemon's CPU per delta). Hand-written rather than a dataclass for that lazy ``data``.
+
+    ``line``: the CLI's own line of any of its messages, parsed or not (``raw`` when given): the
+    SSE frame and the stored event are that line rather than ``data`` encoded again (a tool's
+    result of 100 KB took ~1 ms to encode, twice). None for hotsession's own events.
     """
 
-    __slots__ = ("_data", "raw", "seq", "session_id", "t", "turn", "type")
+    __slots__ = ("_data", "line", "raw", "seq", "session_id", "t", "turn", "type")
 
     def __init__(
         self,
@@ -38,6 +42,7 @@ class Event:
         t: float | None = None,
         *,
         raw: bytes | None = None,
+        line: bytes | None = None,
     ) -> None:
         self.session_id = session_id
         self.seq = seq
@@ -45,6 +50,7 @@ class Event:
         self.type = type
         self._data = data if raw is None else None
         self.raw = raw
+        self.line = raw if line is None else line
         self.t = time.time() if t is None else t
 
     @property

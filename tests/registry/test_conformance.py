@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -169,6 +170,18 @@ async def test_event_data_round_trips(registry: Registry) -> None:
     registry.add_events([ev])
     await registry.flush()
     assert await registry.events_after("s1", 0) == [ev]
+
+
+async def test_an_event_with_the_clis_line_reads_back_as_its_data(registry: Registry) -> None:
+    """A CLI message's event carries the CLI's own line (``EventRecord.line``), which a SQL store
+    writes instead of encoding ``data`` again: it reads back as the same data."""
+    line = b'{"type":"assistant", "text":"caf\\u00e9 \xe2\x9c\x93", "n":[1,2.5,null]}'
+    ev = EventRecord("s1", 1, 1, "message", json.loads(line), 5.5, line)
+    registry.add_events([ev])
+    assert await registry.events_after("s1", 0) == [ev]
+    await registry.flush()
+    [back] = await registry.events_after("s1", 0)
+    assert back == ev and back.data == {"type": "assistant", "text": "café ✓", "n": [1, 2.5, None]}
 
 
 async def test_event_with_same_seq_replaces(registry: Registry) -> None:

@@ -385,3 +385,29 @@ async def test_sqlite_kill_9_keeps_flushed_events_and_a_sound_file(db_path: Path
         assert (await reg.events_after("s1", 0, limit=200))[-1].seq == 200
     finally:
         await reg.close()
+
+
+async def test_sqlite_writes_the_clis_line_as_the_events_json(db_path: Path) -> None:
+    """The stored JSON of a CLI message's event is the CLI's line as it came (key order,
+    spacing, escapes), not ``data`` encoded again; other events are encoded."""
+    line = b'{"type":"assistant",  "z":1, "a":"caf\\u00e9"}'
+    reg = SqliteRegistry(str(db_path))
+    await reg.open()
+    try:
+        reg.add_events(
+            [
+                EventRecord(
+                    "s1", 1, 1, "message", {"type": "assistant", "z": 1, "a": "café"}, 1.0, line
+                ),
+                EventRecord("s1", 2, 1, "result", {"turn": 1, "a": "café"}, 2.0),
+            ]
+        )
+        await reg.flush()
+    finally:
+        await reg.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute("SELECT data FROM events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert rows == [(line.decode(),), ('{"turn":1,"a":"café"}',)]

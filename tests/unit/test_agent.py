@@ -277,7 +277,13 @@ async def deliver_turn(agent: AgentProcess) -> tuple[list[dict[str, Any]], dict[
     """A turn's messages as a turn's runner takes them (``deliver``), and its result."""
     taken: list[dict[str, Any]] = []
 
-    def take(msg: dict[str, Any]) -> bool:
+    def take(msg: dict[str, Any], line: bytes | None) -> bool:
+        # Each message comes with the CLI's own line (SSE frames and stored rows are that line).
+        assert line is not None
+        if isinstance(msg, PartialMessage):
+            assert msg.raw is line
+        else:
+            assert json.loads(line) == msg
         taken.append(msg)
         return msg.get("type") == "result"
 
@@ -337,7 +343,7 @@ async def test_delivery_ends_at_the_sinks_last_message_and_the_rest_stays_queued
 async def test_delivery_raises_the_death_and_a_sinks_error(tmp_path: Path) -> None:
     agent = await spawn(tmp_path)
 
-    def broken(msg: dict[str, Any]) -> bool:
+    def broken(msg: dict[str, Any], line: bytes | None) -> bool:
         raise ValueError("the sink failed")
 
     await agent.send_user("one")

@@ -8,6 +8,7 @@ that ends ``Session._finish_turn``) runs.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -181,4 +182,25 @@ def test_ready_frames_are_joined_up_to_the_batch_size() -> None:
     assert [c.count(b"\nevent: ") + c.startswith(b"event: ") for c in chunks] == [1, 1, 1, 1]
     assert b"".join(chunks) == b"".join(
         map(sse.frame, [ev(1, 100), ev(2, big), ev(3, big), ev(4, 100)])
+    )
+
+
+async def test_a_turns_cli_messages_are_framed_as_the_clis_own_lines(
+    hub: Hotsession, tmp_path: Path
+) -> None:
+    """Each CLI message's event carries the CLI's line (``Event.line``) and its SSE frame is
+    that line, not ``data`` encoded again; hotsession's own events are encoded."""
+    s = await hub.open(str(tmp_path))
+    events = [e async for e in s.send("[[say:café]]")]
+    messages = [e for e in events if e.type == "message"]
+    assert [e.data["type"] for e in messages] == ["system", "assistant", "result"]
+    for e in messages:
+        assert e.line is not None and json.loads(e.line) == e.data
+        assert sse.frame(e) == b"id: %d\nevent: message\ndata: %s\n\n" % (e.seq, e.line)
+    result = events[-1]
+    assert result.type == "result" and result.line is None
+    assert sse.frame(result).endswith(
+        b"data: "
+        + json.dumps(result.data, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
     )

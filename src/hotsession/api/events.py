@@ -56,7 +56,7 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str
 def frame(event: Event) -> bytes:
     """One session event as an SSE frame (a CLI line passed through goes out as it came: one
     line of JSON, newlines escaped by the CLI)."""
-    raw = event.raw
+    raw = event.line
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (
         event.seq,
         event.type.encode(),

@@ -72,6 +72,9 @@ class EventRecord:
     type: str
     data: dict[str, Any]
     t: float
+    # The CLI's own line of ``data`` when the event is one of its messages: a SQL store writes
+    # it as the event's JSON instead of encoding ``data`` again (not part of the record's value).
+    line: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

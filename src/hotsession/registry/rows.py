@@ -17,7 +17,13 @@ def dumps(value: Any) -> str:
 
 
 def event_row(ev: EventRecord) -> tuple[Any, ...]:
-    """(session_id, seq, turn, type, data, t) of an event."""
+    """(session_id, seq, turn, type, data, t) of an event (``data``: the CLI's own line when the
+    event carries it, else ``data`` encoded)."""
+    if ev.line is not None:
+        try:
+            return (ev.session_id, ev.seq, ev.turn, ev.type, ev.line.decode(), ev.t)
+        except UnicodeDecodeError:  # JSON in another encoding than UTF-8 (the CLI writes UTF-8)
+            pass
     try:
         data = dumps(ev.data)
     except (TypeError, ValueError) as exc:

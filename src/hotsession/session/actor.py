@@ -389,12 +389,14 @@ class Session:
         emit = self.fanout.emit
         monotonic = time.monotonic
 
-        def take(msg: dict[str, Any]) -> bool:
+        def take(msg: dict[str, Any], line: bytes | None) -> bool:
             clock.observe(msg, monotonic())
             if type(msg) is PartialMessage:
-                emit(turn, "message", msg, raw=msg.raw)
+                emit(turn, "message", msg, raw=line)
                 return False
-            emit(turn, "message", msg)
+            # The CLI's own line goes on with the parsed message: the SSE frame and the stored
+            # event row are that line, not the message encoded again (``Event.line``).
+            emit(turn, "message", msg, line=line)
             return msg.get("type") == "result"
 
         loop = asyncio.get_running_loop()

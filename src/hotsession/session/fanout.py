@@ -124,19 +124,21 @@ class EventFanout:
         *,
         turn_no: int = 0,
         raw: bytes | None = None,
+        line: bytes | None = None,
     ) -> Event:
         """Number an event and hand it to the log, the turn and the subscribers (``raw``: the
-        CLI's line of a message passed through unparsed; ``data`` then only names its type)."""
+        CLI's line of a message passed through unparsed; ``data`` then only names its type;
+        ``line``: the CLI's line of a parsed message, see ``Event.line``)."""
         self.seq += 1
         if self.seq == self._reserved:
             self.seq += 1  # the reservation row holds that seq (see the module docstring)
         number = turn.number if turn else turn_no
-        event = Event(self.session_id, self.seq, number, kind, data, raw=raw)
+        event = Event(self.session_id, self.seq, number, kind, data, raw=raw, line=line)
         if is_transient(kind, data):
             self._keep_transient(event)
         else:
             self.registry.add_events(
-                [EventRecord(self.session_id, event.seq, event.turn, kind, data, event.t)]
+                [EventRecord(self.session_id, event.seq, event.turn, kind, data, event.t, line)]
             )
         if turn is not None:
             if event.terminal:
