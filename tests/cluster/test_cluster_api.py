@@ -288,3 +288,24 @@ async def test_a_streamed_turn_through_the_cluster_delivers_every_delta(
             replay = await read_sse(resp)
         assert text_deltas(replay) == words(40)
         await c.delete(f"/v1/sessions/{sid}")
+
+
+async def test_ask_opens_and_runs_its_first_turn_on_a_node(
+    api_daemons: Start, workdir: Path
+) -> None:
+    """``/v1/ask`` in one call to the node: the ``session`` head names it and its node, the turn
+    runs there, and the session goes on through another daemon with its context."""
+    a, b = await api_daemons(), await api_daemons()
+    async with a.client() as ca, b.client() as cb:
+        events = await stream_post(ca, "/v1/ask", {"prompt": "[[say:asked]]", "cwd": str(workdir)})
+        assert events[0].type == "session" and events[0].data["node"]
+        assert events[-1].type == "result" and events[-1].data["result"] == "asked"
+        assert events[-1].data["turn"] == 1
+        sid = events[0].data["id"]
+        listed = (await cb.get("/v1/sessions")).json()["sessions"]
+        assert [s["node"] for s in listed if s["id"] == sid] == [events[0].data["node"]]
+        again = await stream_post(cb, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:next]]"})
+        assert again[-1].data["result"] == "next" and again[-1].data["turn"] == 2
+        r = await ca.post("/v1/ask", json={"prompt": "hi", "cwd": str(workdir), "fork": True})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        await cb.delete(f"/v1/sessions/{sid}")

@@ -294,12 +294,18 @@ async def answer_permission(
 async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
     """Open a session and run one turn; the first event, `session`, names it."""
     _check_prompt(api, body.prompt)
-    session = await _open(api, tenant, body)
-    try:
-        turn = await session.send(body.prompt)
-    except Exception:
-        await api.hub.close_session(session.id)
-        raise
+    if body.fork and not body.resume:
+        raise InvalidRequest("fork needs resume", field="fork")
+    session, turn = await api.hub.ask(
+        resolve_cwd(tenant, body.cwd),
+        body.prompt,
+        tenant=tenant.name,
+        resume=body.resume,
+        fork=body.fork,
+        metadata=body.metadata,
+        include_partial_messages=body.include_partial_messages,
+        **body.option_fields(),
+    )
     api.turns.labels("ask").inc()
     head = sse.frame_untracked(
         "session",

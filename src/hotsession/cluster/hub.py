@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,12 +353,72 @@ class ClusterHub:
     ) -> RemoteSession:
         """Open a session on the node placement picks (on ``node`` when given);
         ``include_partial_messages`` as ``Hotsession.open``'s."""
+
+        async def call(actor: Any, fields: dict[str, Any]) -> tuple[Any, None]:
+            return await actor.open.remote(**fields), None
+
+        session, _ = await self._place(
+            call,
+            cwd,
+            tenant=tenant,
+            node=node,
+            fields={"resume": resume, "fork": fork, "metadata": metadata},
+            include_partial_messages=include_partial_messages,
+            option_fields=option_fields,
+        )
+        return session
+
+    async def ask(
+        self,
+        cwd: str | os.PathLike[str] | None,
+        prompt: str,
+        *,
+        resume: str | None = None,
+        fork: bool = False,
+        metadata: dict[str, Any] | None = None,
+        tenant: str = "local",
+        include_partial_messages: bool = False,
+        **option_fields: Any,
+    ) -> tuple[RemoteSession, RemoteTurn]:
+        """Open a session and send its first prompt in one call to the node (``/v1/ask``: one
+        Ray round trip and one store read fewer than ``open`` then ``send``); errors as
+        ``open``'s and ``send``'s, raised before any event."""
+
+        async def call(actor: Any, fields: dict[str, Any]) -> tuple[Any, Any]:
+            gen = actor.ask.remote(prompt=prompt, **fields)
+            return await (await gen.__anext__()), gen
+
+        session, gen = await self._place(
+            call,
+            cwd,
+            tenant=tenant,
+            node=None,
+            fields={"resume": resume, "fork": fork, "metadata": metadata},
+            include_partial_messages=include_partial_messages,
+            option_fields=option_fields,
+        )
+        return session, RemoteTurn(session, int(session.view["turn"]), session.owner, gen)
+
+    async def _place(
+        self,
+        call: Callable[[Any, dict[str, Any]], Awaitable[tuple[Any, Any]]],
+        cwd: str | os.PathLike[str] | None,
+        *,
+        tenant: str,
+        node: str | None,
+        fields: dict[str, Any],
+        include_partial_messages: bool,
+        option_fields: dict[str, Any],
+    ) -> tuple[RemoteSession, Any]:
+        """``call(actor, fields)`` on the node placement picks, another one if that node is
+        lost; its reply opened a session there."""
         if self.shutting_down:
             raise ShuttingDown("the service is shutting down")
         if cwd is None:
             raise InvalidRequest("open() needs cwd", field="cwd")
         path = os.path.realpath(cwd)
         profile = SessionOptions.create(path, tenant=tenant, **option_fields).profile_key()
+        options = {**option_fields, "include_partial_messages": include_partial_messages}
         tried: set[str] = set()
         while True:
             candidates = [n.figures for n in self.live_nodes() if n.name not in tried]
@@ -369,13 +429,9 @@ class ClusterHub:
                 raise NodeLost("no live node can open a session")
             tried.add(target.node)
             try:
-                reply = await self.actor(target.node).open.remote(
-                    tenant=tenant,
-                    cwd=path,
-                    options={**option_fields, "include_partial_messages": include_partial_messages},
-                    resume=resume,
-                    fork=fork,
-                    metadata=metadata,
+                reply, extra = await call(
+                    self.actor(target.node),
+                    {"tenant": tenant, "cwd": path, "options": options, **fields},
                 )
             except LOST:
                 await self.node_lost(target.node)
@@ -387,9 +443,11 @@ class ClusterHub:
             if target.node in self.nodes:
                 self._background(self._update(self.nodes[target.node]))
             view = reply["session"]
+            if "turn" in reply:
+                view = {**view, "turn": reply["turn"]}
             owner = self._owners[view["id"]] = Owner(target.node, reply["epoch"])
             self._tenants[view["id"]] = tenant
-            return RemoteSession(self, view, owner)
+            return RemoteSession(self, view, owner), extra
 
     async def session(self, session_id: str, *, tenant: str | None = None) -> RemoteSession:
         """The tenant's open session (404 unknown or another tenant's, 409 closed).

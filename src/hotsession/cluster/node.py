@@ -52,6 +52,7 @@ from hotsession.registry import EventRecord, ProcessRecord, Registry, SessionRec
 from hotsession.registry.order import SessionOrder
 from hotsession.registry.sqlite import SqliteRegistry
 from hotsession.session import Session
+from hotsession.session.turn import Turn
 from hotsession.transcripts.mirror import TranscriptMirror
 from hotsession.transcripts.resume import materialize_transcript
 
@@ -555,6 +556,52 @@ class NodeHost:
         except HotsessionError as exc:
             yield error_out(exc)
             return
+        async for item in self._turn_items(session_id, epoch, turn, {"turn": turn.number}):
+            yield item
+
+    async def ask(
+        self,
+        *,
+        tenant: str,
+        cwd: str,
+        options: dict[str, Any],
+        prompt: str,
+        resume: str | None = None,
+        fork: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> AsyncIterator[Any]:
+        """Open a session here and send its first prompt (``/v1/ask`` in one call): yields
+        ``open``'s reply with ``turn`` (or an error reply) first, then the turn's batches as
+        ``send``. The claim that just gave the session to this node stands for ``send``'s
+        epoch check. A prompt refused after the open closes the session again."""
+        since = time.monotonic()
+        opened = await self.open(
+            tenant=tenant, cwd=cwd, options=options, resume=resume, fork=fork, metadata=metadata
+        )
+        if "error" in opened:
+            yield opened
+            return
+        session_id, epoch = opened["session"]["id"], int(opened["epoch"])
+        hub = self._hub()
+        try:
+            turn = hub.sessions[session_id].send(prompt, since=since)
+        except (HotsessionError, KeyError) as exc:
+            with contextlib.suppress(HotsessionError):
+                await hub.close_session(session_id)
+            self.epochs.pop(session_id, None)
+            error = exc if isinstance(exc, HotsessionError) else self._moved(session_id, epoch)
+            yield error_out(error)
+            return
+        async for item in self._turn_items(
+            session_id, epoch, turn, {**opened, "turn": turn.number}
+        ):
+            yield item
+
+    async def _turn_items(
+        self, session_id: str, epoch: int, turn: Turn, first: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """``first`` (the acknowledgement), then batches of the turn's events up to its
+        ``result`` or ``error`` (``send`` and ``ask``)."""
         if turn.record.status == "running":
             # It starts now: let the session's runner write the prompt to the CLI before this
             # generator hands the acknowledgement to Ray (serialising and sending an item runs
@@ -565,7 +612,7 @@ class NodeHost:
                 if turn.clock.written != turn.clock.accepted or turn.done.is_set():
                     break
                 await asyncio.sleep(0)
-        yield {"turn": turn.number}
+        yield first
         await turn.recorded()
         async for event in turn:
             if self.epochs.get(session_id) != epoch:
