@@ -83,9 +83,21 @@ async def test_agent_killed_from_outside_leaves_the_session_evicted(serve: Any) 
         await poll(lambda: state_is(c, sid, "evicted"))
         body = (await c.get(f"/v1/sessions/{sid}")).json()
         assert body["pid"] is None
+        # The supervisor's exit watch logs after its own clean-up (a thread hop, the registry),
+        # which may come after the session shows evicted: wait for the line before stopping the
+        # daemon, or a stop under load cancels the watch first (seen in CI).
+        log_path = daemon.state_dir.parent / "serve-0.log"
+
+        def killed_lines() -> list[str]:
+            return [
+                x
+                for x in log_path.read_text().splitlines()
+                if f"agent {agent} " in x and "SIGKILLed" in x
+            ]
+
+        await wait_until(killed_lines)
     daemon.stop()
-    log = (daemon.state_dir.parent / "serve-0.log").read_text()
-    line = next(x for x in log.splitlines() if f"agent {agent} " in x and "SIGKILLed" in x)
+    line = killed_lines()[0]
     assert "out of memory?" not in line
     assert "not sent by hotsession" in line
 
