@@ -275,3 +275,89 @@ async def test_deltas_that_follow_a_write_go_out_together_within_the_coalescing_
     assert client.bodies[-1]["more_body"] is False
     seqs = [int(f.split(b"\n")[0][4:]) for f in frames(client.body)]
     assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))  # every event, once, in order
+
+
+# -- the follow stream (GET …/events on an open session) ----------------------------------------
+
+
+async def test_a_follower_gets_the_replay_then_live_events_each_once_and_ends_with_the_session(
+    hub: Hotsession, tmp_path: Path
+) -> None:
+    from hotsession.api.turnstream import FollowStream
+
+    s = await hub.open(str(tmp_path))
+    await s.send("[[say:before]]").wait()
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client = Client()
+    gauge: list[int] = []
+    follow = FollowStream(
+        s.fanout,
+        1,  # Last-Event-ID 1: everything after it
+        closing,
+        keepalive_s=60,
+        opened=lambda: gauge.append(1),
+        closed=lambda: gauge.append(-1),
+    )
+    task = asyncio.ensure_future(run(follow, client))
+    await s.send("[[say:after]]").wait()
+    await asyncio.sleep(0.1)
+    assert not task.done() and sum(gauge) == 1
+    await hub.close_session(s.id)
+    await asyncio.wait_for(task, 10)
+    assert sum(gauge) == 0
+    assert client.bodies[-1]["more_body"] is False
+    seqs = [int(f.split(b"\n")[0][4:]) for f in frames(client.body)]
+    stored = [e.seq async for e in s.events(1, follow=False)]
+    assert seqs == stored and seqs[0] == 2  # every event after 1, once, in order
+    assert b"before" in client.body and b"after" in client.body
+
+
+async def test_a_follower_that_falls_behind_gets_what_was_delivered_then_ends(
+    hub: Hotsession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotsession.api.turnstream import FollowStream
+    from hotsession.session import fanout
+
+    monkeypatch.setattr(fanout.Subscription.__init__, "__defaults__", (2,))  # a 2-event buffer
+    s = await hub.open(str(tmp_path))
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client = Client()
+    follow = FollowStream(s.fanout, 0, closing, keepalive_s=60)
+    blocked = asyncio.Event()
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        client.messages.append(message)
+        if message["type"] == "http.response.start":
+            await blocked.wait()  # the client reads nothing for a while
+
+    task = asyncio.ensure_future(follow({"type": "http"}, client.receive, slow_send))
+    await asyncio.sleep(0.05)
+    await s.send("[[say:too much]]").wait()  # more events than the buffer holds
+    blocked.set()
+    await asyncio.wait_for(task, 10)  # dropped: it ends (the client must reconnect and replay)
+    assert client.bodies[-1]["more_body"] is False
+    got = [int(f.split(b"\n")[0][4:]) for f in frames(client.body)]
+    assert got == sorted(set(got))  # what it got (here: the replay), each once, in order
+    assert got == [e.seq async for e in s.events(0, follow=False)][: len(got)]
+
+
+def test_a_subscriptions_doorbell() -> None:
+    from hotsession.session import EventFanout
+
+    class Store:
+        def add_events(self, records: object) -> None:
+            pass
+
+    async def main() -> None:
+        f = EventFanout("hs_x", Store())  # type: ignore[arg-type]
+        sub = f.subscribe()
+        waiter = sub.waiter(partials=False)
+        f.emit(None, "message", {"type": "stream_event"}, raw=b'{"type":"stream_event"}')
+        assert not waiter.done()  # a partial message waits without a wake-up
+        f.emit(None, "message", {"type": "assistant"})
+        assert waiter.done()
+        assert [e.type if e else None for e in sub.take_ready()] == ["message", "message"]
+        f.end()
+        assert sub.waiter().done() and sub.take_ready() == [None]
+
+    asyncio.run(main())

@@ -1,8 +1,9 @@
 """Server-sent events: framing, and the generator behind the API's streams.
 
-A local turn's own stream (``POST …/turns``, ``POST /v1/ask``) is written by
-:class:`hotsession.api.turnstream.TurnStream` instead, with the same frames in the same order
-(measured cheaper; see there); this generator serves ``/events`` (replay, then live), a turn of
+A local turn's own stream (``POST …/turns``, ``POST /v1/ask``) and ``/events`` following an
+open session are written by :mod:`hotsession.api.turnstream` instead (``TurnStream``,
+``FollowStream``), with the same frames in the same order (measured cheaper; see there); this
+generator serves ``/events`` that only replays (``follow=false``, a closed session), a turn of
 another node in cluster mode, and the tests that drive a stream by hand.
 
 Design

@@ -36,7 +36,7 @@ from hotsession.api.schemas import (
     TurnIn,
     WarmOut,
 )
-from hotsession.api.turnstream import TurnStream
+from hotsession.api.turnstream import FollowStream, TurnStream
 from hotsession.errors import Conflict, InvalidRequest, NotFound
 from hotsession.registry import SessionRecord
 from hotsession.session import Session, Turn, replay
@@ -312,7 +312,7 @@ async def get_events(
     ] = None,
     follow: Annotated[bool, Query(description="Keep streaming live events.")] = True,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> StreamingResponse:
+) -> Response:
     """Every event after `Last-Event-ID` (or `after`) exactly once, then live ones."""
     if after is None:
         after = 0
@@ -327,7 +327,17 @@ async def get_events(
                 raise InvalidRequest("Last-Event-ID is out of range", field="Last-Event-ID")
     session = api.hub.sessions.get(session_id)
     if session is not None and session.record.tenant == tenant.name:
-        source = session.events(after, follow=follow and not session.closed)
+        if follow and not session.closed:
+            streams = api.metrics.streams
+            return FollowStream(
+                session.fanout,
+                after,
+                api.closing,
+                keepalive_s=api.settings.sse_keepalive_s,
+                opened=streams.inc,
+                closed=streams.dec,
+            )
+        source = session.events(after, follow=False)
     else:
         await api.hub.record(session_id, tenant=tenant.name)  # 404 unless a closed one of ours
         source = replay(api.hub.registry, session_id, after)

@@ -20,7 +20,9 @@ as the lean client left each stream at its ``result`` and closed the socket);
 ``streamed 500 deltas`` (``[[stream:500]]`` on a session opened with
 ``include_partial_messages``: ~510 lines);
 ``500 deltas, not asked`` (the same reply on a session that did not ask for partial messages:
-the CLI still writes the deltas, which the daemon drops unread beyond their first bytes).
+the CLI still writes the deltas, which the daemon drops unread beyond their first bytes);
+``streamed 500 deltas, 1 follower`` (the streamed turn while a client follows the session's
+``GET …/events``, as a dashboard watching it does).
 Targets (issue 13): plain ≤ 3 % of the CLI's CPU, streamed ≤ 8 %.
 
 Why the CPU clocks and not ``psutil``'s ``cpu_times``. Those come from ``/proc/PID/stat`` in
@@ -56,6 +58,7 @@ class Kind:
     prompt: str
     partial: bool
     keep_alive: bool = True
+    followers: int = 0  # clients following the session's events (GET …/events) meanwhile
 
 
 KINDS = (
@@ -63,6 +66,7 @@ KINDS = (
     Kind("plain follow-up, new connection", "hi", False, keep_alive=False),
     Kind("streamed 500 deltas", "[[stream:500]]", True),
     Kind("500 deltas, not asked", "[[stream:500]]", False),
+    Kind("streamed 500 deltas, 1 follower", "[[stream:500]]", True, followers=1),
 )
 
 
@@ -95,6 +99,16 @@ async def _turn(d: Daemon, session_id: str, prompt: str, *, keep_alive: bool = T
         raise BenchError(f"a turn failed: {s.error}")
 
 
+async def _follow(d: Daemon, session_id: str) -> None:
+    """Read the session's events (replay, then live) until cancelled, as a dashboard does; its
+    CPU is the bench's."""
+    async with d.http.stream("GET", f"/v1/sessions/{session_id}/events") as resp:
+        if resp.status_code >= 400:
+            raise BenchError(f"GET …/events: {resp.status_code}")
+        async for _ in resp.aiter_raw():
+            pass
+
+
 async def idle_rate(d: Daemon, env: BenchEnv, idle_s: float) -> dict[str, Any]:
     """The daemon's CPU per second with a few idle sessions and the pool's spares ready."""
     opened = []
@@ -123,6 +137,7 @@ async def measure_kind(
     """Daemon and CLI CPU per turn of one kind (see the module docstring)."""
     created = await _open(d, env, kind.partial)
     sid = str(created["id"])
+    followers: list[asyncio.Task[None]] = []
     try:
         for _ in range(3):  # the first turns of a process cost more; not counted
             await _turn(d, sid, kind.prompt, keep_alive=kind.keep_alive)
@@ -131,12 +146,24 @@ async def measure_kind(
             raise BenchError("the session has no process")
         await d.wait_quiet()
         assert d.proc is not None
+        followers = [asyncio.create_task(_follow(d, sid)) for _ in range(kind.followers)]
+        if followers:
+            await asyncio.sleep(0.5)  # connected, the replay of the first turns read
         d0, a0, t0 = cpu_s(d.proc.pid), cpu_s(pid), time.monotonic()
         for _ in range(turns):
             await _turn(d, sid, kind.prompt, keep_alive=kind.keep_alive)
         d1, a1, t1 = cpu_s(d.proc.pid), cpu_s(pid), time.monotonic()
     finally:
+        for task in followers:
+            task.cancel()
+        failed = [
+            r
+            for r in await asyncio.gather(*followers, return_exceptions=True)
+            if isinstance(r, Exception)
+        ]
         await d.close_session(sid)
+    if failed:
+        raise BenchError(f"a follower failed: {failed[0]}")
     wall = t1 - t0
     daemon_ms = ((d1 - d0) * 1000 - idle_ms_per_s * wall) / turns
     cli_ms = (a1 - a0) * 1000 / turns

@@ -69,12 +69,19 @@ class Subscription:
     """Live events of a session for one listener; bounded, dropped when it falls behind.
 
     Subclass it and override ``push`` to do something else with the events (``push`` runs on
-    the turn's path: keep it quick)."""
+    the turn's path: keep it quick).
+
+    The events wait in a deque with a doorbell, as a turn's do (``Turn.waiter``): a reader that
+    writes them out in batches (the API's follow stream) takes what is there (``take_ready``)
+    and sleeps on ``waiter`` without a task or an ``asyncio.Queue.get`` per event."""
 
     def __init__(self, fanout: EventFanout, maxsize: int = SUBSCRIBER_BUFFER) -> None:
         self.fanout = fanout
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=maxsize)
+        self.maxsize = maxsize
         self.dropped = False
+        self._events: collections.deque[Event | None] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._partials_ring = True
 
     @property
     def session_id(self) -> str:
@@ -85,19 +92,53 @@ class Subscription:
         """Deliver, or drop this subscriber if it is too slow (it must reconnect and replay)."""
         if self.dropped:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._events) >= self.maxsize:
             self.dropped = True
             self.fanout.unsubscribe(self)
+        else:
+            self._events.append(event)
+            if not self._partials_ring and event is not None and event.raw is not None:
+                return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def empty(self) -> bool:
+        """True when no delivered event waits."""
+        return not self._events
+
+    def take_ready(self) -> list[Event | None]:
+        """Every delivered event not taken yet (None: the session ended the stream)."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def waiter(self, *, partials: bool = True) -> asyncio.Future[None]:
+        """A future resolved at the next delivery (or the drop), as ``Turn.waiter``; resolved
+        already when events wait. ``partials=False``: a partial message does not resolve it."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._partials_ring = partials
+        if self._events or self.dropped:
+            waiter.set_result(None)
+            self._waiter = None
+        return waiter
 
     def close(self) -> None:
         """Stop listening."""
         self.fanout.unsubscribe(self)
 
     async def get(self) -> Event | None:
-        """The next live event; None when the session ended the stream."""
-        return await self.queue.get()
+        """The next live event; None when the session ended the stream (or it was dropped and
+        every delivered event was taken)."""
+        while not self._events:
+            if self.dropped:
+                return None
+            await self.waiter()
+        return self._events.popleft()
 
 
 class EventFanout:
@@ -180,33 +221,16 @@ class EventFanout:
         """Every event after ``after`` exactly once: replay from the log, then live ones."""
         sub = self.subscribe() if follow else None
         try:
-            last = after
-            while True:
-                # Every event up to ``upto`` is in the log or among the transient ones (both
-                # are added synchronously by ``emit``); later ones come live (``sub``).
-                upto = self.seq
-                batch = await self.registry.events_after(self.session_id, last, limit=_REPLAY_BATCH)
-                full = len(batch) >= _REPLAY_BATCH
-                if full:
-                    upto = batch[-1].seq
-                old = [
-                    Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
-                    for rec in batch
-                    if rec.seq <= upto and rec.type != RESERVED
-                ]
-                if self._transient and self._transient[-1].seq > last:
-                    old += [e for e in self._transient if last < e.seq <= upto]
-                    old.sort(key=_seq)
+            cursor = [after]
+            async for old in self.replayed(after, cursor):
                 for event in old:
                     yield event
-                last = max(last, upto)
-                if not full:
-                    break
+            last = cursor[0]
             if sub is None:
                 return
             while True:
                 live = await sub.get()
-                if live is None or sub.dropped and sub.queue.empty():
+                if live is None or sub.dropped and sub.empty():
                     return
                 if live.seq > last:
                     last = live.seq
@@ -214,6 +238,33 @@ class EventFanout:
         finally:
             if sub is not None:
                 sub.close()
+
+    async def replayed(self, after: int, cursor: list[int]) -> AsyncIterator[list[Event]]:
+        """The replay part of ``events``, in batches; ``cursor[0]`` ends as the seq it covered:
+        a subscription made before it gives every later event (those up to the cursor it may
+        also hold are to be skipped)."""
+        last = after
+        while True:
+            # Every event up to ``upto`` is in the log or among the transient ones (both
+            # are added synchronously by ``emit``); later ones come live (a subscription).
+            upto = self.seq
+            batch = await self.registry.events_after(self.session_id, last, limit=_REPLAY_BATCH)
+            full = len(batch) >= _REPLAY_BATCH
+            if full:
+                upto = batch[-1].seq
+            old = [
+                Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
+                for rec in batch
+                if rec.seq <= upto and rec.type != RESERVED
+            ]
+            if self._transient and self._transient[-1].seq > last:
+                old += [e for e in self._transient if last < e.seq <= upto]
+                old.sort(key=_seq)
+            last = cursor[0] = max(last, upto)
+            if old:
+                yield old
+            if not full:
+                return
 
 
 def _seq(event: Event) -> int:
