@@ -127,3 +127,24 @@ async def test_a_closed_server_is_a_bench_error() -> None:
         await _collect(client, "/sse", {"chunks": []})
     srv.close()
     await srv.wait_closed()
+
+
+async def test_a_bench_stream_read_to_its_end_keeps_its_connection(
+    server: tuple[int, list[int]],
+) -> None:
+    from hotsession.bench.daemon import Daemon
+    from hotsession.bench.stats import Sample
+
+    port, connections = server
+    d = Daemon.__new__(Daemon)  # only its lean client: no daemon process
+    d.wire = WireClient("127.0.0.1", port, TOKEN)
+    body = {"chunks": ["event: result\ndata: {}\n\n", ": after the result\n\n"]}
+    for _ in range(3):  # bench --cpu's turns: one connection (it connected anew every turn)
+        s = Sample("cpu", 0, "", 0.0)
+        await d.stream("/sse", body, s, to_end=True)
+        assert s.t_result is not None and s.ok
+    assert len(connections) == 1
+    for _ in range(3):  # left at the result: the socket is not reused
+        await d.stream("/sse", body, Sample("cpu", 0, "", 0.0))
+    assert len(connections) == 3
+    await d.wire.aclose()
