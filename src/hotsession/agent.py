@@ -107,9 +107,11 @@ class PartialMessage(dict[str, Any]):
 ControlHandler = Callable[["AgentProcess", dict[str, Any]], Awaitable[dict[str, Any]]]
 MirrorSink = Callable[[dict[str, Any]], None]
 """Takes the CLI's ``transcript_mirror`` frames (``--session-mirror``), in order."""
-Sink = Callable[[dict[str, Any], "bytes | None"], bool]
-"""Takes a turn's messages as they are read (``deliver``), each with the CLI's line (None for a
-message that was queued before the delivery began); True for the last one it wants."""
+Batch = list[tuple[dict[str, Any], "bytes | None"]]
+"""Messages read together, each with the CLI's line (None for one queued before a delivery)."""
+Sink = Callable[[Batch], "int | None"]
+"""Takes a turn's messages as they are read (``deliver``), a chunk's at once; returns None to
+go on, or the index of the last message it wants (the delivery ends there)."""
 
 
 class AgentProcess(asyncio.SubprocessProtocol):
@@ -342,22 +344,25 @@ class AgentProcess(asyncio.SubprocessProtocol):
         return out
 
     def deliver(self, sink: Sink) -> asyncio.Future[dict[str, Any]]:
-        """Hand messages to ``sink`` as they are read, in order (queued ones first), until it
-        returns True for one: the future then holds that message, and later ones are queued
-        again. It raises the process's ``exit_error`` when the process ends first, or what
-        ``sink`` raised. ``undeliver`` (or cancelling the future) stops the delivery.
+        """Hand messages to ``sink`` as they are read, in order (queued ones first), the lines
+        of one chunk at once, until it names its last one: the future then holds that message,
+        and later ones are queued again. It raises the process's ``exit_error`` when the process
+        ends first, or what ``sink`` raised (the batch it raised on is lost with the turn).
+        ``undeliver`` (or cancelling the future) stops the delivery.
 
         For a turn's runner: ``sink`` is called on the reader's path (keep it quick), with no
-        task wake-up per message."""
+        task wake-up per message, and one call per chunk (a streamed reply's dozens of deltas
+        read together are handled in one loop: measured, docs/benchmarks.md)."""
         if self._sink is not None:
             raise RuntimeError("messages are already being delivered")
         done: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._sink, self._sink_done = sink, done
         queue = self._queue
-        delivering = True
-        while queue and delivering:
-            delivering = self._feed(queue.popleft(), None)
-        if delivering and self.exit_error is not None:
+        if queue:
+            queued: Batch = [(msg, None) for msg in queue]
+            queue.clear()
+            queue.extend(msg for msg, _ in self._feed(queued))
+        if self._sink is sink and self.exit_error is not None:
             self._sink = self._sink_done = None
             done.set_exception(self.exit_error)
         return done
@@ -369,21 +374,21 @@ class AgentProcess(asyncio.SubprocessProtocol):
         if not done.done():
             done.cancel()
 
-    def _feed(self, msg: dict[str, Any], line: bytes | None) -> bool:
-        """One message to the sink (set by the caller); False once the delivery ended."""
+    def _feed(self, batch: Batch) -> Batch:
+        """Messages to the sink (set by the caller); returns those it did not take."""
         sink, done = self._sink, self._sink_done
         assert sink is not None and done is not None
         try:
-            last = sink(msg, line)
+            last = sink(batch)
         except BaseException as exc:  # the sink's error is its caller's, the reader goes on
             self._sink = self._sink_done = None
             done.set_exception(exc)
-            return False
-        if last:
-            self._sink = self._sink_done = None
-            done.set_result(msg)
-            return False
-        return True
+            return []
+        if last is None:
+            return []
+        self._sink = self._sink_done = None
+        done.set_result(batch[last][0])
+        return batch[last + 1 :]
 
     def _read_stdout(self, data: bytes) -> None:
         """Split a chunk of stdout into lines, route or pass each on (see the docstring)."""
@@ -415,7 +420,7 @@ class AgentProcess(asyncio.SubprocessProtocol):
         ):
             self._too_long()
             return
-        out: list[tuple[dict[str, Any], bytes]] = []  # messages with their lines
+        out: Batch = []  # messages with their lines
         wanted = self.partial_messages
         for line in lines:
             if line.startswith(_STREAM_EVENT) and line.endswith(b"}"):
@@ -459,18 +464,14 @@ class AgentProcess(asyncio.SubprocessProtocol):
         if not pipe.is_closing():
             cast(asyncio.ReadTransport, pipe).resume_reading()
 
-    def _pass_on(self, msgs: list[tuple[dict[str, Any], bytes]]) -> None:
+    def _pass_on(self, msgs: Batch) -> None:
         """Messages to the sink, or to the queue (waking a reader)."""
-        i = 0
         if self._sink_done is not None and self._sink_done.done():
             self._sink = self._sink_done = None  # cancelled by its waiter: the queue's now
         if self._sink is not None:
-            for msg, line in msgs:
-                i += 1
-                if not self._feed(msg, line):
-                    break
-        if i < len(msgs):
-            self._queue.extend(msg for msg, _ in msgs[i:])
+            msgs = self._feed(msgs)
+        if msgs:
+            self._queue.extend(msg for msg, _ in msgs)
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)

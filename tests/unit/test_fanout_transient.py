@@ -3,10 +3,12 @@ their seqs never handed out twice, not even by a daemon that died without writin
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hotsession.registry.memory import MemoryRegistry
 from hotsession.session.fanout import RESERVED, SEQ_RESERVE, EventFanout, replay
+from hotsession.session.turn import Turn
 
 
 def delta(text: str) -> dict[str, Any]:
@@ -60,3 +62,40 @@ async def test_only_the_running_and_previous_turns_deltas_are_kept() -> None:
     kept = [e async for e in fan.events(0, follow=False)]
     assert [e.turn for e in kept] == [2, 2, 2, 3, 3, 3]
     await reg.close()
+
+
+async def test_partials_emitted_together_are_numbered_kept_and_delivered_as_one_by_one() -> None:
+    """``emit_partials`` (a reader's chunk of deltas at once) against ``emit`` per delta: the
+    same seqs (reservation rows skipped), the same replay, the same events to the turn and to
+    subscribers, in order; older turns' deltas dropped the same way."""
+    lines = [
+        json.dumps(delta(str(i)), separators=(",", ":")).encode() for i in range(SEQ_RESERVE + 5)
+    ]
+    seen: dict[str, list[tuple[int, int, Any]]] = {}
+    for way in ("one by one", "together"):
+        reg = MemoryRegistry()
+        await reg.open()
+        fan = EventFanout("s1", reg)
+        sub = fan.subscribe()
+        for number in (1, 2, 3):
+            turn = Turn("s1", number, "p")
+            fan.emit(turn, "message", {"type": "system"})
+            if way == "together":
+                fan.emit_partials(turn, lines[:7])
+                fan.emit_partials(turn, lines[7:])
+            else:
+                for line in lines:
+                    fan.emit(turn, "message", {"type": "stream_event"}, raw=line)
+            fan.emit(turn, "result", {"turn": number})
+            pushed = turn.take_ready()
+            assert [e.seq for e in pushed] == sorted(e.seq for e in pushed)
+            assert pushed[-1].terminal and len(pushed) == len(lines) + 2
+        live = [e for e in sub.take_ready() if e is not None]
+        replayed = [e async for e in fan.events(0, follow=False)]
+        stored = await reg.events_after("s1", 0, 100_000)
+        seen[way] = [(e.seq, e.turn, e.data) for e in live + replayed] + [
+            (r.seq, r.turn, r.type) for r in stored
+        ]
+        assert {e.turn for e in replayed if e.raw is not None} == {2, 3}
+        await reg.close()
+    assert seen["together"] == seen["one by one"]

@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hotsession.agent import AgentProcess, PartialMessage
+from hotsession.agent import AgentProcess, Batch, PartialMessage
 from hotsession.errors import (
     AgentDied,
     AgentError,
@@ -389,15 +389,29 @@ class Session:
         emit = self.fanout.emit
         monotonic = time.monotonic
 
-        def take(msg: dict[str, Any], line: bytes | None) -> bool:
-            clock.observe(msg, monotonic())
-            if type(msg) is PartialMessage:
-                emit(turn, "message", msg, raw=line)
-                return False
-            # The CLI's own line goes on with the parsed message: the SSE frame and the stored
-            # event row are that line, not the message encoded again (``Event.line``).
-            emit(turn, "message", msg, line=line)
-            return msg.get("type") == "result"
+        emit_partials = self.fanout.emit_partials
+
+        def take(batch: Batch) -> int | None:
+            now = monotonic()
+            partials: list[bytes] = []  # a run of token deltas: numbered and passed on at once
+            for i, (msg, line) in enumerate(batch):
+                if type(msg) is PartialMessage:
+                    partials.append(msg.raw)
+                    continue
+                if partials:
+                    emit_partials(turn, partials)
+                    partials = []
+                clock.observe(msg, now)
+                # The CLI's own line goes on with the parsed message: the SSE frame and the
+                # stored event row are that line, not the message encoded again (``Event.line``).
+                emit(turn, "message", msg, line=line)
+                if msg.get("type") == "result":
+                    return i
+            if partials:
+                if clock.first_event is None:
+                    clock.first_event = now
+                emit_partials(turn, partials)
+            return None
 
         loop = asyncio.get_running_loop()
         watchdog = self._ctx.config.watchdog_s

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from hotsession.events import Event
@@ -189,18 +190,47 @@ class EventFanout:
             sub.push(event)
         return event
 
-    def _keep_transient(self, event: Event) -> None:
+    def emit_partials(self, turn: Turn, lines: Sequence[bytes]) -> None:
+        """``emit`` of partial messages (the CLI's lines, passed on unparsed) read together, in
+        one loop: the same numbering, keeping and delivery. A streamed reply's deltas come in
+        chunks of dozens, and ``emit`` was ~10 Python calls a delta (measured, cpureader's
+        paragraph in docs/benchmarks.md)."""
+        sid, number, t = self.session_id, turn.number, time.time()
         kept = self._transient
-        if kept and kept[-1].turn != event.turn:
-            # A new turn streams: only the previous turn's deltas stay with it.
-            while kept and kept[0].turn < event.turn - 1:
-                kept.popleft()
-        kept.append(event)
+        self._trim_transient(number)
+        subscribers = list(self._subscribers)
+        push = turn.push
+        for line in lines:
+            seq = self.seq + 1
+            if seq == self._reserved:
+                seq += 1  # the reservation row holds that seq (see the module docstring)
+            self.seq = seq
+            event = Event(sid, seq, number, "message", None, t, raw=line)
+            kept.append(event)
+            if seq >= self._reserved:
+                self._reserve(event)
+            push(event)
+            for sub in subscribers:
+                sub.push(event)
+
+    def _keep_transient(self, event: Event) -> None:
+        self._trim_transient(event.turn)
+        self._transient.append(event)
         if event.seq >= self._reserved:
-            self._reserved = event.seq + SEQ_RESERVE
-            self.registry.add_events(
-                [EventRecord(self.session_id, self._reserved, event.turn, RESERVED, {}, event.t)]
-            )
+            self._reserve(event)
+
+    def _trim_transient(self, turn: int) -> None:
+        kept = self._transient
+        if kept and kept[-1].turn != turn:
+            # A new turn streams: only the previous turn's deltas stay with it.
+            while kept and kept[0].turn < turn - 1:
+                kept.popleft()
+
+    def _reserve(self, event: Event) -> None:
+        self._reserved = event.seq + SEQ_RESERVE
+        self.registry.add_events(
+            [EventRecord(self.session_id, self._reserved, event.turn, RESERVED, {}, event.t)]
+        )
 
     def subscribe(self, sub: Subscription | None = None) -> Subscription:
         """Live events from now on (``sub``: a subclass whose ``push`` does something else)."""
