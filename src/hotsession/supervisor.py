@@ -341,8 +341,38 @@ def _call_exit_hook(hook: Callable[[], None], label: str) -> None:
         log.exception("clean-up after agent %s failed", label)
 
 
+_TAG_KEY = b"\0" + AGENT_TAG_ENV.encode() + b"="
+
+
 def _kill_tagged(match: Callable[[str], bool]) -> int:
-    """SIGKILL every process whose ``HOTSESSION_AGENT`` tag matches; returns how many."""
+    """SIGKILL every process whose ``HOTSESSION_AGENT`` tag matches; returns how many.
+
+    Runs when an agent exits, over every process of the machine: ``/proc/PID/environ`` is read
+    by hand (0.95 ms for 135 processes here; psutil's ``Process.environ`` for each, 2.6 ms)."""
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:  # not Linux: psutil knows how
+        return _kill_tagged_psutil(match)
+    killed = 0
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or not ours to read
+        at = env.find(_TAG_KEY)
+        if at < 0:
+            continue
+        start = at + len(_TAG_KEY)
+        end = env.find(b"\0", start)
+        if match(env[start : end if end >= 0 else len(env)].decode(errors="replace")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def _kill_tagged_psutil(match: Callable[[str], bool]) -> int:
     killed = 0
     for p in psutil.process_iter():
         try:

@@ -372,3 +372,25 @@ async def test_a_cancelled_read_loses_no_message(tmp_path: Path) -> None:
     await agent.send_user("x")
     assert (await next_message(agent))["type"] == "assistant"
     await agent.close()
+
+
+def test_tagged_processes_are_killed_by_their_tag_alone(tmp_path: Path) -> None:
+    """What a dead agent's tools meet (``_kill_tagged``): a process whose environment carries
+    the agent's tag is killed, one with another tag or none is not."""
+    from hotsession.supervisor import AGENT_TAG_ENV, _kill_tagged
+
+    def start(tag: str | None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != AGENT_TAG_ENV}
+        if tag is not None:
+            env[AGENT_TAG_ENV] = tag
+        return subprocess.Popen(["sleep", "60"], env=env)
+
+    mine, other, untagged = start("1:mine"), start("1:other"), start(None)
+    try:
+        assert _kill_tagged("1:mine".__eq__) == 1
+        assert mine.wait(5) == -9
+        assert other.poll() is None and untagged.poll() is None
+    finally:
+        for p in (mine, other, untagged):
+            p.kill()
+            p.wait()
