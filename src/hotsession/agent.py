@@ -33,9 +33,10 @@ The interface. Readers never see the queue: ``async for msg in process`` (or ``a
 process.next_message()``) yields the process's messages in order and raises the process's
 ``exit_error`` (an :class:`~hotsession.errors.AgentError`) once it is gone and every message it
 wrote before dying was taken; ``drain_idle()`` takes what an idle process wrote, without waiting
-(the pool's health checks). ``deliver(sink)`` hands the messages to ``sink`` as they are read
-(those queued first) until it returns True for one — a turn's ``result`` — and resolves with that
-message (or the process's ``exit_error``); what follows it stays queued. ``send_user`` starts a
+(the pool's health checks). ``deliver(sink)`` hands the messages to ``sink`` as they are read, a
+chunk's at once with the CLI's lines (those queued first), until it names its last one — a
+turn's ``result`` — and resolves with that message (or the process's ``exit_error``); what
+follows it stays queued. ``send_user`` starts a
 turn and counts it (``turns``).
 
 Liveness. Death is detected on every path: EOF on stdout (exit code 0 or not), a reader error

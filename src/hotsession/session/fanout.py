@@ -1,8 +1,10 @@
 """The event fan-out of a session: numbering, the log, the turn's stream, live subscribers.
 
-Every event of a session goes through :meth:`EventFanout.emit`, on the daemon's loop and on the
-turn's path: it takes the session's next sequence number, hands the event to the registry's
-buffered log (non-blocking), to the turn's own stream and to every live :class:`Subscription`.
+Every event of a session goes through :meth:`EventFanout.emit` (a run of partial messages read
+together through :meth:`EventFanout.emit_partials`, the same in one loop), on the daemon's loop
+and on the turn's path: it takes the session's next sequence number, hands the event to the
+registry's buffered log (non-blocking), to the turn's own stream and to every live
+:class:`Subscription`.
 ``events(after)`` is replay from the log followed by live events, each exactly once;
 :func:`replay` is the replay alone, for a session that is no longer open.
 
