@@ -51,22 +51,100 @@ SLOW_FRAME = frame_untracked(
 )
 
 
-class _TurnTap(Subscription):
-    """Forwards a session's turn milestones to a feed (and nothing else)."""
+def milestone(event: Event) -> dict[str, Any]:
+    """A turn milestone as ``/v1/stream`` sends it (the ``data`` of a ``turn`` event)."""
+    return {
+        "session_id": event.session_id,
+        "seq": event.seq,
+        "turn": event.turn,
+        "type": event.type,
+        "data": event.data,
+    }
 
-    def __init__(self, session: Session, feed: Feed) -> None:
+
+class _TurnTap(Subscription):
+    """Forwards a session's turn milestones to a watch (and nothing else)."""
+
+    def __init__(self, session: Session, watch: TenantWatch) -> None:
         super().__init__(session.fanout, maxsize=1)
-        self.feed = feed
+        self.watch = watch
 
     def push(self, event: Event | None) -> None:
         if event is None:  # the session was closed (or the daemon stops)
             self.close()
-            self.feed.taps.pop(self.session_id, None)
+            self.watch.taps.pop(self.session_id, None)
         elif event.type in TURN_TYPES:
-            self.feed.turn_event(event)
+            self.watch.turn_event(event)
 
 
-class Feed:
+class TenantWatch:
+    """What changed among one tenant's sessions of a hub: the sessions (by id, latest wins)
+    and their turn milestones (bounded), with a wake-up for the writer. The one gatherer
+    behind this module's :class:`Feed` and the cluster node's ``NodeWatch``."""
+
+    def __init__(self, hub: Hotsession, tenant: str, *, max_backlog: int = MAX_BACKLOG) -> None:
+        self.hub = hub
+        self.tenant = tenant
+        self.max_backlog = max_backlog
+        self.taps: dict[str, _TurnTap] = {}
+        self.dirty: dict[str, Session] = {}
+        self.turns: collections.deque[dict[str, Any]] = collections.deque()
+        self.overflowed = False
+        self._wake = asyncio.Event()
+
+    # -- producers (called on the daemon's loop, possibly on a turn's path) ---------------------
+
+    def on_state(self, session: Session) -> None:
+        """Hub state listener (on the turn's path: only notes the session)."""
+        if session.record.tenant != self.tenant:
+            return
+        self.dirty[session.id] = session
+        if session.id not in self.taps and not session.closed:
+            self._tap(session)
+        self._wake.set()
+
+    def turn_event(self, event: Event) -> None:
+        """A milestone of one of the tenant's turns."""
+        if len(self.turns) >= self.max_backlog:
+            self.overflowed = True
+        else:
+            self.turns.append(milestone(event))
+        self._wake.set()
+
+    def _tap(self, session: Session) -> None:
+        self.taps[session.id] = tap = _TurnTap(session, self)
+        session.subscribe(tap)
+
+    # -- the writer's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen, and note every open session of the tenant (the snapshot)."""
+        self.hub.add_state_listener(self.on_state)
+        for session in self.hub.list(tenant=self.tenant):
+            self.dirty[session.id] = session
+            self._tap(session)
+
+    def stop(self) -> None:
+        """Stop listening and drop every tap."""
+        self.hub.remove_state_listener(self.on_state)
+        for tap in list(self.taps.values()):
+            tap.close()
+        self.taps.clear()
+
+    def take_turns(self) -> list[dict[str, Any]]:
+        """The milestones gathered since the last call, in order."""
+        turns = list(self.turns)
+        self.turns.clear()
+        return turns
+
+    def take_sessions(self) -> list[Session]:
+        """The sessions changed since the last call (each once)."""
+        sessions = list(self.dirty.values())
+        self.dirty.clear()
+        return sessions
+
+
+class Feed(TenantWatch):
     """One connection's view of a tenant: see the module docstring."""
 
     def __init__(
@@ -81,53 +159,12 @@ class Feed:
         closing: asyncio.Future[None],
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
-        self.hub = hub
-        self.tenant = tenant
+        super().__init__(hub, tenant, max_backlog=max_backlog)
         self.view = view
         self.pool = pool
         self.pool_interval = pool_interval
         self.keepalive_s = keepalive_s
         self.closing = closing
-        self.max_backlog = max_backlog
-        self.taps: dict[str, _TurnTap] = {}
-        self.dirty: dict[str, Session] = {}
-        self.turns: collections.deque[bytes] = collections.deque()
-        self.overflowed = False
-        self._wake = asyncio.Event()
-
-    # -- producers (called on the daemon's loop, possibly on a turn's path) ---------------------
-
-    def on_state(self, session: Session) -> None:
-        """Hub state listener."""
-        if session.record.tenant != self.tenant:
-            return
-        self.dirty[session.id] = session
-        if session.id not in self.taps and not session.closed:
-            self._tap(session)
-        self._wake.set()
-
-    def turn_event(self, event: Event) -> None:
-        """A milestone of one of the tenant's turns."""
-        if len(self.turns) >= self.max_backlog:
-            self.overflowed = True
-        else:
-            self.turns.append(
-                frame_untracked(
-                    "turn",
-                    {
-                        "session_id": event.session_id,
-                        "seq": event.seq,
-                        "turn": event.turn,
-                        "type": event.type,
-                        "data": event.data,
-                    },
-                )
-            )
-        self._wake.set()
-
-    def _tap(self, session: Session) -> None:
-        self.taps[session.id] = tap = _TurnTap(session, self)
-        session.subscribe(tap)
 
     def _wake_on_close(self, _: object) -> None:
         self._wake.set()
@@ -137,12 +174,9 @@ class Feed:
     async def frames(self) -> AsyncIterator[bytes]:
         """The stream's bytes (ends as the module docstring says)."""
         loop = asyncio.get_running_loop()
-        self.hub.add_state_listener(self.on_state)
+        self.start()
         self.closing.add_done_callback(self._wake_on_close)
         try:
-            for session in self.hub.list(tenant=self.tenant):
-                self.dirty[session.id] = session
-                self._tap(session)
             next_pool = last_out = loop.time()
             while True:
                 if self.closing.done():
@@ -154,12 +188,9 @@ class Feed:
                 self._wake.clear()
                 out: list[bytes] = []
                 # Turns first: a result comes before the state it leaves the session in.
-                while self.turns:
-                    out.append(self.turns.popleft())
+                out += [frame_untracked("turn", m) for m in self.take_turns()]
                 if self.dirty:
-                    sessions = list(self.dirty.values())
-                    self.dirty.clear()
-                    out += [frame_untracked("session", v) for v in self.view(sessions)]
+                    out += [frame_untracked("session", v) for v in self.view(self.take_sessions())]
                 now = loop.time()
                 if now >= next_pool:
                     out.append(frame_untracked("pool", self.pool()))
@@ -177,8 +208,5 @@ class Feed:
                         async with asyncio.timeout(delay):
                             await self._wake.wait()
         finally:
-            self.hub.remove_state_listener(self.on_state)
+            self.stop()
             self.closing.remove_done_callback(self._wake_on_close)
-            for tap in list(self.taps.values()):
-                tap.close()
-            self.taps.clear()

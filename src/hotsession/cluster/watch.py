@@ -25,48 +25,19 @@ when the daemon cancels the call (its client went away) or the node stops.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from hotsession.events import Event
+from hotsession.api.feed import MAX_BACKLOG, TURN_TYPES, TenantWatch, milestone
 from hotsession.hub import Hotsession
-from hotsession.session import Session, Subscription
+from hotsession.session import Session
 
-TURN_TYPES = frozenset({"result", "error", "permission_request", "permission_resolved"})
-MAX_BACKLOG = 1000
-
-__all__ = ["MAX_BACKLOG", "TURN_TYPES", "NodeWatch"]
+__all__ = ["MAX_BACKLOG", "TURN_TYPES", "NodeWatch", "milestone"]
 
 
-def milestone(event: Event) -> dict[str, Any]:
-    """A turn milestone as ``/v1/stream`` sends it (the ``data`` of a ``turn`` event)."""
-    return {
-        "session_id": event.session_id,
-        "seq": event.seq,
-        "turn": event.turn,
-        "type": event.type,
-        "data": event.data,
-    }
-
-
-class _Tap(Subscription):
-    """Forwards one session's turn milestones to a watch (and nothing else)."""
-
-    def __init__(self, session: Session, watch: NodeWatch) -> None:
-        super().__init__(session.fanout, maxsize=1)
-        self.watch = watch
-
-    def push(self, event: Event | None) -> None:
-        if event is None:  # the session was closed, dropped, or the node stops
-            self.close()
-            self.watch.taps.pop(self.session_id, None)
-        elif event.type in TURN_TYPES:
-            self.watch.turn_event(event)
-
-
-class NodeWatch:
-    """One daemon connection's view of a tenant on this node (see the module docstring)."""
+class NodeWatch(TenantWatch):
+    """One daemon connection's view of a tenant on this node (see the module docstring); the
+    gathering is the single machine's feed's (:class:`~hotsession.api.feed.TenantWatch`)."""
 
     def __init__(
         self,
@@ -76,44 +47,13 @@ class NodeWatch:
         *,
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
-        self.hub = hub
-        self.tenant = tenant
+        super().__init__(hub, tenant, max_backlog=max_backlog)
         self.view = view
-        self.max_backlog = max_backlog
-        self.taps: dict[str, _Tap] = {}
-        self.dirty: dict[str, Session] = {}
-        self.turns: list[dict[str, Any]] = []
-        self.overflowed = False
-        self._wake = asyncio.Event()
-
-    def on_state(self, session: Session) -> None:
-        """The engine's state listener (on the turn's path: only notes the session)."""
-        if session.record.tenant != self.tenant:
-            return
-        self.dirty[session.id] = session
-        if session.id not in self.taps and not session.closed:
-            self._tap(session)
-        self._wake.set()
-
-    def turn_event(self, event: Event) -> None:
-        """A milestone of one of the tenant's turns here."""
-        if len(self.turns) >= self.max_backlog:
-            self.overflowed = True
-        else:
-            self.turns.append(milestone(event))
-        self._wake.set()
-
-    def _tap(self, session: Session) -> None:
-        self.taps[session.id] = tap = _Tap(session, self)
-        session.subscribe(tap)
 
     async def batches(self) -> AsyncIterator[dict[str, Any]]:
         """The snapshot, then a batch per wake-up (see the module docstring)."""
-        self.hub.add_state_listener(self.on_state)
+        self.start()
         try:
-            for session in self.hub.list(tenant=self.tenant):
-                self.dirty[session.id] = session
-                self._tap(session)
             yield self._take()
             while True:
                 await self._wake.wait()
@@ -125,13 +65,8 @@ class NodeWatch:
                 if batch["sessions"] or batch["turns"]:
                     yield batch
         finally:
-            self.hub.remove_state_listener(self.on_state)
-            for tap in list(self.taps.values()):
-                tap.close()
-            self.taps.clear()
+            self.stop()
 
     def _take(self) -> dict[str, Any]:
-        turns, self.turns = self.turns, []
-        sessions = list(self.dirty.values())
-        self.dirty.clear()
-        return {"sessions": [self.view(s) for s in sessions], "turns": turns}
+        turns = self.take_turns()
+        return {"sessions": [self.view(s) for s in self.take_sessions()], "turns": turns}
