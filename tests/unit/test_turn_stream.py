@@ -163,6 +163,35 @@ async def test_the_doorbell_rings_once_per_batch_and_at_once_when_events_wait() 
     assert turn.take_ready() == []
 
 
+async def test_a_run_of_partials_rings_the_doorbell_only_for_a_reader_that_wants_them() -> None:
+    from hotsession.session import Turn
+
+    line = b'{"type":"stream_event","event":{"type":"content_block_delta"}}'
+    run = [Event("hs_x", n, 1, "message", None, raw=line) for n in (1, 2, 3)]
+    turn = Turn("hs_x", 1, "p")
+    holding = turn.waiter(partials=False)
+    turn.push_partials(run)
+    assert not holding.done()  # held deltas wait without a wake-up (the SSE writer's hold)
+    waiting = turn.waiter()
+    assert waiting.done()  # a reader that wants deltas finds them at once
+    assert turn.take_ready() == run
+    later = turn.waiter()
+    turn.push_partials(run[:1])
+    assert later.done()
+
+
+def test_partial_messages_are_framed_in_a_batch_as_frame_frames_them() -> None:
+    line = b'{"type":"stream_event","event":{"type":"content_block_delta","t":"a\\nb"}}'
+    events = [
+        Event("hs_x", 1, 1, "message", {"type": "system"}),
+        Event("hs_x", 2, 1, "message", None, raw=line),
+        Event("hs_x", 3, 1, "message", None, raw=line + b"\n"),
+        Event("hs_x", 4, 1, "message", None, raw=line, line=b'{"type":"other"}'),
+        Event("hs_x", 5, 1, "result", {"turn": 1}),
+    ]
+    assert b"".join(sse._batches(events)) == b"".join(sse.frame(e) for e in events)
+
+
 # -- the edge's send limit ---------------------------------------------------------------------
 
 

@@ -198,21 +198,26 @@ class EventFanout:
         chunks of dozens, and ``emit`` was ~10 Python calls a delta (measured, cpureader's
         paragraph in docs/benchmarks.md)."""
         sid, number, t = self.session_id, turn.number, time.time()
-        kept = self._transient
         self._trim_transient(number)
-        subscribers = list(self._subscribers)
-        push = turn.push
+        events: list[Event] = []
+        add = events.append
+        seq = self.seq
         for line in lines:
-            seq = self.seq + 1
+            seq += 1
             if seq == self._reserved:
                 seq += 1  # the reservation row holds that seq (see the module docstring)
-            self.seq = seq
             event = Event(sid, seq, number, "message", None, t, raw=line)
-            kept.append(event)
+            add(event)
             if seq >= self._reserved:
                 self._reserve(event)
-            push(event)
-            for sub in subscribers:
+        self.seq = seq
+        # The run is handed on at once: the ring and the turn take it whole (``Turn.push`` per
+        # delta was a call, a deque append and a terminal check each: ~0.1 ms of a 500-delta
+        # turn, measured 2026-11-30, docs/benchmarks.md).
+        self._transient.extend(events)
+        turn.push_partials(events)
+        for sub in list(self._subscribers):
+            for event in events:
                 sub.push(event)
 
     def _keep_transient(self, event: Event) -> None:

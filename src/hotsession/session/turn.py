@@ -88,6 +88,17 @@ class Turn:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def push_partials(self, events: list[Event]) -> None:
+        """``push`` of a run of partial messages (never terminal), at once."""
+        if not events:
+            return
+        self._events.extend(events)
+        waiter = self._waiter
+        if waiter is not None and self._partials_ring:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def waiter(self, *, partials: bool = True) -> asyncio.Future[None]:
         """A future resolved at the turn's next event (already resolved when the turn holds
         events not taken yet); one per batch, shared by every reader waiting now. Resolving it
