@@ -154,6 +154,7 @@ class AgentProcess(asyncio.SubprocessProtocol):
         # Reading: an unfinished stdout line's chunks (joined once its newline comes), the same
         # for stderr; set once stdout ended or could not be understood any more.
         self._line_parts: list[bytes] = []
+        self._resumed_at = float("-inf")  # loop time reading resumed after a pause (coalescing)
         self._line_len = 0
         self._err_part = b""
         self._stdout_done = False
@@ -397,7 +398,11 @@ class AgentProcess(asyncio.SubprocessProtocol):
         if self._stdout_done:
             return  # after a protocol error the rest is not read
         now = self._loop.time()
-        dense = now - self.last_output < COALESCE_S
+        # Dense: a chunk soon after the previous read, or soon after a pause for deltas ended
+        # (lines queued meanwhile: more follow). Counting only the previous read, the read just
+        # after a pause never paused again, and the next line was read alone: a 500-delta reply
+        # took ~24 reads and ~49 loop iterations (strace, 2026-11-30), now about half.
+        dense = now - max(self.last_output, self._resumed_at) < COALESCE_S
         self.last_output = now
         if self._line_parts:  # an unfinished line waits for its newline
             if b"\n" not in data:
@@ -466,9 +471,9 @@ class AgentProcess(asyncio.SubprocessProtocol):
         cast(asyncio.ReadTransport, pipe).pause_reading()
         self._loop.call_later(COALESCE_S, self._resume_reading, pipe)
 
-    @staticmethod
-    def _resume_reading(pipe: asyncio.BaseTransport) -> None:
+    def _resume_reading(self, pipe: asyncio.BaseTransport) -> None:
         if not pipe.is_closing():
+            self._resumed_at = self._loop.time()
             cast(asyncio.ReadTransport, pipe).resume_reading()
 
     def _pass_on(self, msgs: Batch) -> None:

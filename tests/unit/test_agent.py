@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from hotsession.agent import AgentProcess, PartialMessage
+from hotsession.agent import COALESCE_S, AgentProcess, PartialMessage
 from hotsession.errors import (
     AgentDied,
     AgentError,
@@ -394,3 +394,57 @@ def test_tagged_processes_are_killed_by_their_tag_alone(tmp_path: Path) -> None:
         for p in (mine, other, untagged):
             p.kill()
             p.wait()
+
+
+class _Pipe:
+    """The stdout pipe's transport, as far as the reader's coalescing uses it."""
+
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.resumed += 1
+
+
+class _Transport:
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+
+    def get_pipe_transport(self, fd: int) -> _Pipe | None:
+        return self.pipe if fd == 1 else None
+
+
+async def test_reading_pauses_again_when_deltas_queued_during_a_pause() -> None:
+    """The read just after a pause for deltas takes what queued meanwhile; more follow, so it
+    pauses again (it used to count only the previous read, 1 ms ago, and read the next line
+    alone). A read long after the pause ended, or one ending with no delta, does not pause."""
+    loop = asyncio.get_running_loop()
+    agent = AgentProcess(label="coalesce", max_line_bytes=1 << 20)
+    pipe = _Pipe()
+    agent._transport = _Transport(pipe)  # type: ignore[assignment]
+    delta = b'{"type":"stream_event","event":{"type":"content_block_delta","index":0}}\n'
+    stop = b'{"type":"stream_event","event":{"type":"message_stop"}}\n'
+    agent.last_output = loop.time() - 1.0
+    agent._read_stdout(delta)  # the first delta after a quiet spell: no pause
+    assert pipe.paused == 0
+    agent._read_stdout(delta * 3)  # right after the previous read: pause
+    assert pipe.paused == 1
+    agent.last_output = loop.time() - 2 * COALESCE_S  # the pause lasted its time ...
+    agent._resume_reading(pipe)  # type: ignore[arg-type]
+    agent._read_stdout(delta * 20)  # ... and deltas queued meanwhile: pause again
+    assert (pipe.resumed, pipe.paused) == (1, 2)
+    agent._resume_reading(pipe)  # type: ignore[arg-type]
+    agent._read_stdout(delta * 5 + stop)  # the reply ended: no pause, its result must not wait
+    assert pipe.paused == 2
+    agent.last_output = loop.time() - 1.0
+    agent._resume_reading(pipe)  # type: ignore[arg-type]
+    agent._resumed_at = loop.time() - 1.0  # nothing came during that pause, a delta comes later
+    agent._read_stdout(delta)
+    assert pipe.paused == 2
