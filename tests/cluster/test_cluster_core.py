@@ -79,3 +79,32 @@ async def test_a_nodes_figures_are_read_again_after_an_open(
             await asyncio.sleep(0.05)
         for s in (first, second):
             await hub.close_session(s.id)
+
+
+def _may_raise_priority() -> bool:
+    """Whether a process of this user may go back to this test's niceness (root, or an
+    ``RLIMIT_NICE`` allowance); a host actor without it keeps Ray's and warns."""
+    import os
+    import resource
+
+    ceiling = 20 - resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return os.geteuid() == 0 or ceiling <= os.getpriority(os.PRIO_PROCESS, 0)
+
+
+async def test_a_nodes_clis_run_at_the_raylets_priority(chub: ClusterHub, workdir: Path) -> None:
+    """Ray starts host actors at its worker niceness (15); their CLIs inherited it and ran behind
+    every other process of the machine. The raylets run at this test's niceness."""
+    import os
+
+    import pytest
+
+    if not _may_raise_priority():
+        pytest.skip("this user may not raise a process's priority")
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    for node in [n.name for n in chub.live_nodes()]:
+        s = await chub.open(workdir, tenant="t1", node=node)
+        await (await s.send("[[say:nice]]")).wait()
+        view = await s.snapshot()
+        assert view["pid"], view
+        assert os.getpriority(os.PRIO_PROCESS, int(view["pid"])) == ours, node
+        await chub.close_session(s.id)

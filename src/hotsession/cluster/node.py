@@ -245,6 +245,7 @@ class NodeHost:
         self.adopted_total = 0
         self.watchers = 0  # open ``watch`` calls (tenants' streams of the daemons)
         self.started_at = time.time()
+        self.niceness = os.getpriority(os.PRIO_PROCESS, 0)  # this actor's (and its CLIs')
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class NodeHost:
         if self.hub is not None:
             return await self.stats()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.niceness = undo_worker_niceness()
         env = dict(self.spec.env)
         # Each node has its own Claude Code config dir (transcripts travel through the store).
         env.setdefault("CLAUDE_CONFIG_DIR", str(self.root / "claude-config"))
@@ -770,12 +772,49 @@ class NodeHost:
             },
             "adopted_total": self.adopted_total,
             "watchers": self.watchers,
+            "niceness": self.niceness,
             "dropped_total": self.dropped_total,
             "pool": pool,
             "spawned_total": out.get("spawned_total", 0),
             "evictions": out.get("evictions", {}),
             "recycles": out.get("recycles", {}),
         }
+
+
+def undo_worker_niceness() -> int:
+    """Give this process (every thread of it) its raylet's CPU priority back; returns the
+    niceness it runs, and spawns its CLIs, with.
+
+    Ray starts every worker process, so every host actor, at its ``worker_niceness`` (15 by
+    default: the raylet wins the CPU over tasks), and a child inherits its parent's niceness: each
+    CLI a node spawned ran at nice 15, behind the API daemon, Postgres, the raylets and any other
+    work of the machine at 0. A follow-up's CLI is CPU-bound (~45 ms of CPU in ~22 ms on two
+    cores), so on a busy node it waited for the CPU whenever anything else ran; a single-machine
+    daemon's CLIs run at the daemon's own priority.
+
+    Linux keeps a niceness per thread: every thread is set (a CLI is spawned from the actor's
+    event-loop thread; Ray's RPC threads carry its streams). Raising a priority takes
+    ``CAP_SYS_NICE`` (root) or an ``RLIMIT_NICE`` allowance; without them the niceness stays
+    and a warning says how to start the node instead (``RAY_worker_niceness=0 ray start …``).
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        target = min(current, os.getpriority(os.PRIO_PROCESS, os.getppid()))
+    except OSError:
+        target = 0
+    if target >= current:
+        return current
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.setpriority(os.PRIO_PROCESS, int(tid), target)
+    except OSError:  # not allowed (or no /proc): the spawning thread's niceness is what counts
+        log.warning(
+            "host actor at niceness %d (Ray's worker_niceness) and not allowed to lower it: its "
+            "CLIs run at that priority too; start the node with RAY_worker_niceness=0",
+            current,
+        )
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 MEMORY_RESOURCE = "hotsession_memory_mb"
