@@ -1,0 +1,41 @@
+"""``bench --cluster`` times follow-ups only once this run's CLIs are idle (``_clis_idle``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hotsession.cluster.bench import _clis_idle
+
+BUSY = """
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+open(sys.argv[2], "w").write("done")
+time.sleep(60)
+"""
+
+
+def test_waits_for_a_busy_process_of_the_run(tmp_path: Path) -> None:
+    """A process that talks to this run's model server and is still at work (a spare at its
+    start-up) holds the wait until it is idle; one of another run does not count."""
+    marker = tmp_path / "busy-done"
+    url = "http://127.0.0.1:1/this-run"
+    env = {**os.environ, "ANTHROPIC_BASE_URL": url}
+    proc = subprocess.Popen([sys.executable, "-c", BUSY, "1.0", str(marker)], env=env)
+    other = subprocess.Popen(
+        [sys.executable, "-c", BUSY, "30", str(tmp_path / "other")],
+        env={**os.environ, "ANTHROPIC_BASE_URL": "http://127.0.0.1:1/another-run"},
+    )
+    try:
+        time.sleep(0.2)
+        _clis_idle(url, quiet_s=0.2, timeout_s=20)
+        assert marker.exists()  # it returned after the busy phase, not during it
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
