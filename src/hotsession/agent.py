@@ -80,11 +80,12 @@ _DELTA: Final = b'{"type":"stream_event","event":{"type":"content_block_delta"'
 
 COALESCE_S: Final = 0.001
 """How long reading pauses after a token delta when lines come densely (a gap under this since
-the previous read, or since the last such pause ended): the CLI writes one line per write, so a streamed reply of 500 deltas was
-~500 wake-ups and reads of the pipe, ~7 µs of the daemon's CPU each whether or not anybody asked
-for the deltas (measured, docs/benchmarks.md); lines that queue up meanwhile are read in one
-chunk. A delta reaches its readers at most about this much later; a turn's ``result`` never
-waits (it follows the reply's ``message_stop``, after which reading does not pause)."""
+the previous read, or since the last such pause ended): the CLI writes one line per write, so a
+streamed reply of 500 deltas was ~500 wake-ups and reads of the pipe, ~7 µs of the daemon's CPU
+each whether or not anybody asked for the deltas (measured, docs/benchmarks.md); lines that
+queue up meanwhile are read in one chunk. A delta reaches its readers at most about this much
+later; a turn's ``result`` never waits (it follows the reply's ``message_stop``, after which
+reading does not pause)."""
 
 _ROUTED: Final = frozenset(
     {"control_response", "control_request", "transcript_mirror", "control_cancel_request"}
