@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from hotsession.bench.environment import BenchError
 from hotsession.bench.http_modes import HttpMode
-from hotsession.bench.modes import client_turn, disconnect
+from hotsession.bench.modes import client_turn, disconnect, stamp_messages
 from hotsession.bench.stats import Sample
 
 _LINE_LIMIT = 64 * 1024 * 1024
@@ -62,22 +62,11 @@ def shim_path() -> str:
 
 async def _query(s: Sample, prompt: str, options: Any) -> str:
     """One ``query()`` to its end, stamping ``s``; returns the session id."""
-    from claude_agent_sdk import ResultMessage, query
+    from claude_agent_sdk import query
 
-    session_id = ""
     s.t_send = time.monotonic()
-    async for msg in query(prompt=prompt, options=options):
-        now = time.monotonic()
-        if s.t_first is None:
-            s.t_first = now
-        if isinstance(msg, ResultMessage):
-            s.t_result = now
-            session_id = msg.session_id
-            if msg.is_error:
-                s.error = f"result is_error: {str(msg.result)[:200]}"
-    if s.t_result is None:
-        raise BenchError("query() ended without a result")
-    return session_id
+    result = await stamp_messages(s, query(prompt=prompt, options=options), "query()")
+    return str(result.session_id)
 
 
 class _SdkMode(HttpMode):

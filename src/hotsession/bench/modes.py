@@ -33,6 +33,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from hotsession.bench.environment import BenchEnv, BenchError
@@ -173,7 +174,7 @@ class SdkQuery(Mode):
 
     async def sample(self, s: Sample, prompt: str) -> None:
         """One ``query()``; first message and ResultMessage stamp the sample."""
-        from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
+        from claude_agent_sdk import ClaudeAgentOptions, query
 
         options = ClaudeAgentOptions(
             cli_path=self.env.cli_path,
@@ -183,16 +184,7 @@ class SdkQuery(Mode):
             max_buffer_size=_LINE_LIMIT,
         )
         s.t_send = time.monotonic()
-        async for msg in query(prompt=prompt, options=options):
-            now = time.monotonic()
-            if s.t_first is None:
-                s.t_first = now
-            if isinstance(msg, ResultMessage):
-                s.t_result = now
-                if msg.is_error:
-                    s.error = f"result is_error: {str(msg.result)[:200]}"
-        if s.t_result is None:
-            raise BenchError("query() ended without a result")
+        await stamp_messages(s, query(prompt=prompt, options=options), "query()")
 
 
 class BareCli(Mode):
@@ -384,20 +376,28 @@ class LeanTransport(Mode):
 async def client_turn(client: Any, s: Sample, prompt: str) -> None:
     """One turn on a connected ``ClaudeSDKClient`` (``query`` + ``receive_response``), stamping
     ``s``: shared by the SDK's own client and the one connected through the drop-in."""
-    from claude_agent_sdk import ResultMessage
-
     s.t_send = time.monotonic()
     await client.query(prompt)
-    async for msg in client.receive_response():
+    await stamp_messages(s, client.receive_response(), "receive_response()")
+
+
+async def stamp_messages(s: Sample, messages: AsyncIterator[Any], what: str) -> Any:
+    """Read an SDK message stream to its end, stamping ``s`` (first message, ``ResultMessage``,
+    an error result); returns the ``ResultMessage`` (``BenchError`` if ``what`` gave none)."""
+    from claude_agent_sdk import ResultMessage
+
+    result = None
+    async for msg in messages:
         now = time.monotonic()
         if s.t_first is None:
             s.t_first = now
         if isinstance(msg, ResultMessage):
-            s.t_result = now
+            s.t_result, result = now, msg
             if msg.is_error:
                 s.error = f"result is_error: {str(msg.result)[:200]}"
-    if s.t_result is None:
-        raise BenchError("receive_response() ended without a result")
+    if result is None:
+        raise BenchError(f"{what} ended without a result")
+    return result
 
 
 async def disconnect(client: Any) -> None:
