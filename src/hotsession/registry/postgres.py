@@ -294,36 +294,52 @@ async def _read_owner(conn: Conn, session_id: str) -> Ownership | None:
     return None if row is None else _ownership_from_row(row)
 
 
+def _upsert(
+    table: str,
+    cols: str,
+    casts: str,
+    key: str,
+    update: str,
+    row: tuple[Any, ...],
+    session_id: str,
+    epoch: int | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """An ``INSERT … ON CONFLICT (key) DO UPDATE`` of ``row``, fenced by ``epoch`` when given
+    (the row is written only while ``session_id`` is owned with that epoch); its arguments."""
+    if epoch is None:
+        values, args = f"VALUES ({casts})", row
+    else:
+        values, args = f"SELECT {casts} {_FENCE}", (*row, session_id, epoch)
+    sql = f"INSERT INTO {table} ({cols}) {values} ON CONFLICT ({key}) DO UPDATE SET {update}"
+    return sql, args
+
+
 def _session_upsert(rec: SessionRecord, epoch: int | None) -> tuple[str, tuple[Any, ...]]:
     """The statement that writes a session (fenced by ``epoch`` when given) and its arguments."""
-    row = _session_row(rec)
-    if epoch is None:
-        sql = (
-            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES ({_SESSION_CASTS})"
-            f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
-        )
-        return sql, row
-    sql = (
-        f"INSERT INTO sessions ({_SESSION_COLS}) SELECT {_SESSION_CASTS} {_FENCE}"
-        f" ON CONFLICT (id) DO UPDATE SET {_SESSION_UPDATE}"
+    return _upsert(
+        "sessions",
+        _SESSION_COLS,
+        _SESSION_CASTS,
+        "id",
+        _SESSION_UPDATE,
+        _session_row(rec),
+        rec.id,
+        epoch,
     )
-    return sql, (*row, rec.id, epoch)
 
 
 def _turn_upsert(turn: TurnRecord, epoch: int | None) -> tuple[str, tuple[Any, ...]]:
     """The statement that writes a turn (fenced by ``epoch`` when given) and its arguments."""
-    row = _turn_row(turn)
-    if epoch is None:
-        sql = (
-            f"INSERT INTO turns ({_TURN_COLS}) VALUES ({_TURN_CASTS})"
-            f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
-        )
-        return sql, row
-    sql = (
-        f"INSERT INTO turns ({_TURN_COLS}) SELECT {_TURN_CASTS} {_FENCE}"
-        f" ON CONFLICT (session_id, turn) DO UPDATE SET {_TURN_UPDATE}"
+    return _upsert(
+        "turns",
+        _TURN_COLS,
+        _TURN_CASTS,
+        "session_id, turn",
+        _TURN_UPDATE,
+        _turn_row(turn),
+        turn.session_id,
+        epoch,
     )
-    return sql, (*row, turn.session_id, epoch)
 
 
 class PostgresRegistry:
