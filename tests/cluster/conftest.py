@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 from tests.conftest import private_postgres  # noqa: E402
 
-from hotsession.cluster.bench import node_environment  # noqa: E402
+from hotsession.cluster.bench import local_cluster, node_environment  # noqa: E402
 from hotsession.cluster.hub import ClusterConfig, ClusterHub  # noqa: E402
 from hotsession.config import Config  # noqa: E402
 from hotsession.registry.postgres import PostgresRegistry  # noqa: E402
@@ -59,18 +59,7 @@ def node_env(cluster_root: Path, model_server: ModelServer) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
     """Three Ray nodes on this machine (the head and two workers), each with its resources."""
-    with node_environment(node_env):
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 1,
-                "include_dashboard": False,
-                "resources": {"hotsession_memory_mb": NODE_MB[0]},
-            },
-        )
-        for mb in NODE_MB[1:]:
-            cluster.add_node(num_cpus=1, resources={"hotsession_memory_mb": mb})
-    cluster.wait_for_nodes()
+    cluster: Cluster = local_cluster(node_env, NODE_MB)
     # Ray's driver installs its own SIGTERM / SIGINT handlers: the tiers after this one expect
     # Python's (a test sends the CLI client a Ctrl-C, the daemon tests install their own).
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -30,7 +30,7 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -62,6 +62,27 @@ def node_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def local_cluster(env: dict[str, str], node_mb: Sequence[float]) -> Any:
+    """A ``ray.cluster_utils.Cluster`` on this machine, one node per ``node_mb`` (the head first;
+    one CPU and that memory resource each), its processes started with ``env``; ready. Shared
+    by ``bench --cluster`` and the ``tests/cluster`` tier."""
+    from ray.cluster_utils import Cluster
+
+    with node_environment(env):
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": False,
+                "resources": {MEMORY_RESOURCE: node_mb[0]},
+            },
+        )
+        for mb in node_mb[1:]:
+            cluster.add_node(num_cpus=1, resources={MEMORY_RESOURCE: mb})
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def _median(values: list[float]) -> float | None:
@@ -272,7 +293,6 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
     # reads it at import, and the nodes and daemons it starts inherit it.
     os.environ[LOOPBACK_ONLY] = "0"
     import ray
-    from ray.cluster_utils import Cluster
 
     from hotsession.testing.postgres import PrivatePostgres
 
@@ -283,24 +303,13 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
     pg = PrivatePostgres()
     pg.start()
     try:
-        with node_environment(node_env):
-            cluster = Cluster(
-                initialize_head=True,
-                head_node_args={
-                    "num_cpus": 1,
-                    "include_dashboard": False,
-                    "resources": {MEMORY_RESOURCE: NODE_MB},
-                },
-            )
-            for _ in range(2):
-                cluster.add_node(num_cpus=1, resources={MEMORY_RESOURCE: NODE_MB})
-        cluster.wait_for_nodes()
+        cluster = local_cluster(node_env, [NODE_MB] * 3)
         try:
             return await _measure(env, cluster, pg.url, rounds, console)
         finally:
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            cluster.shutdown()  # type: ignore[no-untyped-call]
+            cluster.shutdown()
     finally:
         pg.cleanup()
 
