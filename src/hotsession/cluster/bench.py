@@ -130,10 +130,10 @@ async def _settle(daemon: Daemon) -> None:
     await asyncio.to_thread(_clis_idle, daemon.env.model_url)
 
 
-def _clis_idle(model_url: str, *, quiet_s: float = 0.3, timeout_s: float = 20.0) -> None:
+def _clis_idle(model_url: str, *, quiet_s: float = 0.3, timeout_s: float = 20.0) -> bool:
     """Until this run's CLIs (the daemons' and the nodes': every process that talks to this
     run's model server; Ray's nodes are not this process's descendants) used under 5 ms of CPU
-    in ``quiet_s``; bounded, so a busy machine does not stall the run."""
+    in ``quiet_s``; bounded, so a busy machine does not stall the run. False if it timed out."""
     deadline = time.monotonic() + timeout_s
     last: float | None = None
     while time.monotonic() < deadline:
@@ -144,9 +144,10 @@ def _clis_idle(model_url: str, *, quiet_s: float = 0.3, timeout_s: float = 20.0)
                     times = proc.cpu_times()
                     used += times.user + times.system
         if last is not None and used - last < 0.005:
-            return
+            return True
         last = used
         time.sleep(quiet_s)
+    return False
 
 
 async def _new_sessions(daemon: Daemon, rounds: int, label: str) -> list[float]:
