@@ -197,3 +197,53 @@ async def api_daemons(
         daemon.server.should_exit = True
         await asyncio.wait_for(daemon.task, 30)
         await daemon.hub.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    cluster: str, database_url: str, config: Path, state: Path, *args: str
+) -> AsyncIterator[str]:
+    """``hotsession serve --cluster CLUSTER --database-url …`` as a real process; its URL.
+
+    On leaving, the daemon is stopped with SIGTERM and must exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTSESSION_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "serve",
+        "--cluster",
+        cluster,
+        "--database-url",
+        database_url,
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--config",
+        str(config),
+        *args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        discovery = state / "daemon.json"
+        for _ in range(1200):
+            if discovery.exists() or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        if not discovery.exists():
+            if proc.returncode is None:
+                proc.terminate()
+            _, err = await proc.communicate()
+            raise AssertionError(f"the daemon did not start: {err.decode()[-3000:]}")
+        yield str(json.loads(discovery.read_text())["url"])
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]

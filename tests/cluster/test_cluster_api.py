@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.conftest import read_sse, stream_post
-from tests.cluster.conftest import TOKEN, ApiDaemon
+from tests.cluster.conftest import TOKEN, ApiDaemon, serve_process
 
 from hotsession.testing.model_server import ModelServer
 
@@ -151,38 +151,7 @@ async def test_serve_with_cluster_and_database_url(
     conf.write_text(
         f'[[tenants]]\nname = "alice"\ntoken = "{TOKEN}"\nroots = [{json.dumps(str(workdir))}]\n'
     )
-    state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTSESSION_")}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "hotsession"),
-        "serve",
-        "--cluster",
-        ray_cluster.address,
-        "--database-url",
-        cluster_pg.url,
-        "--port",
-        "0",
-        "--state-dir",
-        str(state),
-        "--config",
-        str(conf),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        discovery = state / "daemon.json"
-        for _ in range(1200):
-            if discovery.exists() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
-        if not discovery.exists():
-            if proc.returncode is None:
-                proc.terminate()
-            _, err = await proc.communicate()
-            raise AssertionError(f"the daemon did not start: {err.decode()[-3000:]}")
-        url = json.loads(discovery.read_text())["url"]
+    async with serve_process(ray_cluster.address, cluster_pg.url, conf, tmp_path / "state") as url:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
             health = (await c.get("/healthz")).json()
@@ -194,11 +163,6 @@ async def test_serve_with_cluster_and_database_url(
                 c, f"/v1/sessions/{r.json()['id']}/turns", {"prompt": "[[say:served]]"}
             )
             assert events[-1].data["result"] == "served"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()[-2000:]
 
 
 async def test_serve_refuses_cluster_without_database(tmp_path: Path) -> None:

@@ -28,6 +28,14 @@ def join(address: str, *, namespace: str = NAMESPACE) -> None:
     ray.init(address=address, namespace=namespace, log_to_driver=False)
 
 
+def via_client() -> bool:
+    """Whether this process joined through Ray Client (``ray://``): streaming calls are then
+    pulled (``hotsession.cluster.streams``), as Ray Client does not carry Ray's generators."""
+    from ray.util.client import ray as client
+
+    return bool(client.is_connected())  # type: ignore[no-untyped-call]
+
+
 def alive_nodes() -> list[str]:
     """Ids of the cluster's live nodes."""
     import ray

@@ -28,7 +28,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import ray
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -45,6 +44,7 @@ from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, 
 from hotsession.api.sessions import record_view
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.cluster.hub import LOST, ClusterHub, RemoteSession
+from hotsession.cluster.streams import cancel_stream, remote_stream
 from hotsession.errors import InvalidRequest
 from hotsession.events import Event
 from hotsession.session import check_prompt
@@ -421,7 +421,7 @@ class ClusterFeed:
                 self.pumps[node.name] = asyncio.create_task(self._pump(node.name, node.actor))
 
     async def _pump(self, name: str, actor: Any) -> None:
-        gen = actor.watch.remote(self.tenant)
+        gen = remote_stream(actor, "watch", self.tenant)
         try:
             async for ref in gen:
                 batch = await ref
@@ -436,8 +436,7 @@ class ClusterFeed:
             pass  # the node is gone: the hub re-homes its sessions, their new nodes report them
         finally:
             self.snapshots[name].set()
-            with contextlib.suppress(Exception):
-                ray.cancel(gen)
+            cancel_stream(gen)
 
     def _pool(self) -> bytes:
         pool = pool_view(self.api, self.tenant)

@@ -43,6 +43,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from hotsession.cluster import actors
 from hotsession.cluster.node import NodeSpec, RegistryFactory, StoreFactory
 from hotsession.cluster.placement import NodeFigures, choose
+from hotsession.cluster.streams import remote_stream
 from hotsession.cluster.wire import NodeLost, event_in, raise_if_error
 from hotsession.config import Config
 from hotsession.errors import (
@@ -385,7 +386,7 @@ class ClusterHub:
         ``open``'s and ``send``'s, raised before any event."""
 
         async def call(actor: Any, fields: dict[str, Any]) -> tuple[Any, Any]:
-            gen = actor.ask.remote(prompt=prompt, **fields)
+            gen = remote_stream(actor, "ask", prompt=prompt, **fields)
             return await (await gen.__anext__()), gen
 
         session, gen = await self._place(
@@ -536,7 +537,9 @@ class RemoteSession:
         for attempt in range(ROUTE_TRIES):
             owner = await self.hub.owner(self.id, fresh=attempt > 0)
             try:
-                gen = self.hub.actor(owner.node).send.remote(self.id, owner.epoch, prompt)
+                gen = remote_stream(
+                    self.hub.actor(owner.node), "send", self.id, owner.epoch, prompt
+                )
                 first = await (await gen.__anext__())
             except LOST:
                 await self.hub.node_lost(owner.node)
@@ -657,7 +660,9 @@ async def _follow(
     for attempt in range(ROUTE_TRIES):
         owner = await hub.owner(session.id, fresh=attempt > 0)
         try:
-            gen = hub.actor(owner.node).follow.remote(session.id, owner.epoch, last, follow, turn)
+            gen = remote_stream(
+                hub.actor(owner.node), "follow", session.id, owner.epoch, last, follow, turn
+            )
             raise_if_error(await (await gen.__anext__()))
             async for ref in gen:
                 item = await ref

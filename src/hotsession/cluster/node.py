@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 from claude_agent_sdk import SessionStore
 
+from hotsession.cluster.streams import StreamSource
 from hotsession.cluster.watch import NodeWatch
 from hotsession.cluster.wire import EventTuple, error_out, event_out
 from hotsession.config import Config
@@ -222,7 +223,7 @@ class NodeRegistry:
         return await self.local.list_processes()
 
 
-class NodeHost:
+class NodeHost(StreamSource):
     """The body of a host actor (``hotsession.cluster.actors`` makes it a Ray actor)."""
 
     def __init__(self, spec: NodeSpec) -> None:
