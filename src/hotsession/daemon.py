@@ -137,7 +137,9 @@ class Daemon:
         lock = StateLock.acquire(settings.config.state_dir)
         try:
             isolation = prepare_isolation(
-                settings, cli_path=str(resolve_cli_path(settings.config.cli_path))
+                settings,
+                cli_path=str(resolve_cli_path(settings.config.cli_path)),
+                agents=settings.cluster is None,  # in cluster mode each node prepares its own
             )
         except BaseException:
             lock.release()

@@ -10,6 +10,7 @@ cannot enter (a checkout under /root), the fixture links (or copies) it to where
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -113,6 +114,14 @@ def _reachable_cli(base: Path, user: User) -> str:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """Two fresh system users and a base dir they can traverse (all removed after)."""
+    with make_lab() as made:
+        yield made
+
+
+@contextlib.contextmanager
+def make_lab() -> Iterator[Lab]:
+    """Two fresh system users and a base dir they can traverse, removed on leaving (the
+    ``lab`` fixture; the cluster tier's tenant tests use it too)."""
     base = Path(tempfile.mkdtemp(prefix="hs-sec-"))
     os.chmod(base, 0o711)
     tag = secrets.token_hex(3)

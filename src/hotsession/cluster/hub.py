@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from hotsession.cluster import actors
 from hotsession.cluster.node import NodeSpec, RegistryFactory, StoreFactory
@@ -86,6 +86,9 @@ class ClusterConfig:
     state_root: str = ""  # each node's own state goes under this path on that node
     node_config: dict[str, Any] = field(default_factory=dict)  # Config fields for the engines
     node_env: dict[str, str] = field(default_factory=dict)
+    # The tenants' config file: each node reads it at this path on its own machine and sets
+    # the tenants up there (``hotsession.cluster.tenants``); their secrets never cross Ray.
+    tenants_file: str | None = None
     refresh_s: float = 1.0
     fence_check_s: float = 1.0
 
@@ -194,9 +197,13 @@ class ClusterHub:
             for name in alive - set(self.nodes):
                 actor = await asyncio.to_thread(actors.host_actor, self._spec(name))
                 try:
-                    stats = await actor.start.remote()
+                    stats = await actor.start.remote(self.cluster.tenants_file)
                 except LOST:
                     continue
+                except RayTaskError as exc:  # the node refused (its tenants' set-up): one line
+                    if isinstance(exc.cause, HotsessionError):
+                        raise exc.cause from None
+                    raise
                 self.nodes[name] = Node(name, actor, NodeFigures.from_stats(stats), stats)
             lost = [n for n in self.nodes.values() if n.alive and n.name not in alive]
         for node in lost:

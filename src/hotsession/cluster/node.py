@@ -44,6 +44,7 @@ import psutil
 from claude_agent_sdk import SessionStore
 
 from hotsession.cluster.streams import StreamSource
+from hotsession.cluster.tenants import NodeTenants
 from hotsession.cluster.watch import NodeWatch
 from hotsession.cluster.wire import EventTuple, error_out, event_out
 from hotsession.config import Config
@@ -247,13 +248,32 @@ class NodeHost(StreamSource):
         self.watchers = 0  # open ``watch`` calls (tenants' streams of the daemons)
         self.started_at = time.time()
         self.niceness = os.getpriority(os.PRIO_PROCESS, 0)  # this actor's (and its CLIs')
+        self.tenants = NodeTenants(spec.name, self.root)  # users, secrets, config dirs
+        self._start_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, Any]:
-        """Start this node's engine (idempotent)."""
-        if self.hub is not None:
-            return await self.stats()
+    async def start(self, tenants_file: str | None = None) -> dict[str, Any]:
+        """Start this node's engine (idempotent); with ``tenants_file``, set up the tenants
+        read from that path on this machine (``hotsession.cluster.tenants``)."""
+        async with self._start_lock:
+            if self.hub is None:
+                await self._start_engine()
+            if tenants_file is not None:
+                await self._load_tenants(tenants_file)
+        return await self.stats()
+
+    async def _load_tenants(self, path: str) -> None:
+        assert self.hub is not None
+        changed = await asyncio.to_thread(self.tenants.load, path, cli_path=self.hub.host.cli_path)
+        for tenant in changed:  # spares spawned with the old set-up (e.g. as another user)
+            if self.hub.pool is not None:
+                self.hub.pool.retire_tenant(tenant)
+        if self.mirror is not None:
+            for config_dir in self.tenants.config_dirs():
+                self.mirror.add_projects_dir(Path(config_dir) / "projects")
+
+    async def _start_engine(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.niceness = undo_worker_niceness()
         env = dict(self.spec.env)
@@ -269,7 +289,11 @@ class NodeHost(StreamSource):
         if fields.get("memory_budget_mb") is None:
             fields["memory_budget_mb"] = node_budget_mb(self.name)
         config = Config(state_dir=self.root, **fields)
-        self.hub = Hotsession(config, registry=self.registry)  # type: ignore[arg-type]
+        self.hub = Hotsession(
+            config,
+            registry=self.registry,  # type: ignore[arg-type]
+            spawn_policy=self.tenants,
+        )
         self.registry.spawn = self.hub.registry_task
         await self.hub.start()
         if self.spec.transcripts is not None:
@@ -284,7 +308,6 @@ class NodeHost(StreamSource):
             self._mirror_task = asyncio.create_task(self._mirror_loop(), name="mirror")
         self._fence_task = asyncio.create_task(self._fence_loop(), name="fence-check")
         log.info("host %s started", self.name)
-        return await self.stats()
 
     async def stop(self) -> None:
         """Stop the engine (sessions stay in the store)."""
@@ -294,6 +317,7 @@ class NodeHost(StreamSource):
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
+            self.tenants.close()
         with contextlib.suppress(Exception):
             await self.flush_transcripts()
 
@@ -446,7 +470,8 @@ class NodeHost(StreamSource):
             self.transcripts,
             cwd=rec.cwd,
             session_id=rec.cli_session_id,
-            config_dir=self._config_dir(),
+            config_dir=self.tenants.config_dir(rec.tenant) or self._config_dir(),
+            write=self.tenants.writer(rec.tenant),  # as the tenant's user, in its config dir
         )
 
     def _mirrored(self, frame: dict[str, Any]) -> None:

@@ -3,8 +3,10 @@
 The daemon's own settings become the host actors' engine settings (pool, memory, recycling,
 limits); each node keeps its state under the same ``state_dir`` path on its own machine
 (``<state_dir>/nodes/<node id>``). Agents on a node get that node's environment (what
-``ray start`` ran with): API keys and ``ANTHROPIC_*`` variables are set there, not sent by a
-daemon.
+``ray start`` ran with), or for a tenant with its own ``user`` what ``hotsession.isolation``
+gives it: nodes read the tenants (users, ``env`` secrets, config dirs) from the daemon's config
+file at the same path on their own machine (``hotsession.cluster.tenants``); no secret is sent
+by a daemon.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ def check(settings: Settings) -> None:
     """Refuse a cluster setting that cannot work, with one line saying why."""
     if settings.cluster is not None and not settings.config.database_url:
         raise InvalidRequest("cluster mode needs --database-url (a postgresql:// URL)")
-    if settings.cluster is not None:
-        # A node would need each tenant's account, secrets and config dir and its isolation
-        # plan; until nodes get them, refuse rather than run an agent without them.
+    if settings.cluster is not None and settings.config_file is None:
+        # Nodes read the tenants from the config file (at the same path on every machine).
         for tenant in settings.tenants:
             if tenant.user or tenant.env or tenant.claude_config_dir:
                 raise InvalidRequest(
-                    f"tenant {tenant.name}: user, env and claude_config_dir are not supported "
-                    "in cluster mode yet (agents get their node's environment)"
+                    f"tenant {tenant.name}: user, env and claude_config_dir reach the nodes "
+                    "through the config file: start with --config FILE (at the same path on "
+                    "every node)"
                 )
     address = settings.cluster
     if address is not None and address != "auto" and ":" not in address:
@@ -54,6 +56,7 @@ def cluster_config(settings: Settings) -> ClusterConfig:
         transcripts=functools.partial(PostgresSessionStore, url, schema=schema, retry_for=retry),
         state_root=os.path.join(str(settings.config.state_dir), "nodes"),
         node_config=engine,
+        tenants_file=str(settings.config_file) if settings.config_file is not None else None,
     )
 
 

@@ -38,6 +38,7 @@ import logging
 import os
 import pwd
 import stat
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ from hotsession.supervisor import RunAs
 if TYPE_CHECKING:
     from hotsession.settings import Settings, Tenant
 
-__all__ = ["DEFAULT_PASS_ENV", "IsolationError", "TenantIsolation", "prepare"]
+__all__ = ["DEFAULT_PASS_ENV", "IsolationError", "TenantIsolation", "prepare", "write_file_as"]
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +123,31 @@ def pass_through(environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str
 
 
 def prepare(
-    settings: Settings, *, cli_path: str, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    *,
+    cli_path: str,
+    environ: Mapping[str, str] | None = None,
+    agents: bool = True,
 ) -> TenantIsolation:
-    """Check the tenants' isolation and set it up; raises ``IsolationError`` (one line)."""
+    """Check the tenants' isolation and set it up; raises ``IsolationError`` (one line).
+
+    ``agents=False`` (a cluster-mode API daemon: its nodes run the agents and each prepares
+    its own machine, ``hotsession.cluster.tenants``): only the daemon's files and the tenant
+    set are checked (several tenants need a user each, unless ``shared_user``)."""
     environ = os.environ if environ is None else environ
     tenants = settings.tenants
     euid = os.geteuid()
     with_user = [t for t in tenants if t.user is not None]
     secure_daemon_files(settings, strict=euid == 0 and bool(with_user))
     without = [t.name for t in tenants if t.user is None]
+    if not agents:
+        if len(tenants) > 1 and without and not settings.shared_user:
+            raise IsolationError(
+                f"tenant(s) {', '.join(without)} have no 'user': with several tenants each "
+                "needs its own OS user (docs/security.md), or set shared_user = true "
+                "(insecure: every tenant's agent can then read the others' files)"
+            )
+        return TenantIsolation()
     if len(tenants) > 1 and not settings.shared_user:
         if euid != 0:
             raise IsolationError(
@@ -313,6 +330,34 @@ def _isolate(
     )
     plan = SpawnPlan(env=env, extra_argv=extra, run_as=run_as, flag_files=flag_files)
     return plan, config_dir, on, group
+
+
+def write_file_as(run_as: RunAs, path: Path, text: str) -> None:
+    """Write ``path`` as ``run_as``'s user: atomically (a temporary name, then a rename), mode
+    0600, missing parents 0700. For files root puts where a tenant's agents read them (a
+    transcript materialized before ``--resume`` on another node): written as the tenant, root
+    never creates or follows anything in a directory the tenant controls. A shell of the
+    account does it (the daemon's Python need not be runnable by tenant users); paths are
+    arguments, never parts of the script."""
+    script = (
+        'umask 077 && mkdir -p -- "$1" && t=$(mktemp -- "$1/.hs-XXXXXX") && '
+        '{ cat > "$t" && mv -f -- "$t" "$2" || { rm -f -- "$t"; exit 1; }; }'
+    )
+    done = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", str(path.parent), str(path)],
+        input=text.encode(),
+        user=run_as.uid,
+        group=run_as.gid,
+        extra_groups=list(run_as.groups),
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise OSError(
+            f"cannot write {path} as uid {run_as.uid}: {done.stderr.decode(errors='replace')}"
+        )
 
 
 def secure_daemon_files(settings: Settings, *, strict: bool) -> None:

@@ -173,6 +173,10 @@ class Pool:
         """Keep at least ``count`` spares of this profile for the keep-alive (ahead of demand)."""
         self.spares.prewarm(options, count)
 
+    def retire_tenant(self, tenant: str) -> int:
+        """Retire ``tenant``'s spares now: its set-up (user, secrets, config dir) changed."""
+        return self.spares.retire_tenant(tenant, "tenant_changed")
+
     def target(self, prof: Profile, now: float | None = None) -> int:
         """How many spares (ready + spawning) this profile should have now."""
         return self.spares.target(prof, now)

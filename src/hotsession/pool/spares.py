@@ -340,6 +340,20 @@ class Spares:
         self._budget.forget(spare.process.pid)
         self._track(asyncio.create_task(spare.process.close(), name=f"retire-spare-{reason}"))
 
+    def retire_tenant(self, tenant: str, reason: str) -> int:
+        """Retire the ready spares of ``tenant``'s profiles and forget their demand (its set-up
+        changed: they were spawned as another user, or with other secrets); how many."""
+        retired = 0
+        for prof in self.profiles.values():
+            if prof.options.tenant != tenant:
+                continue
+            prof.floor, prof.floor_until = 0, 0.0
+            prof.arrivals.clear()
+            while prof.ready:
+                self.discard(prof.ready.popleft(), reason)
+                retired += 1
+        return retired
+
     def retire_for_memory(self, over_mb: float) -> float:
         """Retire spares, the oldest of the profiles with the most first, until ``over_mb``
         is freed; returns what is still over."""

@@ -55,8 +55,17 @@ class TranscriptMirror:
     def __init__(self, store: SessionStore, projects_dir: str | os.PathLike[str]) -> None:
         self.store = store
         self.projects_dir = str(Path(projects_dir))
+        # More config dirs' projects (a node's tenants with their own ``CLAUDE_CONFIG_DIR``):
+        # a frame maps under whichever holds its path.
+        self.more_projects_dirs: list[str] = []
         self._pending: list[tuple[SessionKey, list[SessionStoreEntry]]] = []
         self.dropped_frames = 0  # frames whose path is not a transcript under projects_dir
+
+    def add_projects_dir(self, projects_dir: str | os.PathLike[str]) -> None:
+        """Map frames under ``projects_dir`` too (another config dir's transcripts)."""
+        path = str(Path(projects_dir))
+        if path != self.projects_dir and path not in self.more_projects_dirs:
+            self.more_projects_dirs.append(path)
 
     def add(self, frame: dict[str, Any]) -> None:
         """Queue one ``transcript_mirror`` frame; consecutive frames of one file coalesce."""
@@ -65,6 +74,10 @@ class TranscriptMirror:
             self.dropped_frames += 1
             return
         key = session_key_for_path(path, self.projects_dir)
+        for other in self.more_projects_dirs:
+            if key is not None:
+                break
+            key = session_key_for_path(path, other)
         if key is None:
             log.warning("transcript mirror: %s is not under %s; dropped", path, self.projects_dir)
             self.dropped_frames += 1

@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,15 @@ async def materialize_transcript(
     session_id: str,
     config_dir: str | os.PathLike[str],
     timeout: float = 60.0,
+    write: Callable[[Path, str], None] | None = None,
 ) -> Path | None:
     """Write the stored transcript of ``session_id`` (and its subagents') under ``config_dir``.
 
     Returns the main transcript's path, or None when the store holds nothing for it (then the
     CLI's own local resume, if any, is left alone). ``session_id`` must be a UUID (it is a path
-    component). Store failures propagate (``RegistryUnavailable`` and the like).
+    component). Store failures propagate (``RegistryUnavailable`` and the like). ``write``
+    writes one file atomically (default: as this process, mode 0600); a tenant's files are
+    written as its user (``hotsession.isolation.write_file_as``).
     """
     uuid.UUID(session_id)  # ValueError for anything else
     project_key = project_key_for_directory(os.fspath(cwd))
@@ -92,12 +96,17 @@ async def materialize_transcript(
                 sub_entries = await store.load({**key, "subpath": subpath})
                 if sub_entries:
                     subs.append((subpath, list(sub_entries)))
-    await asyncio.to_thread(_write_all, main, list(entries), subs)
+    await asyncio.to_thread(_write_all, main, list(entries), subs, write or _write_atomically)
     return main
 
 
-def _write_all(main: Path, entries: list[Any], subs: list[tuple[str, list[Any]]]) -> None:
-    _write_atomically(main, _jsonl(entries))
+def _write_all(
+    main: Path,
+    entries: list[Any],
+    subs: list[tuple[str, list[Any]]],
+    write: Callable[[Path, str], None],
+) -> None:
+    write(main, _jsonl(entries))
     session_dir = main.with_suffix("")
     for subpath, sub_entries in subs:
         metadata: dict[str, Any] | None = None
@@ -109,7 +118,7 @@ def _write_all(main: Path, entries: list[Any], subs: list[tuple[str, list[Any]]]
                 transcript.append(e)
         target = session_dir / f"{subpath}.jsonl"
         if transcript:
-            _write_atomically(target, _jsonl(transcript))
+            write(target, _jsonl(transcript))
         if metadata is not None:
             sidecar = target.with_name(target.name[: -len(".jsonl")] + ".meta.json")
-            _write_atomically(sidecar, json.dumps(metadata))
+            write(sidecar, json.dumps(metadata))
