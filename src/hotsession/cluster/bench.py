@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -41,10 +41,16 @@ from hotsession.bench.environment import BenchEnv, BenchError
 from hotsession.bench.modes import BareCli
 from hotsession.bench.stats import Sample
 from hotsession.cluster.node import MEMORY_RESOURCE
+from hotsession.cluster.process_cpu import ProcessCpu, postmaster_pid, roles
+
+if TYPE_CHECKING:
+    from hotsession.testing.postgres import PrivatePostgres
 
 NODE_MB = 4000
 KILLED_SESSIONS = 3
 TURN_TIMEOUT_S = 120.0
+IDLE_S = 2.0
+"""The idle stretch before each daemon's timed follow-ups (each process's idle CPU rate)."""
 FIGURES_AGE_S = 1.2
 """Longer than the cluster daemon's ``refresh_s`` (1 s): its ``/v1/pool`` is fresh again."""
 
@@ -98,8 +104,12 @@ async def _turn(daemon: Daemon, path: str, body: dict[str, Any], label: str) -> 
     return s
 
 
-async def _followups(daemon: Daemon, rounds: int, label: str) -> list[float]:
-    """Follow-ups on one session through ``daemon``; their times (ms)."""
+async def _followups(
+    daemon: Daemon, rounds: int, label: str, *, postmaster: int | None = None
+) -> tuple[list[float], dict[str, Any]]:
+    """Follow-ups on one session through ``daemon``; their times (ms), and the CPU each process
+    of the run spent per follow-up and per second of an idle stretch just before them
+    (``hotsession.cluster.process_cpu``)."""
     session = await daemon.json(
         "POST",
         "/v1/sessions",
@@ -108,13 +118,57 @@ async def _followups(daemon: Daemon, rounds: int, label: str) -> list[float]:
     path = f"/v1/sessions/{session['id']}/turns"
     await _turn(daemon, path, {"prompt": "[[say:warm]]"}, label)
     await _settle(daemon)
+    by_role = await _roles(daemon, str(session["id"]), postmaster)
+    idle = ProcessCpu(by_role)
+    idle.start()
+    t0 = time.monotonic()
+    await asyncio.sleep(IDLE_S)
+    idle_s = time.monotonic() - t0
+    idle.stop()
+    busy = ProcessCpu(by_role)
     out = []
+    busy.start()
+    t0 = time.monotonic()
     for i in range(rounds):
         s = await _turn(daemon, path, {"prompt": f"[[say:f{i}]]"}, label)
         ms = s.ms("result_ms")
         if ms is not None:
             out.append(ms)
-    return out
+    wall_s = time.monotonic() - t0
+    busy.stop(await _roles(daemon, str(session["id"]), postmaster))
+    per_turn = busy.ms(per=rounds)
+    idle_rate = idle.ms(per=idle_s)
+    cpu = {
+        "ms_per_followup": per_turn,
+        "idle_ms_per_s": idle_rate,
+        # What the follow-ups cost beyond the idle rate over the same wall time.
+        "net_ms_per_followup": {
+            role: round(v - idle_rate.get(role, 0.0) * wall_s / rounds, 2)
+            for role, v in per_turn.items()
+        },
+        "wall_ms_per_followup": round(wall_s * 1000 / rounds, 2),
+    }
+    return out, cpu
+
+
+async def _roles(daemon: Daemon, session_id: str, postmaster: int | None) -> dict[int, str]:
+    """The run's processes by role, with this session's CLI and (in cluster mode) the host
+    actor that holds it."""
+    view = await daemon.session(session_id)
+    pool = await daemon.pool()
+    hosts = {str(n.get("node")): int(n["pid"]) for n in pool.get("nodes") or [] if n.get("pid")}
+    mine = hosts.pop(str(view.get("node")), None)
+    assert daemon.proc is not None
+    pid = view.get("pid")
+    return await asyncio.to_thread(
+        roles,
+        model_url=daemon.env.model_url,
+        daemon=daemon.proc.pid,
+        session_cli=pid if isinstance(pid, int) else None,
+        host_actor=mine,
+        other_host_actors=hosts.values(),
+        postmaster=postmaster,
+    )
 
 
 async def _settle(daemon: Daemon) -> None:
@@ -170,20 +224,24 @@ async def _new_sessions(daemon: Daemon, rounds: int, label: str) -> list[float]:
     return out
 
 
-async def _floor(env: BenchEnv, rounds: int) -> list[float]:
+async def _floor(env: BenchEnv, rounds: int) -> tuple[list[float], float | None]:
+    """The bare CLI's follow-ups: their times (ms) and its CPU per follow-up (ms)."""
     mode = BareCli(env)
     await mode.setup()
     out = []
     try:
+        cpu = ProcessCpu(dict.fromkeys(mode.pids().values(), "cli"))
+        cpu.start()
         for i in range(rounds):
             s = Sample(mode.name, i, "", 0.0)
             await mode.sample(s, f"[[say:b{i}]]")
             ms = s.ms("result_ms")
             if ms is not None:
                 out.append(ms)
+        cpu.stop()
     finally:
         await mode.teardown()
-    return out
+    return out, cpu.ms(per=rounds).get("cli")
 
 
 async def _recovery(daemon: Daemon, cluster: Any, env: BenchEnv) -> dict[str, Any]:
@@ -306,7 +364,7 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
     try:
         cluster = local_cluster(node_env, [NODE_MB] * 3)
         try:
-            return await _measure(env, cluster, pg.url, rounds, console)
+            return await _measure(env, cluster, pg, rounds, console)
         finally:
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -316,15 +374,16 @@ async def run_cluster_bench(env: BenchEnv, *, rounds: int, console: Any) -> dict
 
 
 async def _measure(
-    env: BenchEnv, cluster: Any, database_url: str, rounds: int, console: Any
+    env: BenchEnv, cluster: Any, pg: PrivatePostgres, rounds: int, console: Any
 ) -> dict[str, Any]:
+    database_url, postmaster = pg.url, postmaster_pid(pg.data)
     console.print(f"floor: bare CLI, {rounds} follow-ups …")
-    floor = await _floor(env, rounds)
+    floor, floor_cpu = await _floor(env, rounds)
     console.print("single machine: hotsession serve …")
     single = Daemon(env)
     await single.start()
     try:
-        follow_single = await _followups(single, rounds, "single follow-up")
+        follow_single, cpu_single = await _followups(single, rounds, "single follow-up")
         new_single = await _new_sessions(single, max(3, rounds // 4), "single new")
     finally:
         await single.stop()
@@ -333,7 +392,9 @@ async def _measure(
     daemon.state_dir = env.root / "cluster-daemon-state"
     await daemon.start()
     try:
-        followups = await _followups(daemon, rounds, "cluster follow-up")
+        followups, cpu_cluster = await _followups(
+            daemon, rounds, "cluster follow-up", postmaster=postmaster
+        )
         new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
         console.print("recovery: removing a worker node …")
         recovery = await _recovery(daemon, cluster, env)
@@ -359,6 +420,13 @@ async def _measure(
             if follow_ms is not None and single_ms is not None
             else None
         ),
+        # CPU per timed follow-up of every process of the run, by role (process_cpu): the bare
+        # CLI's, then each daemon's run (``net``: beyond each process's idle rate).
+        "cpu": {
+            "floor_cli_ms_per_followup": floor_cpu,
+            "single": cpu_single,
+            "cluster": cpu_cluster,
+        },
         "new_session_ms": _median(new_cluster),
         "new_session_single_ms": _median(new_single),
         "recovery_ms": {
