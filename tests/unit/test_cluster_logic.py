@@ -184,3 +184,9 @@ def test_events_cross_the_wire_with_a_cli_line_kept_as_it_came() -> None:
     assert (back.session_id, back.seq, back.turn, back.type, back.t) == ("s", 7, 2, "message", 1.5)
     plain = event_in(event_out(Event("s", 8, 2, "result", {"result": "ok"}, 2.0)))
     assert plain.raw is None and plain.data == {"result": "ok"}
+    # A parsed CLI message crosses as its line too (not its dict), and is framed from it.
+    msg = b'{"type":"assistant","message":{"content":[{"type":"text","text":"\\u00e9"}]}}'
+    out = event_out(Event("s", 9, 2, "message", {"type": "assistant"}, 3.0, line=msg))
+    assert out[4] == msg
+    back = event_in(out)
+    assert back.line == msg and back.data["message"]["content"][0]["text"] == "\u00e9"

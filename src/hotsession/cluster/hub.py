@@ -44,7 +44,7 @@ from hotsession.cluster import actors
 from hotsession.cluster.node import NodeSpec, RegistryFactory, StoreFactory
 from hotsession.cluster.placement import NodeFigures, choose
 from hotsession.cluster.streams import remote_stream
-from hotsession.cluster.wire import NodeLost, event_in, raise_if_error
+from hotsession.cluster.wire import EventTuple, NodeLost, event_in, raise_if_error
 from hotsession.config import Config
 from hotsession.errors import (
     Conflict,
@@ -54,7 +54,7 @@ from hotsession.errors import (
     ShuttingDown,
     StaleEpoch,
 )
-from hotsession.events import Event
+from hotsession.events import TERMINAL_TYPES, Event
 from hotsession.options import SessionOptions
 from hotsession.registry import Ownership, SessionRecord
 from hotsession.state_lock import StateLock
@@ -394,9 +394,12 @@ class ClusterHub:
 
         async def call(actor: Any, fields: dict[str, Any]) -> tuple[Any, Any]:
             gen = remote_stream(actor, "ask", prompt=prompt, **fields)
-            return await (await gen.__anext__()), gen
+            reply = await (await gen.__anext__())
+            # The reply carries the turn's first events (hotsession.cluster.relay).
+            events = reply.pop("events", None) if isinstance(reply, dict) else None
+            return reply, (gen, events)
 
-        session, gen = await self._place(
+        session, (gen, events) = await self._place(
             call,
             cwd,
             tenant=tenant,
@@ -405,7 +408,8 @@ class ClusterHub:
             include_partial_messages=include_partial_messages,
             option_fields=option_fields,
         )
-        return session, RemoteTurn(session, int(session.view["turn"]), session.owner, gen)
+        turn = RemoteTurn(session, int(session.view["turn"]), session.owner, gen, events)
+        return session, turn
 
     async def _place(
         self,
@@ -556,7 +560,7 @@ class RemoteSession:
                 ack = raise_if_error(first)
             except StaleEpoch:
                 continue
-            return RemoteTurn(self, int(ack["turn"]), owner, gen)
+            return RemoteTurn(self, int(ack["turn"]), owner, gen, ack.get("events"))
         raise NodeLost("the session's node kept failing", session_id=self.id)
 
     async def events(self, after: int = 0, *, follow: bool = True) -> AsyncIterator[Event]:
@@ -597,11 +601,19 @@ class RemoteTurn:
     ``take_ready`` hands over what the last batch still holds, so the API writes a batch of
     events in one go as it does for a local turn."""
 
-    def __init__(self, session: RemoteSession, number: int, owner: Owner, gen: Any) -> None:
+    def __init__(
+        self,
+        session: RemoteSession,
+        number: int,
+        owner: Owner,
+        gen: Any,
+        first: list[EventTuple] | None = None,
+    ) -> None:
         self.session = session
         self.number = number
         self.owner = owner
         self._gen = gen
+        self._first = first  # the events that came with the acknowledgement
         self._ready: list[Event] = []
         self.last_seq = 0
         self.terminal: Event | None = None
@@ -620,6 +632,11 @@ class RemoteTurn:
 
     async def _batches(self) -> AsyncIterator[list[Event]]:
         hub = self.session.hub
+        first, self._first = self._first, None
+        if first:
+            yield [event_in(e) for e in first]
+            if first[-1][3] in TERMINAL_TYPES:
+                return
         try:
             async for ref in self._gen:
                 item = await ref

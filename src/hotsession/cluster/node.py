@@ -24,8 +24,9 @@ moved (this node was partitioned, or lost a race) is dropped: its process ends a
 written for it.
 
 Calls that stream (a turn's events, a session's events) are async generators: Ray streams each
-yielded batch to the caller as it is produced (Ray's streaming generators). A batch is every
-event that was ready, so a hot follow-up crosses in one or two items.
+yielded batch to the caller as it is produced (Ray's streaming generators). A turn's events are
+held briefly so that a hot follow-up crosses in one item, its acknowledgement included
+(:mod:`hotsession.cluster.relay`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 import psutil
 from claude_agent_sdk import SessionStore
 
+from hotsession.cluster.relay import turn_items
 from hotsession.cluster.streams import StreamSource
 from hotsession.cluster.tenants import NodeTenants
 from hotsession.cluster.watch import NodeWatch
@@ -78,9 +80,6 @@ class NodeSpec:
     env: dict[str, str] = field(default_factory=dict)
     fence_check_s: float = 1.0
 
-
-WRITE_PASSES = 8
-"""Loop passes a prompt accepted by ``send`` waits for the runner to write it to the CLI."""
 
 SEQ_GAP = 10_000
 """How far a re-homed session's event numbering jumps (more than a node ever has unwritten)."""
@@ -628,34 +627,25 @@ class NodeHost(StreamSource):
     async def _turn_items(
         self, session_id: str, epoch: int, turn: Turn, first: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        """``first`` (the acknowledgement), then batches of the turn's events up to its
-        ``result`` or ``error`` (``send`` and ``ask``)."""
-        if turn.record.status == "running":
-            # It starts now: let the session's runner write the prompt to the CLI before this
-            # generator hands the acknowledgement to Ray (serialising and sending an item runs
-            # on this loop, ~1-2 ms that were on the turn's path). The runner needs a pass or
-            # two of the loop for a live process; a process still to be spawned does not make
-            # it wait longer than that.
-            for _ in range(WRITE_PASSES):
-                if turn.clock.written != turn.clock.accepted or turn.done.is_set():
-                    break
-                await asyncio.sleep(0)
-        yield first
+        """``first`` (the acknowledgement) with the turn's first events, then batches of its
+        events up to its ``result`` or ``error`` (``send`` and ``ask``), as few Ray items as
+        ``hotsession.cluster.relay`` allows; no event goes before the prompt is recorded."""
         await turn.recorded()
-        async for event in turn:
-            if self.epochs.get(session_id) != epoch:
-                break  # dropped: what it emits since is not the conversation's
-            batch = [event_out(event)]
-            batch.extend(event_out(e) for e in turn.take_ready())
-            if batch[-1][3] in ("result", "error"):
-                # A turn a client saw end is in the store (a failure is retried in the
-                # background; the result is not held back by a store that is down).
-                with contextlib.suppress(Exception):
-                    await self.flush_transcripts()
-            yield batch
-            if batch[-1][3] in ("result", "error"):
-                return
-        yield error_out(self._moved(session_id, epoch))
+
+        async def flush() -> None:
+            # A turn a client saw end is in the store (a failure is retried in the background;
+            # the result is not held back by a store that is down).
+            with contextlib.suppress(Exception):
+                await self.flush_transcripts()
+
+        async for item in turn_items(
+            turn,
+            first,
+            before_terminal=flush,
+            still_held=lambda: self.epochs.get(session_id) == epoch,
+            moved=lambda: error_out(self._moved(session_id, epoch)),
+        ):
+            yield item
 
     async def follow(
         self, session_id: str, epoch: int, after: int, follow: bool = True, turn: int = 0

@@ -16,7 +16,7 @@ from hotsession.events import Event
 
 EventTuple = tuple[str, int, int, str, dict[str, Any] | bytes, float]
 """``(session_id, seq, turn, type, data, t)``; ``data`` is the CLI's own line (bytes) when the
-event carries one (``Event.raw``: a partial message passed through unparsed), else the dict."""
+event is one of its messages (``Event.line``), else the dict (hotsession's own events)."""
 
 
 def _error_classes() -> dict[str, type[errors.HotsessionError]]:
@@ -68,15 +68,15 @@ def raise_if_error(reply: Any) -> Any:
 
 
 def event_out(event: Event) -> EventTuple:
-    """An event as it crosses the wire: a CLI line passed through stays the bytes it came as
-    (neither side parses or re-encodes it; a token delta's JSON cost most of a daemon's CPU
-    per delta, see ``Event``)."""
-    data: dict[str, Any] | bytes = event.raw if event.raw is not None else event.data
+    """An event as it crosses the wire: a CLI message stays the line it came as (neither side
+    parses or re-encodes it: pickling a bytes object is a copy, a message's dict was walked
+    object by object on both sides, and the daemon then encoded it again for its SSE frame)."""
+    data: dict[str, Any] | bytes = event.line if event.line is not None else event.data
     return (event.session_id, event.seq, event.turn, event.type, data, event.t)
 
 
 def event_in(data: EventTuple) -> Event:
-    """The event again."""
+    """The event again (a CLI line as ``raw``: its ``data`` is parsed if anybody asks)."""
     sid, seq, turn, kind, payload, t = data
     if isinstance(payload, bytes):
         return Event(sid, seq, turn, kind, None, t, raw=payload)
