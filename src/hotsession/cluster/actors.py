@@ -9,23 +9,54 @@ are re-homed by the daemons instead (``hotsession.cluster.hub``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
 from hotsession.cluster.node import NodeHost, NodeSpec
+from hotsession.errors import HotsessionError
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "hotsession"
 PREFIX = "hotsession-host-"
 
 
+JOIN_TRIES = 3
+"""Connection attempts through Ray Client: its server starts a process per client connection,
+which a loaded head may not have ready within Ray Client's own ~30 s of retries."""
+
+
+class ClusterUnreachable(HotsessionError):
+    """The daemon cannot join the Ray cluster (the start fails with this one line)."""
+
+    code = "cluster_unreachable"
+    status = 503
+
+
 def join(address: str, *, namespace: str = NAMESPACE) -> None:
-    """Connect this process to the Ray cluster at ``address`` (``auto`` or ``ray://host:port``)."""
+    """Connect this process to the Ray cluster at ``address`` (``auto``, ``host:port`` or
+    ``ray://host:port``); raises ``ClusterUnreachable`` with one line when it cannot."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=address, namespace=namespace, log_to_driver=False)
+    tries = JOIN_TRIES if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, namespace=namespace, log_to_driver=False)
+            return
+        except (ConnectionError, TimeoutError) as exc:
+            why = str(exc) or type(exc).__name__
+            if attempt == tries:
+                raise ClusterUnreachable(
+                    f"cannot join the Ray cluster at {address}: {why}", address=address
+                ) from None
+            log.warning("joining %s failed (%s); trying again", address, why)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
 
 
 def via_client() -> bool:
