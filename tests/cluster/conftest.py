@@ -247,3 +247,26 @@ async def serve_process(
             proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def cli_ask(url: str, prompt: str, cwd: Path) -> str:
+    """``hotsession ask PROMPT --cwd CWD`` (the real CLI client) against the daemon at ``url``;
+    its output (it must exit 0)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOTSESSION_URL": url, "HOTSESSION_TOKEN": TOKEN}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hotsession"),
+        "ask",
+        prompt,
+        "--cwd",
+        str(cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.conftest import read_sse, stream_post
-from tests.cluster.conftest import TOKEN, ApiDaemon, serve_process
+from tests.cluster.conftest import TOKEN, ApiDaemon, cli_ask, serve_process
 
 from hotsession.testing.model_server import ModelServer
 
@@ -80,20 +79,7 @@ async def test_two_daemons_serve_one_session_in_turn(
 async def test_cli_client_against_a_cluster_daemon(api_daemons: Start, workdir: Path) -> None:
     """``hotsession ask`` (the real CLI client) through a cluster-mode daemon."""
     daemon = await api_daemons()
-    env = {**os.environ, "HOTSESSION_URL": daemon.url, "HOTSESSION_TOKEN": TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "hotsession"),
-        "ask",
-        "[[say:from the cli]]",
-        "--cwd",
-        str(workdir),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    assert "from the cli" in out.decode()
+    assert "from the cli" in await cli_ask(daemon.url, "[[say:from the cli]]", workdir)
     async with daemon.client() as c:
         sessions = (await c.get("/v1/sessions")).json()["sessions"]
     assert sessions and all(s["node"] for s in sessions)

@@ -8,12 +8,8 @@ its head (what ``ray start --head`` runs on port 10001), with the real CLI clien
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.conftest import read_sse, stream_post
-from tests.cluster.conftest import TOKEN, serve_process
+from tests.cluster.conftest import TOKEN, cli_ask, serve_process
 
 from hotsession.testing.model_server import ModelServer
 
@@ -114,18 +110,5 @@ async def test_serve_through_ray_client(
                     seen += await read_sse(feed, limit=1)
             assert any(e.type == "session" and e.data["id"] == sid for e in seen)
 
-            env = {**os.environ, "HOTSESSION_URL": url, "HOTSESSION_TOKEN": TOKEN}
-            proc = await asyncio.create_subprocess_exec(
-                str(Path(sys.executable).parent / "hotsession"),
-                "ask",
-                "[[say:from the cli]]",
-                "--cwd",
-                str(workdir),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(proc.communicate(), 120)
-            assert proc.returncode == 0, err.decode()
-            assert "from the cli" in out.decode()
+            assert "from the cli" in await cli_ask(url, "[[say:from the cli]]", workdir)
             assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 200

@@ -16,18 +16,10 @@ from hotsession.settings import Settings, Tenant
 
 
 @dataclass
-class ApiState:
-    """Shared by the routes of one app."""
+class Shutdown:
+    """The shutdown signal an app's routes and streams share (one machine's and a cluster's)."""
 
-    hub: Hotsession
-    settings: Settings
-    auth: Authenticator
-    metrics: Metrics
-    cli: dict[str, str] = field(default_factory=dict)
-    # How each session opened here got its process ("spare" / "spawn" / "resume"); sessions
-    # of an earlier daemon run are not in it.
-    sources: dict[str, str] = field(default_factory=dict)
-    _closing: asyncio.Future[None] | None = None
+    _closing: asyncio.Future[None] | None = field(default=None, kw_only=True)
 
     @property
     def closing(self) -> asyncio.Future[None]:
@@ -45,6 +37,20 @@ class ApiState:
         """End every stream with a final event; refuse new requests with 503."""
         if not self.closing.done():
             self.closing.set_result(None)
+
+
+@dataclass
+class ApiState(Shutdown):
+    """Shared by the routes of one app."""
+
+    hub: Hotsession
+    settings: Settings
+    auth: Authenticator
+    metrics: Metrics
+    cli: dict[str, str] = field(default_factory=dict)
+    # How each session opened here got its process ("spare" / "spawn" / "resume"); sessions
+    # of an earlier daemon run are not in it.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 # Authentication itself happens in the edge middleware (before the body is read); this scheme

@@ -47,7 +47,7 @@ from hotsession.settings import Tenant
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
-_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 
 _BODY = (400, 413, 422)  # a route that reads a JSON body
 _LIVE = (404, 409)  # a route on an open session
@@ -101,20 +101,57 @@ def check_prompt(api: ApiState, prompt: str) -> None:
     session_check_prompt(prompt, api.hub.config.prompt_limit_bytes)
 
 
-async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) -> Session:
-    """Open a session for ``tenant`` with the body's options (cwd checked against its roots)."""
+def open_fields(tenant: Tenant, body: SessionOptionsIn) -> dict[str, Any]:
+    """The engine's ``open`` arguments for ``tenant`` and the body (cwd checked against its
+    roots), one machine's and a cluster's alike."""
     if body.fork and not body.resume:
         raise InvalidRequest("fork needs resume", field="fork")
-    cwd = resolve_cwd(tenant, body.cwd)
-    session = await api.hub.open(
-        cwd,
-        tenant=tenant.name,
-        resume=body.resume,
-        fork=body.fork,
-        metadata=body.metadata,
-        include_partial_messages=body.include_partial_messages,
+    return {
+        "cwd": resolve_cwd(tenant, body.cwd),
+        "tenant": tenant.name,
+        "resume": body.resume,
+        "fork": body.fork,
+        "metadata": body.metadata,
+        "include_partial_messages": body.include_partial_messages,
         **body.option_fields(),
-    )
+    }
+
+
+def event_cursor(after: int | None, last_event_id: str | None) -> int:
+    """Where an event stream starts: ``after``, else the ``Last-Event-ID`` header, else 0."""
+    if after is not None:
+        return after
+    if last_event_id is None or not last_event_id.strip():
+        return 0
+    try:
+        cursor = int(last_event_id.strip())
+    except ValueError:
+        raise InvalidRequest(
+            "Last-Event-ID must be an event seq (an integer)", field="Last-Event-ID"
+        ) from None
+    if not 0 <= cursor <= MAX_SEQ:
+        raise InvalidRequest("Last-Event-ID is out of range", field="Last-Event-ID")
+    return cursor
+
+
+def turn_summary(t: dict[str, Any]) -> dict[str, Any]:
+    """A recent turn as a session's view lists it (``t``: a turn record's fields)."""
+    return {
+        "turn": t["turn"],
+        "status": t["status"],
+        "prompt": t["prompt"][:200],
+        "queued_at": t["queued_at"],
+        "started_at": t["started_at"],
+        "ended_at": t["ended_at"],
+        "timing": t["timing"],
+        "error_code": t["error_code"],
+        "error_message": t["error_message"],
+    }
+
+
+async def open_session(api: ApiState, tenant: Tenant, body: SessionOptionsIn) -> Session:
+    """Open a session for ``tenant`` with the body's options (cwd checked against its roots)."""
+    session = await api.hub.open(**open_fields(tenant, body))
     source = str(session.open_source or "spawn")
     api.sources[session.id] = source
     api.metrics.sessions_created.labels(source).inc()
@@ -227,20 +264,7 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
         by_turn = {t.turn: t for t in recent}
         by_turn.update((t.turn, t) for t in session.recent_turns)
         recent = sorted(by_turn.values(), key=lambda t: t.turn)[-20:]
-    out["recent_turns"] = [
-        {
-            "turn": t.turn,
-            "status": t.status,
-            "prompt": t.prompt[:200],
-            "queued_at": t.queued_at,
-            "started_at": t.started_at,
-            "ended_at": t.ended_at,
-            "timing": t.timing,
-            "error_code": t.error_code,
-            "error_message": t.error_message,
-        }
-        for t in recent
-    ]
+    out["recent_turns"] = [turn_summary(vars(t)) for t in recent]
     return JSONResponse(out)
 
 
@@ -308,23 +332,13 @@ async def get_events(
     api: Api,
     tenant: CurrentTenant,
     after: Annotated[
-        int | None, Query(ge=0, le=_MAX_SEQ, description="Replay events after this seq.")
+        int | None, Query(ge=0, le=MAX_SEQ, description="Replay events after this seq.")
     ] = None,
     follow: Annotated[bool, Query(description="Keep streaming live events.")] = True,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """Every event after `Last-Event-ID` (or `after`) exactly once, then live ones."""
-    if after is None:
-        after = 0
-        if last_event_id is not None and last_event_id.strip():
-            try:
-                after = int(last_event_id.strip())
-            except ValueError:
-                raise InvalidRequest(
-                    "Last-Event-ID must be an event seq (an integer)", field="Last-Event-ID"
-                ) from None
-            if not 0 <= after <= _MAX_SEQ:
-                raise InvalidRequest("Last-Event-ID is out of range", field="Last-Event-ID")
+    after = event_cursor(after, last_event_id)
     session = api.hub.sessions.get(session_id)
     if session is not None and session.record.tenant == tenant.name:
         if follow and not session.closed:

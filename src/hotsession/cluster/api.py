@@ -37,21 +37,18 @@ from prometheus_client.registry import Collector
 from hotsession import __version__
 from hotsession.api import events as sse
 from hotsession.api.app import EdgeMiddleware, add_dashboard, add_error_handlers
-from hotsession.api.auth import Authenticator, resolve_cwd
-from hotsession.api.deps import CurrentTenant
+from hotsession.api.auth import Authenticator
+from hotsession.api.deps import CurrentTenant, Shutdown
 from hotsession.api.metrics import CONTENT_TYPE
 from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
-from hotsession.api.sessions import record_view
+from hotsession.api.sessions import MAX_SEQ, event_cursor, open_fields, record_view, turn_summary
 from hotsession.cli_binary import cli_version, resolve_cli_path
 from hotsession.cluster.hub import LOST, ClusterHub, RemoteSession
 from hotsession.cluster.streams import cancel_stream, remote_stream
-from hotsession.errors import InvalidRequest
-from hotsession.events import Event
-from hotsession.session import check_prompt
+from hotsession.session import check_prompt, replay
 from hotsession.settings import Settings, Tenant
 
 router = APIRouter(prefix="/v1")
-_MAX_SEQ = 2**63 - 1
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-sent events: `id:` seq, `event:` type, `data:` JSON.",
@@ -61,7 +58,7 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 
 
 @dataclass
-class ClusterState:
+class ClusterState(Shutdown):
     """Shared by the routes of one cluster-mode app."""
 
     hub: ClusterHub
@@ -70,24 +67,6 @@ class ClusterState:
     registry: CollectorRegistry
     turns: Counter
     cli: dict[str, str] = field(default_factory=dict)
-    _closing: asyncio.Future[None] | None = None
-
-    @property
-    def closing(self) -> asyncio.Future[None]:
-        """Resolves when the daemon starts shutting down."""
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-        return self._closing
-
-    @property
-    def is_closing(self) -> bool:
-        """True once shutdown began."""
-        return self._closing is not None and self._closing.done()
-
-    def begin_shutdown(self) -> None:
-        """End every stream with a final event; refuse new requests with 503."""
-        if not self.closing.done():
-            self.closing.set_result(None)
 
 
 async def _state(request: Request) -> ClusterState:
@@ -108,18 +87,7 @@ def _check_prompt(api: ClusterState, prompt: str) -> None:
 
 
 async def _open(api: ClusterState, tenant: Tenant, body: SessionOptionsIn) -> RemoteSession:
-    if body.fork and not body.resume:
-        raise InvalidRequest("fork needs resume", field="fork")
-    cwd = resolve_cwd(tenant, body.cwd)
-    return await api.hub.open(
-        cwd,
-        tenant=tenant.name,
-        resume=body.resume,
-        fork=body.fork,
-        metadata=body.metadata,
-        include_partial_messages=body.include_partial_messages,
-        **body.option_fields(),
-    )
+    return await api.hub.open(**open_fields(tenant, body))
 
 
 # -- sessions -------------------------------------------------------------------------------------
@@ -162,20 +130,7 @@ async def get_session(session_id: str, api: Api, tenant: CurrentTenant) -> JSONR
         out = dict(await (await api.hub.session(session_id, tenant=tenant.name)).snapshot())
         for t in out.pop("recent_turns_live", []):
             recent[t["turn"]] = t  # the node's own records are the newest
-    out["recent_turns"] = [
-        {
-            "turn": t["turn"],
-            "status": t["status"],
-            "prompt": t["prompt"][:200],
-            "queued_at": t["queued_at"],
-            "started_at": t["started_at"],
-            "ended_at": t["ended_at"],
-            "timing": t["timing"],
-            "error_code": t["error_code"],
-            "error_message": t["error_message"],
-        }
-        for _, t in sorted(recent.items())[-20:]
-    ]
+    out["recent_turns"] = [turn_summary(t) for _, t in sorted(recent.items())[-20:]]
     return JSONResponse(out)
 
 
@@ -220,40 +175,19 @@ async def get_events(
     api: Api,
     tenant: CurrentTenant,
     after: Annotated[
-        int | None, Query(ge=0, le=_MAX_SEQ, description="Replay events after this seq.")
+        int | None, Query(ge=0, le=MAX_SEQ, description="Replay events after this seq.")
     ] = None,
     follow: Annotated[bool, Query(description="Keep streaming live events.")] = True,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
     """Every event after `Last-Event-ID` (or `after`) exactly once, then live ones, from
     whichever node holds the session now."""
-    if after is None:
-        after = 0
-        if last_event_id is not None and last_event_id.strip():
-            try:
-                after = int(last_event_id.strip())
-            except ValueError:
-                raise InvalidRequest(
-                    "Last-Event-ID must be an event seq (an integer)", field="Last-Event-ID"
-                ) from None
-            if not 0 <= after <= _MAX_SEQ:
-                raise InvalidRequest("Last-Event-ID is out of range", field="Last-Event-ID")
+    after = event_cursor(after, last_event_id)
     rec = await api.hub.record(session_id, tenant=tenant.name)
     if rec.state == "closed":
-        return _stream(api, _replay(api, session_id, after))
+        return _stream(api, replay(api.hub.registry, session_id, after))
     session = await api.hub.session(session_id, tenant=tenant.name)
     return _stream(api, session.events(after, follow=follow))
-
-
-async def _replay(api: ClusterState, session_id: str, after: int) -> AsyncIterator[Event]:
-    last = after
-    while True:
-        batch = await api.hub.registry.events_after(session_id, last, limit=1000)
-        for rec in batch:
-            last = rec.seq
-            yield Event(rec.session_id, rec.seq, rec.turn, rec.type, rec.data, rec.t)
-        if len(batch) < 1000:
-            return
 
 
 @router.post("/sessions/{session_id}/interrupt", summary="Interrupt the running turn")
@@ -294,18 +228,7 @@ async def answer_permission(
 async def ask(body: AskIn, api: Api, tenant: CurrentTenant) -> StreamingResponse:
     """Open a session and run one turn; the first event, `session`, names it."""
     _check_prompt(api, body.prompt)
-    if body.fork and not body.resume:
-        raise InvalidRequest("fork needs resume", field="fork")
-    session, turn = await api.hub.ask(
-        resolve_cwd(tenant, body.cwd),
-        body.prompt,
-        tenant=tenant.name,
-        resume=body.resume,
-        fork=body.fork,
-        metadata=body.metadata,
-        include_partial_messages=body.include_partial_messages,
-        **body.option_fields(),
-    )
+    session, turn = await api.hub.ask(prompt=body.prompt, **open_fields(tenant, body))
     api.turns.labels("ask").inc()
     head = sse.frame_untracked(
         "session",

@@ -38,14 +38,13 @@ import logging
 import os
 import pwd
 import stat
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hotsession.host import SpawnPlan
-from hotsession.isolation import limits, sandbox
+from hotsession.isolation import accounts, limits, sandbox
 from hotsession.isolation.accounts import (
     Account,
     IsolationError,
@@ -343,21 +342,10 @@ def write_file_as(run_as: RunAs, path: Path, text: str) -> None:
         'umask 077 && mkdir -p -- "$1" && t=$(mktemp -- "$1/.hs-XXXXXX") && '
         '{ cat > "$t" && mv -f -- "$t" "$2" || { rm -f -- "$t"; exit 1; }; }'
     )
-    done = subprocess.run(
-        ["/bin/sh", "-c", script, "sh", str(path.parent), str(path)],
-        input=text.encode(),
-        user=run_as.uid,
-        group=run_as.gid,
-        extra_groups=list(run_as.groups),
-        env={"PATH": "/usr/bin:/bin"},
-        cwd="/",
-        capture_output=True,
-        check=False,
-    )
+    argv = ["/bin/sh", "-c", script, "sh", str(path.parent), str(path)]
+    done = accounts.run_as(run_as, argv, timeout=60.0, stdin=text)
     if done.returncode != 0:
-        raise OSError(
-            f"cannot write {path} as uid {run_as.uid}: {done.stderr.decode(errors='replace')}"
-        )
+        raise OSError(f"cannot write {path} as uid {run_as.uid}: {done.stderr.strip()[:200]}")
 
 
 def secure_daemon_files(settings: Settings, *, strict: bool) -> None:

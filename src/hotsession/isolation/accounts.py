@@ -13,6 +13,7 @@ import pwd
 import stat
 import subprocess
 from dataclasses import dataclass
+from typing import Protocol
 
 from hotsession.errors import HotsessionError
 
@@ -62,8 +63,19 @@ def lookup(user: str, *, tenant: str) -> Account:
     return Account(user, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
 
 
+class Identity(Protocol):
+    """Who to run as: an :class:`Account`, or a spawn plan's ``RunAs``."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def groups(self) -> tuple[int, ...]: ...
+
+
 def run_as(
-    account: Account, argv: list[str], *, timeout: float = 20.0
+    account: Identity, argv: list[str], *, timeout: float = 20.0, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as ``account`` (the daemon is root) with an empty environment."""
     return subprocess.run(
@@ -73,6 +85,7 @@ def run_as(
         extra_groups=list(account.groups),
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         cwd="/",
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
