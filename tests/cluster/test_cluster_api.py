@@ -238,6 +238,12 @@ async def test_a_streamed_turn_through_the_cluster_delivers_every_delta(
             replay = await read_sse(resp)
         assert text_deltas(replay) == words(40)
         await c.delete(f"/v1/sessions/{sid}")
+        # A closed session replays from the store: its events, none of the engine's own
+        # bookkeeping records (a streamed turn reserves event numbers there).
+        async with c.stream("GET", f"/v1/sessions/{sid}/events?follow=false") as resp:
+            stored = await read_sse(resp)
+        assert stored and stored[-1].type == "result"
+        assert "seq_reserved" not in {e.type for e in stored}
 
 
 async def test_ask_opens_and_runs_its_first_turn_on_a_node(
