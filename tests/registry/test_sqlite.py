@@ -6,12 +6,14 @@ import asyncio
 import sqlite3
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from regtools import event, eventually, seqs, session
 
+import hotsession.registry.sqlite as sqlite_module
 from hotsession.errors import RegistryError
 from hotsession.registry import EventRecord, ProcessRecord, SqliteRegistry, TurnRecord
 from hotsession.registry.sqlite import BATCH_MAX, SCHEMA_VERSION
@@ -411,3 +413,137 @@ async def test_sqlite_writes_the_clis_line_as_the_events_json(db_path: Path) -> 
     finally:
         conn.close()
     assert rows == [(line.decode(),), ('{"turn":1,"a":"café"}',)]
+
+
+# -- inline writes (the per-turn writes on the event loop, see the module docstring) ------------
+
+
+def finished_at_once(coro: Any) -> bool:
+    """True when the coroutine ends without ever waiting (no hand-off to another thread)."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    coro.close()
+    return False
+
+
+async def test_sqlite_a_turns_writes_run_inline_when_the_thread_is_idle(db_path: Path) -> None:
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+    try:
+        assert finished_at_once(reg.put_session(session("s1")))
+        assert finished_at_once(reg.put_turn(TurnRecord("s1", 1, "hi", status="running")))
+        reg.add_events([event("s1", n) for n in range(1, 6)])
+        done = TurnRecord("s1", 1, "hi", status="done")
+        assert finished_at_once(reg.end_turn(done, session("s1", turns=1)))
+        # Committed, not merely queued: another connection sees every row.
+        assert stored_event_count(db_path) == 5
+        conn = sqlite3.connect(db_path)
+        try:
+            assert conn.execute("SELECT status FROM turns").fetchall() == [("done",)]
+        finally:
+            conn.close()
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_inline_writes_keep_their_order_behind_queued_jobs(db_path: Path) -> None:
+    """A write made while a job waits on the thread's queue is not run inline ahead of it,
+    even while the connection is free (the thread is between two jobs)."""
+    reg = SqliteRegistry(db_path, flush_interval=60.0)
+    await reg.open()
+    backlog = reg._backlog
+    next_timeout = backlog.next_timeout
+    between, release = threading.Event(), threading.Event()
+
+    def held_between_jobs() -> float | None:
+        # The thread asks this outside the connection's lock, before taking the next job.
+        on_thread = threading.current_thread().name == "hotsession-registry"
+        if on_thread and not between.is_set() and not reg._conn_lock.locked():
+            between.set()
+            release.wait(5)
+        return next_timeout()
+
+    def first_write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO turns (session_id, turn, prompt, status, queued_at)"
+            " VALUES ('s1', 1, 'hi', 'queued', 0)"
+        )
+
+    try:
+        backlog.next_timeout = held_between_jobs  # type: ignore[method-assign]
+        reg._jobs.put(sqlite_module._WAKE)
+        await asyncio.to_thread(between.wait, 5)
+        assert between.is_set() and not reg._conn_lock.locked()
+        first = asyncio.ensure_future(reg._submit(first_write, "test"))
+        await asyncio.sleep(0)  # queued, the thread does not take it yet
+        second = asyncio.ensure_future(reg.put_turn(TurnRecord("s1", 1, "hi", status="done")))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # behind the first, not inline
+        release.set()
+        await asyncio.gather(first, second)
+        assert [t.status for t in await reg.list_turns("s1")] == ["done"]
+    finally:
+        release.set()
+        backlog.next_timeout = next_timeout  # type: ignore[method-assign]
+        await reg.close()
+
+
+async def test_sqlite_inline_write_on_a_locked_database_waits_on_the_thread(
+    db_path: Path,
+) -> None:
+    """The inline attempt never waits for a lock (busy timeout 0): it gives way to the thread,
+    which waits the registry's busy timeout as before, and the write lands once the lock goes."""
+    reg = SqliteRegistry(db_path, flush_interval=60.0, busy_timeout=5.0)
+    await reg.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        reg.add_events([event("s1", n) for n in range(1, 4)])
+        write = asyncio.ensure_future(
+            reg.end_turn(TurnRecord("s1", 1, "hi", status="done"), session("s1", turns=1))
+        )
+        await asyncio.sleep(0.2)
+        assert not write.done()  # waiting for the lock on the thread, not failed at once
+        other.execute("ROLLBACK")
+        await write
+        assert stored_event_count(db_path) == 3
+        assert [t.status for t in await reg.list_turns("s1")] == ["done"]
+        # The thread is idle again: the next write runs inline.
+        assert finished_at_once(reg.put_session(session("s1", turns=2)))
+    finally:
+        other.close()
+        await reg.close()
+
+
+async def test_sqlite_checkpoints_the_wal_on_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's auto-checkpoint is off (it would run inside an inline COMMIT, on the loop); the
+    registry's thread checkpoints instead, so the WAL is reused rather than growing."""
+
+    async def wal_after_turns(path: Path) -> int:
+        reg = SqliteRegistry(path, flush_interval=60.0)
+        await reg.open()
+        try:
+            pragma = await reg._submit(
+                lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone(), "test"
+            )
+            assert pragma[0] == 0
+            for n in range(1, 301):
+                await reg.put_turn(TurnRecord("s1", n, "hi", status="running"))
+                reg.add_events([event("s1", n, turn=n, blob="x" * 3000)])
+                done = TurnRecord("s1", n, "hi", status="done")
+                await reg.end_turn(done, session("s1", turns=n))
+                await asyncio.sleep(0)  # the thread gets its turn
+            return Path(f"{path}-wal").stat().st_size
+        finally:
+            await reg.close()
+
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_CHANGES", 1_000_000)
+    unchecked = await wal_after_turns(tmp_path / "a" / "registry.db")
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_CHANGES", 50)
+    checked = await wal_after_turns(tmp_path / "b" / "registry.db")
+    assert unchecked > 300 * 4096  # every turn's pages, never reused
+    assert checked < unchecked / 3

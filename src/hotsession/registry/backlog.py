@@ -8,7 +8,8 @@ is kept, in order, and written first next time, after a backoff that doubles fro
 stale) are counted until the next ``flush`` reports them.
 
 Threads: ``add``, ``next_timeout`` and ``unwritten`` may run beside the writer (the pending list
-is locked); the rest is the writer's.
+is locked); the rest is the writer's (SQLite: whoever holds its connection's lock, the
+registry's thread or an inline write on the event loop).
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class EventBacklog:
         self.failures += 1
         delay = min(self.flush_interval * 2 ** min(self.failures, 16), MAX_RETRY_DELAY)
         self._retry_at = time.monotonic() + delay
+
+    def put_back(self, batch: list[Pending]) -> None:
+        """The batch was not written, through no fault of the store's yet (SQLite's inline
+        write gave way: its thread writes it next): as ``write_failed``, without a failure
+        counted or a backoff."""
+        self._inflight = []
+        self.failed = batch
 
     def written(self, batch: list[Pending], stale: Stale) -> None:
         """The batch committed, less the fenced events the store refused (``stale``)."""

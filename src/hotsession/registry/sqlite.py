@@ -1,11 +1,37 @@
 """The embedded default registry: one SQLite file, WAL mode, with a batched event log.
 
 Threading model
-    The :class:`sqlite3.Connection` is created, used and closed by ONE dedicated thread
-    (``hotsession-registry``). Every async method wraps its work in a callable, puts it on a
-    :class:`queue.SimpleQueue` and awaits an :class:`asyncio.Future` that the thread resolves
-    with ``loop.call_soon_threadsafe``. Jobs run one at a time in submission order, so a write
-    is visible to every read submitted after it, and the event loop never blocks on the disk.
+    ONE :class:`sqlite3.Connection`, created by a dedicated thread (``hotsession-registry``) and
+    used by whoever holds ``_conn_lock``. Two ways in:
+
+    * **The thread** (every read, the event batches, ``flush``, and any write that cannot run
+      inline): an async method wraps its work in a callable, puts it on a
+      :class:`queue.SimpleQueue` and awaits an :class:`asyncio.Future` that the thread resolves
+      with ``loop.call_soon_threadsafe``. Jobs run one at a time in submission order, with the
+      full ``busy_timeout``, so the event loop never waits for another process's lock.
+    * **Inline** (the per-turn writes: ``put_turn``, ``put_session``, ``end_turn``): the write
+      runs on the caller's thread (the event loop) at once, with a busy timeout of 0, when no
+      job is queued or running ahead of it (``_submitted == _finished``) and the connection is
+      free (a non-blocking acquire of the lock). If not, or if SQLite says anything at all
+      (the database is locked by another process, the disk is full ...), the transaction is
+      rolled back and the same callable goes to the thread as above, which waits the busy
+      timeout and reports the error as it always did. So the order of writes is the order
+      they were made in, whichever way each went.
+
+    Why inline (measured, docs/benchmarks.md, 2026-11-30): a plain follow-up makes two
+    transactions (the prompt's record, the turn's end) of ~90 µs of SQL together, and the
+    hand-off to the thread cost ~0.3 ms of CPU beyond that: the thread's wake-ups and its fight
+    for the GIL with the busy loop thread (sqlite3 drops and retakes the GIL at every
+    statement). What it gives up: nothing of durability (the same transactions, committed
+    before the awaited call returns), ~50-90 µs of the loop's time per write, and a write
+    never waits for a lock on the loop (busy timeout 0: a locked database sends it to the
+    thread, which is what the "database locked" faults exercise).
+
+    Checkpoints stay off the loop: the connection runs with ``wal_autocheckpoint = 0``
+    (SQLite would otherwise copy the WAL into the database inside whichever COMMIT crosses
+    1000 pages, an inline one included), and the thread runs a PASSIVE checkpoint once
+    ``CHECKPOINT_CHANGES`` rows were written since the last one (the loop asks it to with a
+    queue item when an inline write crosses that line).
 
 Batching
     ``add_events`` is synchronous and costs a lock and a list append: it is called on a turn's
@@ -17,7 +43,8 @@ Batching
     Reads of the event log (``events_after``, ``last_seq``) merge the events still in memory,
     so a replay never misses an event, whether or not it was flushed. The bookkeeping (pending
     events, the failed batch and its backoff, stale-event counts) is
-    :class:`~hotsession.registry.backlog.EventBacklog`, shared with the Postgres registry.
+    :class:`~hotsession.registry.backlog.EventBacklog`, shared with the Postgres registry; its
+    writer is whoever holds the connection's lock.
 
 Failures
     Every :class:`sqlite3.Error` (database is locked, database or disk is full, read-only file,
@@ -176,7 +203,12 @@ _OWNERSHIP_COLS: Final = "session_id, node, epoch, claimed_at, renewed_at"
 
 
 _STOP: Final = object()  # queue item: leave the thread loop
-_WAKE: Final = object()  # queue item: look at the pending events now
+_WAKE: Final = object()  # queue item: look at the pending events (and the checkpoint) now
+
+CHECKPOINT_CHANGES: Final = 500
+"""Rows written (``total_changes``) between two of the thread's WAL checkpoints: a plain turn
+writes ~7 rows in ~15-30 WAL pages, so this is about the 1000 pages of SQLite's own
+auto-checkpoint, which is off (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +452,17 @@ class SqliteRegistry:
         # Events added but not written yet (any thread may add; the thread writes).
         self._backlog = EventBacklog(flush_interval)
 
+        # Inline writes (see the module docstring): the connection's user holds the lock; jobs
+        # put on the queue and finished by the thread (a write runs inline only when equal).
+        self._conn_lock = threading.Lock()
+        self._submitted = 0
+        self._finished = 0
+        self._busy_ms = -1  # the connection's busy timeout now (ms): full on the thread, 0 inline
+        self._inline_now = False  # an inline write runs (its failure is not the store's yet)
+        self._checkpointed = 0  # ``total_changes`` at the last checkpoint
+        self._checkpoint_asked = False
+        self._timer: asyncio.TimerHandle | None = None  # the pending events' flush timer
+
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
@@ -471,7 +514,7 @@ class SqliteRegistry:
         def job(conn: sqlite3.Connection) -> None:
             _fenced_write(conn, rec.id, epoch, sql, row)
 
-        await self._submit(job, "write a session")
+        await self._write(job, "write a session")
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         def job(conn: sqlite3.Connection) -> SessionRecord | None:
@@ -510,7 +553,7 @@ class SqliteRegistry:
         def job(conn: sqlite3.Connection) -> None:
             _fenced_write(conn, turn.session_id, epoch, _TURN_UPSERT, row)
 
-        await self._submit(job, "write a turn")
+        await self._write(job, "write a turn")
 
     async def list_turns(self, session_id: str, limit: int | None = None) -> list[TurnRecord]:
         def job(conn: sqlite3.Connection) -> list[TurnRecord]:
@@ -560,9 +603,10 @@ class SqliteRegistry:
         except RuntimeError:
             self._jobs.put(_WAKE)
             return
-        loop.call_later(self._backlog.flush_interval, self._due)
+        self._timer = loop.call_later(self._backlog.flush_interval, self._due)
 
     def _due(self) -> None:
+        self._timer = None
         if self._state == "open" and self._backlog.next_timeout() is not None:
             self._jobs.put(_WAKE)
 
@@ -592,7 +636,7 @@ class SqliteRegistry:
             if dropped:
                 raise stale_events(dropped)
 
-        await self._submit(job, "record a turn's end")
+        await self._write(job, "record a turn's end")
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -732,12 +776,62 @@ class SqliteRegistry:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
+        self._submitted += 1
         self._jobs.put(_JobRequest(fn, doing, fut, loop, opens))
         return await fut
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        """A small write: inline when it can be, else on the thread (see the module docstring)."""
+        self._check_open()
+        ran, value = self._inline(fn)
+        if ran:
+            return cast(T, value)
+        return await self._submit(fn, doing)
+
+    def _inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run ``fn(conn)`` here and now if nothing is queued ahead and the connection is free;
+        ``(False, None)`` when it did not run or SQLite refused (rolled back: the thread then
+        runs it again, waiting out a lock, and reports what it finds)."""
+        if self._submitted != self._finished:
+            return False, None
+        lock = self._conn_lock
+        if not lock.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None or self._submitted != self._finished:
+                return False, None
+            if self._busy_ms != 0:
+                conn.execute("PRAGMA busy_timeout = 0")  # never wait for a lock on the loop
+                self._busy_ms = 0
+            self._inline_now = True
+            try:
+                result = fn(conn)
+            except sqlite3.Error:
+                _rollback(conn)
+                return False, None
+            except BaseException:
+                _rollback(conn)
+                raise
+            finally:
+                self._inline_now = False
+            if self._backlog.next_timeout() is None and self._timer is not None:
+                self._timer.cancel()  # the events it was armed for are written
+                self._timer = None
+            if (
+                conn.total_changes - self._checkpointed >= CHECKPOINT_CHANGES
+                and not self._checkpoint_asked
+            ):
+                self._checkpoint_asked = True
+                self._jobs.put(_WAKE)  # the thread checkpoints (never the loop)
+            return True, result
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
+        lock = self._conn_lock
         try:
             while True:
                 try:
@@ -747,16 +841,54 @@ class SqliteRegistry:
                 if item is _STOP:
                     return
                 if isinstance(item, _CloseRequest):
-                    self._close_in_thread(item.fut, item.loop)
+                    with lock:
+                        self._close_in_thread(item.fut, item.loop)
                     return
                 if isinstance(item, _JobRequest):
-                    self._run_job(item)
-                self._maybe_commit()
+                    with lock:
+                        self._full_busy()
+                        try:
+                            outcome = self._run_job(item)
+                        finally:
+                            self._finished += 1
+                    # Resolved once the lock is free: the woken caller's next write can run
+                    # inline at once.
+                    self._call_soon(item.loop, *outcome)
+                with lock:
+                    self._full_busy()
+                    self._maybe_commit()
+                    self._maybe_checkpoint()
         finally:
-            self._close_conn()
+            with lock:
+                self._close_conn()
 
-    def _run_job(self, item: _JobRequest) -> None:
-        fn, doing, fut, loop = item.fn, item.doing, item.fut, item.loop
+    def _full_busy(self) -> None:
+        """The thread's work waits out another process's lock for the whole busy timeout."""
+        conn = self._conn
+        if conn is not None and self._busy_ms != self._full_busy_ms:
+            conn.execute(f"PRAGMA busy_timeout = {self._full_busy_ms}")
+            self._busy_ms = self._full_busy_ms
+
+    @property
+    def _full_busy_ms(self) -> int:
+        return int(self.busy_timeout * 1000)
+
+    def _maybe_checkpoint(self) -> None:
+        """A PASSIVE checkpoint once ``CHECKPOINT_CHANGES`` rows were written since the last
+        (auto-checkpoints are off: see the module docstring). Never fails the thread."""
+        conn = self._conn
+        if conn is None or conn.total_changes - self._checkpointed < CHECKPOINT_CHANGES:
+            return
+        self._checkpointed = conn.total_changes
+        self._checkpoint_asked = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the next one tries again; the WAL only grows meanwhile
+            log.warning("registry: WAL checkpoint failed: %s", exc)
+
+    def _run_job(self, item: _JobRequest) -> tuple[Callable[..., None], asyncio.Future[Any], Any]:
+        """Run a job; returns how to resolve its future (done on the caller's loop)."""
+        fn, doing, fut = item.fn, item.doing, item.fut
         try:
             if self._conn is None and not item.opens:
                 raise RegistryError("registry is not open")
@@ -764,15 +896,14 @@ class SqliteRegistry:
         except sqlite3.Error as exc:
             if self._conn is not None:
                 _rollback(self._conn)
-            self._call_soon(loop, _reject, fut, _registry_error(exc, doing))
+            return _reject, fut, _registry_error(exc, doing)
         except RegistryError as exc:
-            self._call_soon(loop, _reject, fut, exc)
+            return _reject, fut, exc
         except BaseException as exc:  # a bug: hand it to the caller, keep the thread alive
             if self._conn is not None:
                 _rollback(self._conn)
-            self._call_soon(loop, _reject, fut, exc)
-        else:
-            self._call_soon(loop, _resolve, fut, result)
+            return _reject, fut, exc
+        return _resolve, fut, result
 
     @staticmethod
     def _call_soon(loop: asyncio.AbstractEventLoop, cb: Callable[..., None], *args: Any) -> None:
@@ -812,7 +943,10 @@ class SqliteRegistry:
             stale, refused = _write_events(conn, batch, records)
         except BaseException:
             _rollback(conn)
-            backlog.write_failed(batch)
+            if self._inline_now:
+                backlog.put_back(batch)  # the thread tries it next: not a failure of the store
+            else:
+                backlog.write_failed(batch)
             raise
         backlog.written(batch, stale)
         return refused
@@ -837,19 +971,22 @@ class SqliteRegistry:
             self.path,
             timeout=self.busy_timeout,
             isolation_level=None,  # autocommit; transactions are explicit
-            check_same_thread=True,
+            check_same_thread=False,  # the thread's, or an inline writer's under _conn_lock
             uri=self.path.startswith("file:"),
         )
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {self._full_busy_ms}")
+            self._busy_ms = self._full_busy_ms
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the thread's (``_maybe_checkpoint``)
             conn.execute("PRAGMA foreign_keys = ON")
             _migrate(conn)
         except BaseException:
             conn.close()
             raise
+        self._checkpointed = conn.total_changes
         self._conn = conn
 
     def _close_in_thread(self, fut: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
