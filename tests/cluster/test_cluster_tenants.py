@@ -83,8 +83,10 @@ def _client(url: str, token: str) -> httpx.AsyncClient:
     )
 
 
-async def _open(client: httpx.AsyncClient, cwd: Path) -> dict[str, Any]:
-    body = {"cwd": str(cwd), "permission_mode": "bypassPermissions"}
+async def _open(
+    client: httpx.AsyncClient, cwd: Path, mode: str = "bypassPermissions"
+) -> dict[str, Any]:
+    body = {"cwd": str(cwd), "permission_mode": mode}
     r = await client.post("/v1/sessions", json=body)
     assert r.status_code == 201, r.text
     out: dict[str, Any] = r.json()
@@ -171,6 +173,48 @@ attempt environ 'cat /proc/{view["pid"]}/environ'
 
             for client, sid in ((a, sa["id"]), (b, sb["id"])):
                 assert (await client.delete(f"/v1/sessions/{sid}")).status_code == 200
+
+
+@pytest.mark.timeout(300)
+async def test_a_tenants_own_config_dir_travels_with_its_session(
+    users: Lab,
+    ray_cluster: Any,
+    cluster_pg: Any,
+    tmp_path: Path,
+    model_server: ModelServer,
+) -> None:
+    """``claude_config_dir`` without a user: the node's mirror maps the tenant's transcripts
+    (not under the node's own config dir) into the store, and a moved session is materialized
+    into that dir again."""
+    import ray
+
+    root = tmp_path / "root-c"
+    root.mkdir()
+    config_dir = users.base / "c-config"
+    config = write_config(
+        users.base / "c.toml",
+        tenant_toml("c", TOKEN_A, root, claude_config_dir=str(config_dir)),
+    )
+    async with serve_process(
+        ray_cluster.address, cluster_pg.url, config, tmp_path / "state"
+    ) as url:
+        async with _client(url, TOKEN_A) as c:
+            s = await _open(c, root, "default")  # (runs as root: no tool needed)
+            assert (await turn(c, s["id"], "[[say:noted]] remember quince"))["result"] == "noted"
+            assert list((config_dir / "projects").glob(f"*/{s['cli_session_id']}.jsonl"))
+            ray.kill(ray.get_actor(PREFIX + s["node"], namespace=NAMESPACE), no_restart=True)
+            shutil.rmtree(config_dir / "projects")
+            model_server.clear()
+            model_server.record_bodies = True
+            try:
+                assert (await turn(c, s["id"], "[[say:again]]"))["result"] == "again"
+            finally:
+                model_server.record_bodies = False
+            assert "quince" in json.dumps(model_server.main_requests()[-1]["body"])
+            moved = (await c.get(f"/v1/sessions/{s['id']}")).json()
+            assert moved["node"] != s["node"]
+            assert list((config_dir / "projects").glob(f"*/{s['cli_session_id']}.jsonl"))
+            assert (await c.delete(f"/v1/sessions/{s['id']}")).status_code == 200
 
 
 @pytest.mark.timeout(300)

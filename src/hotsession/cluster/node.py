@@ -428,7 +428,11 @@ class NodeHost(StreamSource):
         last_turn = queued[0].turn - 1 if queued else max((t.turn for t in turns), default=0)
         rec.pid = None
         rec.state = "evicted"
-        await self._materialize(rec)
+        # A turn that started may be in the transcript although the session's record does not
+        # count it yet (its end is written in the background after the result): resume it.
+        started = max((t.turn for t in turns if t.status != "queued"), default=0)
+        if await self._materialize(rec, started=started):
+            rec.turns = max(rec.turns, started)
         session = Session(hub, rec, listener=hub, last_seq=last_seq, last_turn=last_turn)
         session.last_turn = last_turn  # re-queued prompts get their numbers back
         for turn in running:
@@ -461,17 +465,20 @@ class NodeHost(StreamSource):
         )
         return session
 
-    async def _materialize(self, rec: SessionRecord) -> None:
-        """Write the session's transcript from the store before its first ``--resume`` here."""
-        if self.transcripts is None or not (rec.turns or rec.options.get("origin") == "resume"):
-            return
-        await materialize_transcript(
+    async def _materialize(self, rec: SessionRecord, *, started: int = 0) -> bool:
+        """Write the session's transcript from the store before its first ``--resume`` here;
+        whether the store held one."""
+        resumed = rec.options.get("origin") == "resume"
+        if self.transcripts is None or not (rec.turns or started or resumed):
+            return False
+        path = await materialize_transcript(
             self.transcripts,
             cwd=rec.cwd,
             session_id=rec.cli_session_id,
             config_dir=self.tenants.config_dir(rec.tenant) or self._config_dir(),
             write=self.tenants.writer(rec.tenant),  # as the tenant's user, in its config dir
         )
+        return path is not None
 
     def _mirrored(self, frame: dict[str, Any]) -> None:
         assert self.mirror is not None
