@@ -17,9 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 from tests.api.conftest import read_sse, stream_post
 from tests.cluster.conftest import TOKEN, cli_ask, serve_process
 
+from hotsession.cluster.actors import NAMESPACE, PREFIX
 from hotsession.testing.model_server import ModelServer
 
 
@@ -66,7 +68,8 @@ async def test_serve_through_ray_client(
 ) -> None:
     """Every streaming call of the API through a ``ray://`` daemon: ``/v1/ask`` (open and first
     turn in one call), a follow-up hot with its context, a token-streamed turn, a
-    ``Last-Event-ID`` replay, the tenant's ``/v1/stream``, and ``hotsession ask``."""
+    ``Last-Event-ID`` replay, the tenant's ``/v1/stream``, ``hotsession ask``, and a node lost
+    under the session."""
     conf = tmp_path / "hotsession.toml"
     conf.write_text(
         f'[[tenants]]\nname = "alice"\ntoken = "{TOKEN}"\nroots = [{json.dumps(str(workdir))}]\n'
@@ -111,4 +114,19 @@ async def test_serve_through_ray_client(
             assert any(e.type == "session" and e.data["id"] == sid for e in seen)
 
             assert "from the cli" in await cli_ask(url, "[[say:from the cli]]", workdir)
+
+            # The session's node is lost (its host actor killed): over Ray Client too, the
+            # daemon sees the actor's death, re-homes the session, and it goes on with its
+            # context on another node.
+            ray.kill(ray.get_actor(PREFIX + first[0].data["node"], namespace=NAMESPACE))
+            model_server.clear()
+            model_server.record_bodies = True
+            try:
+                third = await stream_post(c, f"/v1/sessions/{sid}/turns", {"prompt": "[[say:on]]"})
+            finally:
+                model_server.record_bodies = False
+            assert third[-1].type == "result" and third[-1].data["result"] == "on"
+            assert "alpha" in json.dumps(model_server.main_requests()[-1]["body"])
+            moved = (await c.get(f"/v1/sessions/{sid}")).json()
+            assert moved["node"] != first[0].data["node"]
             assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 200
