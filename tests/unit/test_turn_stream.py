@@ -306,6 +306,60 @@ async def test_deltas_that_follow_a_write_go_out_together_within_the_coalescing_
     assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))  # every event, once, in order
 
 
+async def test_the_clis_result_message_goes_out_with_hotsessions_result_in_one_write() -> None:
+    """The CLI's ``result`` message is held for hotsession's ``result`` event, which follows it
+    (the session's runner concludes the turn on it): one write for both. Other complete
+    messages go out at once."""
+    from hotsession.session import Turn
+
+    loop = asyncio.get_running_loop()
+    turn = Turn("hs_x", 1, "p")
+    closing: asyncio.Future[None] = loop.create_future()
+    client = Client()
+    task = asyncio.ensure_future(run(TurnStream(turn, closing, keepalive_s=60), client))
+    turn.push(Event("hs_x", 1, 1, "message", {"type": "system"}))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    turn.push(Event("hs_x", 2, 1, "message", {"type": "assistant"}))  # right behind: at once
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(client.bodies) == 2
+    turn.push(Event("hs_x", 3, 1, "message", {"type": "result", "result": "ok"}))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(client.bodies) == 2  # held ...
+    turn.push(Event("hs_x", 4, 1, "result", {"turn": 1}))  # ... for this, written at once
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(client.bodies) == 3 and client.bodies[-1]["more_body"] is False
+    assert [f.split(b"\n")[:2] for f in frames(client.bodies[-1]["body"])] == [
+        [b"id: 3", b"event: message"],
+        [b"id: 4", b"event: result"],
+    ]
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_held_cli_result_goes_out_alone_if_nothing_follows_it() -> None:
+    from hotsession.api import turnstream
+    from hotsession.session import Turn
+
+    loop = asyncio.get_running_loop()
+    turn = Turn("hs_x", 1, "p")
+    closing: asyncio.Future[None] = loop.create_future()
+    client = Client()
+    task = asyncio.ensure_future(run(TurnStream(turn, closing, keepalive_s=60), client))
+    turn.push(Event("hs_x", 1, 1, "message", {"type": "result", "result": "ok"}))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert client.bodies == []
+    await asyncio.sleep(turnstream.COALESCE_S * 4)
+    assert len(client.bodies) == 1 and b"id: 1\n" in client.bodies[0]["body"]
+    assert client.bodies[0]["more_body"] is True
+    turn.push(Event("hs_x", 2, 1, "error", {"code": "x"}))
+    await asyncio.wait_for(task, 5)
+    assert client.bodies[-1]["more_body"] is False
+
+
 # -- the follow stream (GET …/events on an open session) ----------------------------------------
 
 

@@ -25,9 +25,21 @@ daemon under ``bench --cpu``, 2026-11-30, docs/benchmarks.md):
   keep-alive (a turn idle for ``keepalive_s``, e.g. waiting for a permission answer) a listener
   is started once, so a stream whose client left ends then instead of at the turn's end.
 * Partial messages (token deltas) that come soon after a write are held for up to
-  ``COALESCE_S`` (5 ms) and written together; every other event goes out at once (see there).
+  ``COALESCE_S`` (5 ms) and written together; every other event goes out at once (see there),
+  but for the CLI's ``result`` message: hotsession's ``result`` event follows it within a loop
+  pass or two (the session's runner wakes on it), so the CLI's is held until then (at most
+  ``COALESCE_S``) and both go out in one write.
 * The last frame goes out with ``more_body=False``: the server writes it and the end of the
   chunked body in one write (``StreamingResponse`` sends an empty last body: one write more).
+
+A plain follow-up wrote six times (the head; the CLI's ``system/init``, ``system/status``,
+``assistant`` and ``result``; hotsession's ``result``): now five. Holding other complete messages
+for ``COALESCE_S`` was tried and dropped (2026-11-30): it merged no more writes of a plain turn,
+and the hold's timer woke the daemon once more a turn for ``system/status`` (the CLI writes it
+~3 ms after ``system/init``), which cost more than the write it saved (a wake-up after a sleep
+costs the loop's thread far more CPU than a write within one; docs/benchmarks.md). The head
+stays a write of its own: uvloop's transport writes at once when its buffer is empty, so a head
+held back to go with the first frame was still two system calls (tried, strace).
 
 It is a reader of the turn (``attach``/``detach``): the turn's bookkeeping waits (bounded) until
 the stream has written the terminal frame (``Turn.handed_over``).
@@ -59,11 +71,13 @@ from hotsession.session.turn import Turn
 COALESCE_S = 0.005
 """Partial messages (token deltas) that follow a write within this time are held back until
 it has passed, and written together. Any other event (the complete message, the result) is
-written at once, with the deltas held before it. So a delta reaches the client at most 5 ms
-later than the CLI wrote it, a client sees at most ~200 writes a second of text, and the first
-delta after a pause goes out at once. Measured (``bench --cpu``, 2026-11-30): the CLI writes a
-500-delta reply in ~50–100 ms, and a write per delta (the stream's wake-up, framing, the
-server's send, the syscall) was most of the daemon's ~20 µs a delta on this side."""
+written at once, with the deltas held before it (the CLI's ``result`` message waits for
+hotsession's ``result``, at most this long: ``_is_cli_result``). So a delta reaches the client
+at most 5 ms later than the CLI wrote it, a client sees at most ~200 writes a second of text,
+and the first delta after a pause (or the stream's first events) goes out at once. Measured
+(``bench --cpu``, 2026-11-30): the CLI writes a 500-delta reply in ~50–100 ms, and a write per
+delta (the stream's wake-up, framing, the server's send, the syscall) was most of the daemon's
+~20 µs a delta on this side."""
 
 HEADERS = [
     (b"cache-control", b"no-cache"),
@@ -71,6 +85,12 @@ HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
 ]
 """As ``StreamingResponse(media_type="text/event-stream", headers=SSE_HEADERS)`` sends them."""
+
+
+def _is_cli_result(event: Event) -> bool:
+    """The CLI's ``result`` message: hotsession's ``result`` (or ``error``) event follows it at
+    once, so it is held for that and both go out in one write (see the module docstring)."""
+    return event.type == "message" and event.raw is None and event.data.get("type") == "result"
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -117,9 +137,10 @@ class _LiveStream(Response):
         self._listener: asyncio.Future[Any] | None = None
         self._receive: Receive | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._flush: asyncio.TimerHandle | None = None  # ends the hold of partial messages
+        self._flush: asyncio.TimerHandle | None = None  # ends the hold of events
         self._flush_due = False
         self._counted = False  # ``opened`` was called
+        self._wrote = False  # events went out (the first ones are never held back)
 
     def _wake(self, _: object = None) -> None:
         waiter = self._waiter
@@ -189,21 +210,31 @@ class _LiveStream(Response):
         the daemon stops (see the module docstring)."""
         loop = asyncio.get_running_loop()
         closing = self.closing
-        pending: list[Event] = []  # partial messages held back (see COALESCE_S)
+        pending: list[Event] = []  # events held back (see COALESCE_S, _is_cli_result)
         while True:
             ready, end = self._accept(source.take_ready())
             if (
                 ready
                 and not end
-                and ready[-1].raw is not None  # nothing but partial messages ...
                 and not self._flush_due
-                # ... soon after a write (or already held: the timer ends the hold)
-                and (self._flush is not None or loop.time() - self._last_out < COALESCE_S)
-                and all(e.raw is not None for e in ready)
+                and (
+                    (
+                        self._wrote  # the first events go out at once
+                        # nothing but partial messages, soon after a write (or already
+                        # held: the timer ends the hold)
+                        and (self._flush is not None or loop.time() - self._last_out < COALESCE_S)
+                        and all(e.raw is not None for e in ready)
+                    )
+                    or _is_cli_result(ready[-1])  # hotsession's result follows (module doc)
+                )
             ):
                 pending += ready
                 if self._flush is None:
-                    self._flush = loop.call_at(self._last_out + COALESCE_S, self._flush_now)
+                    due = self._last_out + COALESCE_S
+                    now = loop.time()
+                    self._flush = loop.call_at(
+                        due if due > now else now + COALESCE_S, self._flush_now
+                    )
                 self._waiter = source.waiter(partials=False)
                 await self._waiter
                 continue
@@ -226,6 +257,7 @@ class _LiveStream(Response):
                         }
                     )
                 self._last_out = loop.time()
+                self._wrote = True
                 if end:
                     return
                 continue
