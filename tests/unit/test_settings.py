@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -180,6 +181,29 @@ def test_authenticator():
     ):
         with pytest.raises(Unauthorized):
             auth.authenticate(header)
+
+
+def test_the_authenticator_remembers_only_tokens_that_matched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = Tenant(name="a", token_sha256=hash_token("token-a-0123456789"), roots=("/",))
+    b = Tenant(name="b", token_sha256=hash_token("token-b-0123456789"), roots=("/",))
+    auth = Authenticator([a, b])
+    hashed: list[bytes] = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data: hashed.append(data) or real(data))
+    for _ in range(3):
+        assert auth.authenticate("Bearer token-a-0123456789") is a
+    assert auth.authenticate(" bearer token-a-0123456789") is a  # the token, not the header
+    assert len(hashed) == 1  # hashed and compared once, then remembered
+    for _ in range(2):  # a wrong token is checked in full every time, and never remembered
+        with pytest.raises(Unauthorized):
+            auth.authenticate("Bearer token-a-012345678")
+    assert len(hashed) == 3
+    assert auth.authenticate("Bearer token-b-0123456789") is b
+    assert auth.authenticate("Bearer token-b-0123456789") is b
+    assert len(hashed) == 4
+    assert len(auth._known) == 2  # at most one token per tenant
 
 
 def test_roots(tmp_path: Path):

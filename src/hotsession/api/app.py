@@ -146,8 +146,6 @@ class EdgeMiddleware:
             except Unauthorized as exc:
                 await _send_error(send, exc, {"www-authenticate": "Bearer"})
                 return
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                _force_json(scope)
         cap = state.settings.max_body_bytes
         if length is not None:
             try:
@@ -200,6 +198,8 @@ class EdgeMiddleware:
                     await self._fast_open(scope, receive, send, self.open_session, options)
                     return
                 receive = _replay(body, receive)  # the route answers it (400 / 422)
+            if "hotsession.tenant" in scope and scope["method"] in ("POST", "PUT", "PATCH"):
+                _force_json(scope)  # only for the routes: the fast paths parse JSON themselves
             await self.app(scope, receive, send)
         except _SlowClient:
             # Returning without finishing the response makes the server close the connection.
