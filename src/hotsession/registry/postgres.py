@@ -61,7 +61,7 @@ from typing import Any, Final, cast
 
 import psycopg
 
-from hotsession.errors import RegistryError, StaleEpoch
+from hotsession.errors import RegistryError
 from hotsession.registry.backlog import BATCH_MAX, EventBacklog, Pending
 from hotsession.registry.base import stale_epoch, stale_events
 from hotsession.registry.order import SessionOrder
@@ -539,24 +539,19 @@ class PostgresRegistry:
             await self._end_turn(turn, session, epoch)
 
     async def _end_turn(self, turn: TurnRecord, session: SessionRecord, epoch: int | None) -> None:
-        turn_sql, turn_args = _turn_upsert(turn, epoch)
-        session_sql, session_args = _session_upsert(session, epoch)
-        dropped: StaleEpoch | None = None
-        try:
-            await self.flush()
-        except StaleEpoch as exc:  # other events' fence: raised after the records are written
-            dropped = exc
-
-        async def job(conn: Conn) -> None:
-            async with conn.transaction():
-                cur = await conn.execute(turn_sql, turn_args)
-                if epoch is not None and cur.rowcount == 0:
-                    raise stale_epoch(session.id, epoch, await _read_owner(conn, session.id))
-                await conn.execute(session_sql, session_args)
-
-        await self._db.run(job, "record a turn's end")
-        if dropped is not None:
-            raise dropped
+        # One transaction, pipelined (one round trip): the event batch (every session's), the
+        # turn and the session. Fenced records that wrote no row were refused (the session
+        # moved); the fence makes both refused together, and the events of that session too.
+        records = [_turn_upsert(turn, epoch), _session_upsert(session, epoch)]
+        assert self._commit_lock is not None
+        async with self._commit_lock:
+            counts = await self._commit_events(records, "record a turn's end")
+            dropped = self._backlog.take_stale()
+        if epoch is not None and counts[0] == 0:
+            current = await self.owner(session.id)
+            raise stale_epoch(session.id, epoch, current)
+        if dropped:  # other events' fence: raised after the records are written
+            raise stale_events(dropped)
 
     async def events_after(
         self, session_id: str, after_seq: int, limit: int = 1000
@@ -778,22 +773,85 @@ class PostgresRegistry:
                         exc,
                     )
 
-    async def _commit_events(self) -> None:
-        """Commit the failed batch, then everything pending, in one transaction.
+    async def _commit_events(
+        self,
+        records: Sequence[tuple[str, tuple[Any, ...]]] = (),
+        doing: str = "write events",
+    ) -> list[int]:
+        """Commit the failed batch, then everything pending, and ``records`` (statements and
+        their arguments) in one transaction; returns the rows each record wrote.
 
         On failure the whole batch is kept (in order) for the next attempt and the error is
         re-raised. Hold ``_commit_lock``.
         """
         backlog = self._backlog
         batch = backlog.take()
-        if not batch:
-            return
+        if not batch and not records:
+            return []
+
+        async def job(conn: Conn) -> tuple[dict[tuple[str, int], int], list[int]]:
+            try:
+                return await _write_pipelined(conn, batch, records)
+            except _MALFORMED:
+                # A malformed event (or record) must not poison the batch, which would be
+                # retried forever: write the events the careful way, then the records.
+                await conn.rollback()
+            stale = await _write_events(conn, batch) if batch else {}
+            counts = []
+            async with conn.transaction():
+                for sql, args in records:
+                    counts.append((await conn.execute(sql, args)).rowcount)
+            return stale, counts
+
         try:
-            stale = await self._db.run(lambda conn: _write_events(conn, batch), "write events")
+            stale, counts = await self._db.run(job, doing)
         except BaseException:
-            backlog.write_failed(batch)
+            if batch:
+                backlog.write_failed(batch)
             raise
         backlog.written(batch, stale)
+        return counts
+
+
+_EVENTS_UPSERT: Final = (
+    f"INSERT INTO events ({_EVENT_COLS})"
+    " SELECT e.session_id, e.seq, e.turn, e.type, e.data::json, e.t"
+    " FROM unnest(%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[],"
+    " %s::double precision[], %s::bigint[]) AS e(session_id, seq, turn, type, data, t, epoch)"
+    " WHERE e.epoch IS NULL OR EXISTS (SELECT 1 FROM ownership o WHERE o.session_id ="
+    " e.session_id AND o.epoch = e.epoch AND o.node IS NOT NULL FOR SHARE)"
+    " ON CONFLICT (session_id, seq) DO UPDATE SET turn = excluded.turn,"
+    " type = excluded.type, data = excluded.data, t = excluded.t"
+    " RETURNING session_id, seq"
+)
+"""A batch of events in one statement, each written only while its session is owned with the
+epoch it was added under (none: always); the rows written come back."""
+
+
+async def _write_pipelined(
+    conn: Conn, batch: list[Pending], records: Sequence[tuple[str, tuple[Any, ...]]]
+) -> tuple[dict[tuple[str, int], int], list[int]]:
+    """The batch and ``records`` in one transaction, pipelined: BEGIN, the events (one
+    statement, fenced row by row in SQL: no read of the owners first), the records, COMMIT in
+    one round trip (were 6 for the events and 4 for a turn's end). Returns the stale counts and
+    each record's rows; a malformed row raises (the caller writes the careful way)."""
+    latest: dict[tuple[str, int], tuple[tuple[Any, ...], int | None]] = {}
+    for ev, ep in batch:  # a seq twice in one statement is refused: the last one wins
+        latest[(ev.session_id, ev.seq)] = (_event_row(ev), ep)
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+    for row, ep in latest.values():
+        for col, value in zip(cols, (*row, ep), strict=True):
+            col.append(value)
+    async with conn.pipeline():
+        async with conn.transaction():
+            events = await conn.execute(_EVENTS_UPSERT, cols) if latest else None
+            cursors = [await conn.execute(sql, args) for sql, args in records]
+    written = {(str(r[0]), int(r[1])) for r in await events.fetchall()} if events else set()
+    stale: dict[tuple[str, int], int] = {}
+    for ev, ep in batch:
+        if ep is not None and (ev.session_id, ev.seq) not in written:
+            stale[(ev.session_id, ep)] = stale.get((ev.session_id, ep), 0) + 1
+    return stale, [cur.rowcount for cur in cursors]
 
 
 async def _write_events(conn: Conn, batch: list[Pending]) -> dict[tuple[str, int], int]:
