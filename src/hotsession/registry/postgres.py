@@ -19,8 +19,10 @@ Batching
     As in SQLite (the same :class:`~hotsession.registry.backlog.EventBacklog`): ``add_events``
     appends to a list under a thread lock and returns. A task on
     the event loop that opened the registry commits the pending events when the oldest has
-    waited ``flush_interval`` or ``BATCH_MAX`` are pending, in one transaction (one pipelined
-    ``executemany``). ``flush()`` commits everything added before it. A batch that cannot be
+    waited ``flush_interval`` or ``BATCH_MAX`` are pending, in one transaction: one statement
+    for the whole batch (``unnest`` of its columns), pipelined with BEGIN and COMMIT, so one
+    round trip; ``end_turn`` adds the turn and the session to that same transaction.
+    ``flush()`` commits everything added before it. A batch that cannot be
     written stays in memory, in order, and is retried first; reads of the event log merge the
     events not committed yet (pending, being written, or failed).
 
@@ -30,8 +32,9 @@ Fencing
     claimants win. A fenced ``put_session``/``put_turn`` is one ``INSERT .. SELECT .. WHERE
     EXISTS (SELECT .. FROM ownership .. FOR SHARE)``: the share lock holds off a concurrent claim
     until the write commits, and a claim that committed first makes the write affect no row.
-    A batch of events locks the ownership rows it is fenced by (``FOR SHARE``) in its own
-    transaction and leaves the stale events out.
+    A batch of events writes each fenced row only while its session is owned with the row's
+    epoch (the same ``EXISTS .. FOR SHARE``, row by row in the one statement); the rows it
+    returns tell which were left out as stale.
 
 Clock
     Ownership times come from the server's clock, so lease ages compare across machines. The
