@@ -200,10 +200,15 @@ class ClusterHub:
                     stats = await actor.start.remote(self.cluster.tenants_file)
                 except LOST:
                     continue
-                except RayTaskError as exc:  # the node refused (its tenants' set-up): one line
-                    if isinstance(exc.cause, HotsessionError):
-                        raise exc.cause from None
-                    raise
+                except RayTaskError as exc:  # the node refused (its tenants' set-up)
+                    if not isinstance(exc.cause, HotsessionError):
+                        raise
+                    if not self.started:
+                        raise exc.cause from None  # the daemon's start fails with its line
+                    # A node joining later: without it, the rest of this round goes on (the
+                    # other nodes' losses and figures), and the next round asks it again.
+                    log.error("node %s refused to start: %s", name[:12], exc.cause.message)
+                    continue
                 self.nodes[name] = Node(name, actor, NodeFigures.from_stats(stats), stats)
             lost = [n for n in self.nodes.values() if n.alive and n.name not in alive]
         for node in lost:
