@@ -204,3 +204,49 @@ async def test_a_turns_cli_messages_are_framed_as_the_clis_own_lines(
         + json.dumps(result.data, ensure_ascii=False, separators=(",", ":")).encode()
         + b"\n\n"
     )
+
+
+class _QuietProc:
+    """As much of a process as the watchdog reads."""
+
+    def __init__(self) -> None:
+        self.last_output = asyncio.get_running_loop().time()
+
+    def stderr_tail(self) -> str:
+        return "last words"
+
+
+async def test_the_watchdog_fails_a_silent_turn_and_follows_output_and_permissions() -> None:
+    """One timer per quiet spell (no timeout scope around the runner's wait): it fails the
+    turn's delivery once the process said nothing for the limit, sleeps on when output came
+    meanwhile, and does not count while a permission question waits for a human."""
+    from hotsession.errors import AgentTimeout
+    from hotsession.session.actor import _Watchdog
+
+    loop = asyncio.get_running_loop()
+    proc = _QuietProc()
+    waiting = [False]
+    done: asyncio.Future[dict[str, object]] = loop.create_future()
+    dog = _Watchdog(proc, done, 0.2, lambda: waiting[0])  # type: ignore[arg-type]
+    for _ in range(4):  # output every 0.1 s keeps it quiet
+        await asyncio.sleep(0.1)
+        proc.last_output = loop.time()
+    assert not done.done()
+    waiting[0] = True  # a permission question: the human takes 0.5 s
+    dog.pause()
+    await asyncio.sleep(0.5)
+    assert not done.done()
+    waiting[0] = False
+    dog.resume()  # counts from the answer
+    await asyncio.sleep(0.1)
+    assert not done.done()
+    with pytest.raises(AgentTimeout, match="no output from the agent for 0.2s") as info:
+        await asyncio.wait_for(done, 2)
+    assert info.value.details["stderr_tail"] == "last words"
+    dog.stop()
+    # A delivery that ended first is left alone.
+    ended: asyncio.Future[dict[str, object]] = loop.create_future()
+    ended.set_result({"type": "result"})
+    _Watchdog(proc, ended, 0.05, lambda: False)  # type: ignore[arg-type]
+    await asyncio.sleep(0.15)
+    assert ended.result() == {"type": "result"}

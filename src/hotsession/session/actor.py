@@ -35,7 +35,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from hotsession.agent import AgentProcess, Batch, PartialMessage
@@ -94,8 +94,7 @@ class Session:
         self._runner: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[Placement] | None = None
         self._warm_ready_at = 0.0  # when the resume-ahead got its process (wall clock)
-        self._watchdog: asyncio.Timeout | None = None
-        self._watch_from = 0.0  # loop time the watchdog counts from, unless output came later
+        self._watchdog: _Watchdog | None = None  # the running turn's
         self._closed = False
         # How the process obtained at open came (spare / spawn / resume) and how long it took:
         # the first turn reports them, since it is the one a user waited for.
@@ -382,9 +381,8 @@ class Session:
 
         The messages are taken by ``take`` on the process's reader path (``deliver``): no task
         wake-up per message, which mattered for streamed replies of hundreds of lines (measured,
-        docs/benchmarks.md). The watchdog is one timer per quiet spell, not one per message: it
-        expires ``watchdog_s`` after the process's last output (or the last permission answer)
-        and only then looks at whether there was output meanwhile."""
+        docs/benchmarks.md). The watchdog (``_Watchdog``) is one timer per quiet spell, not one
+        per message."""
         clock = turn.clock
         emit = self.fanout.emit
         monotonic = time.monotonic
@@ -413,30 +411,16 @@ class Session:
                 emit_partials(turn, partials)
             return None
 
-        loop = asyncio.get_running_loop()
-        watchdog = self._ctx.config.watchdog_s
-        self._watch_from = loop.time()
         done = proc.deliver(take)
+        watchdog = self._watchdog = _Watchdog(
+            proc, done, self._ctx.config.watchdog_s, lambda: self.broker.waiting
+        )
         try:
-            while True:
-                paused = self.broker.waiting
-                deadline = None if paused else max(proc.last_output, self._watch_from) + watchdog
-                try:
-                    async with asyncio.timeout_at(deadline) as cm:
-                        self._watchdog = cm
-                        return await asyncio.shield(done)
-                except TimeoutError:
-                    if done.done():
-                        return done.result()
-                    if self.broker.waiting or (
-                        loop.time() < max(proc.last_output, self._watch_from) + watchdog
-                    ):
-                        continue  # output (or a permission answer) came meanwhile
-                    raise AgentTimeout(
-                        f"no output from the agent for {watchdog:g}s; the process was killed",
-                        stderr_tail=proc.stderr_tail() or None,
-                    ) from None
+            # The runner sleeps on the delivery itself: no shield, timeout scope or extra
+            # future per turn (the watchdog fails ``done`` when it expires).
+            return await done
         finally:
+            watchdog.stop()
             self._watchdog = None
             proc.undeliver(done)
 
@@ -497,14 +481,12 @@ class Session:
     def pause_watchdog(self) -> None:
         """Stop the running turn's watchdog (someone outside the CLI is answering it)."""
         if self._watchdog is not None:
-            self._watchdog.reschedule(None)
+            self._watchdog.pause()
 
     def resume_watchdog(self) -> None:
         """Restart the running turn's watchdog from now."""
         if self._watchdog is not None:
-            loop = asyncio.get_running_loop()
-            self._watch_from = loop.time()
-            self._watchdog.reschedule(self._watch_from + self._ctx.config.watchdog_s)
+            self._watchdog.resume()
 
     def answer_permission(
         self,
@@ -797,6 +779,67 @@ class Session:
             pending_permissions=self.broker.views(),
         )
         return session_view(self.record, live)
+
+
+class _Watchdog:
+    """A running turn's watchdog: no output from the process for ``limit`` seconds (counted
+    from its last output, or from the last permission answer) fails the turn's delivery with
+    ``AgentTimeout``. One timer per quiet spell: when it expires it looks at whether output
+    came meanwhile and, if so, sleeps again until the new deadline. Paused while a permission
+    question waits for a human (``waiting``)."""
+
+    __slots__ = ("_done", "_from", "_handle", "_limit", "_loop", "_proc", "_waiting")
+
+    def __init__(
+        self,
+        proc: AgentProcess,
+        done: asyncio.Future[dict[str, Any]],
+        limit: float,
+        waiting: Callable[[], bool],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._proc = proc
+        self._done = done
+        self._limit = limit
+        self._waiting = waiting
+        self._from = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        if not waiting():
+            self._arm()
+
+    def _arm(self) -> None:
+        due = max(self._proc.last_output, self._from) + self._limit
+        self._handle = self._loop.call_at(due, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        if self._done.done() or self._waiting():
+            return  # over, or paused (``resume`` arms it again)
+        if self._loop.time() < max(self._proc.last_output, self._from) + self._limit:
+            self._arm()  # output came meanwhile
+            return
+        self._done.set_exception(
+            AgentTimeout(
+                f"no output from the agent for {self._limit:g}s; the process was killed",
+                stderr_tail=self._proc.stderr_tail() or None,
+            )
+        )
+
+    def pause(self) -> None:
+        """Stop counting (a permission question waits for a human)."""
+        self.stop()
+
+    def resume(self) -> None:
+        """Count again, from now."""
+        self.stop()
+        self._from = self._loop.time()
+        self._arm()
+
+    def stop(self) -> None:
+        """The turn's delivery ended."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _interrupted() -> HotsessionError:

@@ -32,6 +32,11 @@ HANDOVER_S = 0.1
 """How long a finished turn's bookkeeping waits for its reader to take the result."""
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def check_prompt(prompt: object, limit_bytes: int) -> str:
     """The one prompt check: a non-empty string of at most ``limit_bytes`` UTF-8 bytes."""
     if not isinstance(prompt, str) or not prompt.strip():
@@ -72,7 +77,7 @@ class Turn:
         self._waiter: asyncio.Future[None] | None = None
         self._partials_ring = True  # does a partial message resolve the waiter?
         self._readers = 0
-        self._drained: asyncio.Event | None = None
+        self._drained: asyncio.Future[None] | None = None  # ``handed_over`` waits on it
         self._terminal_taken = False
         self.accepted: asyncio.Task[Any] | None = None  # the write that records the prompt
 
@@ -124,8 +129,9 @@ class Turn:
     def detach(self) -> None:
         """The reader has handled the turn's last event, or went away (see ``handed_over``)."""
         self._readers -= 1
-        if not self._readers and self._drained is not None:
-            self._drained.set()
+        drained = self._drained
+        if not self._readers and drained is not None and not drained.done():
+            drained.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
@@ -181,13 +187,20 @@ class Turn:
 
     async def handed_over(self, limit: float | None = None) -> None:
         """Wait until this turn's reader has handled its last event (at most ``limit`` s,
-        default ``HANDOVER_S``; at once when nobody iterates the turn). See ``Session._run``."""
-        if self._readers:
-            if self._drained is None:
-                self._drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HANDOVER_S if limit is None else limit):
-                    await self._drained.wait()
+        default ``HANDOVER_S``; at once when nobody iterates the turn). See ``Session._run``.
+
+        One future and one timer (``asyncio.timeout`` around an ``asyncio.Event`` was a
+        timeout scope, an event and its future per turn)."""
+        if not self._readers:
+            return
+        loop = asyncio.get_running_loop()
+        drained = self._drained = loop.create_future()
+        timer = loop.call_later(HANDOVER_S if limit is None else limit, _wake, drained)
+        try:
+            await drained
+        finally:
+            timer.cancel()
+            self._drained = None
 
     async def wait(self) -> Event:
         """Wait for the turn to end; returns its ``result`` or ``error`` event."""
