@@ -87,6 +87,21 @@ queue up meanwhile are read in one chunk. A delta reaches its readers at most ab
 later; a turn's ``result`` never waits (it follows the reply's ``message_stop``, after which
 reading does not pause)."""
 
+_BLOCK_STARTS: Final = (
+    b'{"type":"stream_event","event":{"type":"message_start"',
+    b'{"type":"stream_event","event":{"type":"content_block_start"',
+)
+# A reply (or one of its content blocks) begins: its deltas and complete message follow.
+
+QUIET_PAUSE_S: Final = 0.002
+"""How long reading pauses after the start of a reply or of a content block that nobody asked
+to stream (the session does not want partial messages): the CLI writes the block's deltas,
+the complete message and the block's end as separate lines within ~2 ms for a short reply, each
+a wake-up and a read of the pipe (~35 µs of the daemon's CPU each, measured 2026-11-30,
+docs/benchmarks.md); a plain follow-up's 9 reads become 6. Only the unstreamed lines of the
+block wait (at most this long); never after ``message_stop``, so the turn's ``result`` (which
+follows it) does not, and never for a session that streams (its first token would wait)."""
+
 _ROUTED: Final = frozenset(
     {"control_response", "control_request", "transcript_mirror", "control_cancel_request"}
 )
@@ -461,16 +476,22 @@ class AgentProcess(asyncio.SubprocessProtocol):
                 out.append((msg, line))
         if out:
             self._pass_on(out)
-        if dense and lines and lines[-1].startswith(_DELTA) and not self._stdout_done:
-            self._coalesce()
+        if not lines or self._stdout_done:
+            return
+        last = lines[-1]
+        if dense and last.startswith(_DELTA):
+            self._coalesce(COALESCE_S)
+        elif not wanted and last.startswith(_BLOCK_STARTS):
+            self._coalesce(QUIET_PAUSE_S)
 
-    def _coalesce(self) -> None:
-        """Pause reading stdout for ``COALESCE_S`` (more deltas are on their way)."""
+    def _coalesce(self, pause: float) -> None:
+        """Pause reading stdout for ``pause`` s (more lines are on their way: see
+        ``COALESCE_S`` and ``QUIET_PAUSE_S``)."""
         pipe = self._transport.get_pipe_transport(1) if self._transport is not None else None
         if pipe is None or pipe.is_closing():
             return
         cast(asyncio.ReadTransport, pipe).pause_reading()
-        self._loop.call_later(COALESCE_S, self._resume_reading, pipe)
+        self._loop.call_later(pause, self._resume_reading, pipe)
 
     def _resume_reading(self, pipe: asyncio.BaseTransport) -> None:
         if not pipe.is_closing():

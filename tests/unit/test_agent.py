@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from hotsession.agent import COALESCE_S, AgentProcess, PartialMessage
+from hotsession.agent import COALESCE_S, QUIET_PAUSE_S, AgentProcess, PartialMessage
 from hotsession.errors import (
     AgentDied,
     AgentError,
@@ -448,3 +448,36 @@ async def test_reading_pauses_again_when_deltas_queued_during_a_pause() -> None:
     agent._resumed_at = loop.time() - 1.0  # nothing came during that pause, a delta comes later
     agent._read_stdout(delta)
     assert pipe.paused == 2
+
+
+async def test_reading_pauses_after_an_unstreamed_block_starts() -> None:
+    """A session that does not stream: after the start of a reply or of a content block, reading
+    pauses ``QUIET_PAUSE_S`` so the block's lines come in one read (they were a read each), then
+    resumes. Never after the reply's end (the result follows it) nor for a streaming session
+    (its first token would wait)."""
+    loop = asyncio.get_running_loop()
+    agent = AgentProcess(label="quiet", max_line_bytes=1 << 20)
+    pipe = _Pipe()
+    agent._transport = _Transport(pipe)  # type: ignore[assignment]
+    event = b'{"type":"stream_event","event":{"type":"%s","index":0}}\n'
+    agent.last_output = loop.time() - 1.0
+    agent._read_stdout(b'{"type":"system","subtype":"init"}\n')
+    assert pipe.paused == 0
+    agent.last_output = loop.time() - 1.0
+    agent._read_stdout(event % b"message_start")
+    assert pipe.paused == 1
+    await asyncio.sleep(QUIET_PAUSE_S * 5)
+    assert pipe.resumed == 1
+    agent.last_output = loop.time() - 1.0
+    agent._read_stdout(event % b"content_block_stop" + event % b"content_block_start")
+    assert pipe.paused == 2
+    await asyncio.sleep(QUIET_PAUSE_S * 5)
+    for end in (b"message_delta", b"message_stop", b"content_block_stop"):
+        agent.last_output = loop.time() - 1.0
+        agent._read_stdout(event % end)
+    assert pipe.paused == 2
+    agent.partial_messages = True  # a streaming session: its deltas go out at once
+    agent.last_output = loop.time() - 1.0
+    agent._read_stdout(event % b"message_start" + event % b"content_block_start")
+    assert pipe.paused == 2
+    assert [m["type"] for m in agent.drain_idle()] == ["system", "stream_event", "stream_event"]
