@@ -116,6 +116,37 @@ async def test_two_machines_appending_at_once_keep_every_line_and_one_summary(
     assert summaries[0]["mtime"] >= listed[0]["mtime"]
 
 
+async def test_summary_folds_every_append_when_two_machines_take_turns(make: Make) -> None:
+    """A store folds its next append into the summary it wrote last (Postgres: one round trip);
+    when another machine appended since, it folds into the stored summary instead, so the
+    summary is that of every line, in order, whoever wrote them (and a deleted one restarts)."""
+    from claude_agent_sdk import fold_session_summary
+
+    a = await make(shared="s")
+    b = await make(shared="s")
+    # Each machine sets a field the other never does: a fold into a summary that missed the
+    # other's lines would lose it.
+    writes = [(a, "one"), (a, "two"), (b, "three"), (a, "four"), (a, "five"), (b, "six")]
+    expected = None
+    for n, (store, prompt) in enumerate(writes):
+        field = "customTitle" if store is a else "gitBranch"
+        entry = {"type": "user", "uuid": f"u{n}", "lastPrompt": prompt, field: f"{prompt}!",
+                 "timestamp": f"2026-01-01T00:00:{n:02d}.000Z"}  # fmt: skip
+        await store.append(KEY, [entry])  # type: ignore[list-item]
+        expected = fold_session_summary(expected, KEY, [entry])  # type: ignore[list-item]
+        fresh = await make(shared="s")
+        [summary] = await fresh.list_session_summaries(KEY["project_key"])
+        assert summary["data"] == expected["data"], prompt
+        [listed] = await fresh.list_sessions(KEY["project_key"])
+        assert summary["mtime"] >= listed["mtime"]
+    await a.delete(KEY)
+    await b.append(KEY, [{"type": "user", "uuid": "new", "lastPrompt": "again"}])
+    await a.append(KEY, [{"type": "user", "uuid": "new2", "lastPrompt": "and again"}])
+    [summary] = await (await make(shared="s")).list_session_summaries(KEY["project_key"])
+    assert summary["data"]["last_prompt"] == "and again"
+    assert "custom_title" not in summary["data"]  # nothing of before the delete
+
+
 @pytest.mark.parametrize("make", ["postgres"], indirect=True)  # one SQLite file: one tenant
 async def test_tenants_do_not_see_each_other(make: Make) -> None:
     alice = await make(shared="t", tenant="alice")

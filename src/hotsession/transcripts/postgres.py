@@ -84,12 +84,64 @@ _INSERT_ENTRY: Final = (
 )
 
 
+_UPSERT_KEY: Final = (
+    "INSERT INTO transcript_keys (tenant, project_key, session_id, subpath, mtime)"
+    f" VALUES (%s, %s, %s, %s, {_NOW_MS})"
+    " ON CONFLICT (tenant, project_key, session_id, subpath)"
+    " DO UPDATE SET mtime = GREATEST(excluded.mtime, transcript_keys.mtime + 1)"
+    " RETURNING mtime"
+)
+# The summary this store folded last, folded further, stamped with the key's new mtime (written
+# just before in the same transaction): only while the stored summary is still that one.
+_UPDATE_KNOWN_SUMMARY: Final = (
+    "UPDATE transcript_summaries SET data = %s::json, mtime = (SELECT k.mtime FROM"
+    " transcript_keys k WHERE k.tenant = %s AND k.project_key = %s AND k.session_id = %s"
+    " AND k.subpath = '') WHERE tenant = %s AND project_key = %s AND session_id = %s"
+    " AND mtime = %s RETURNING mtime"
+)
+SUMMARIES_KEPT: Final = 4096
+"""Main transcripts whose last folded summary a store remembers (``append``)."""
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _parts(key: SessionKey) -> tuple[str, str, str]:
     return key["project_key"], key["session_id"], key.get("subpath") or ""
+
+
+async def _fold_stored(
+    conn: Conn, key: SessionKey, entries: list[SessionStoreEntry], ident: tuple[str, str, str]
+) -> SessionSummaryEntry:
+    """Fold ``entries`` into the stored summary of ``ident`` (tenant, project, session), under
+    its row lock, stamped with the key's mtime; the summary written."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO transcript_summaries (tenant, project_key, session_id, mtime)"
+            " VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
+            ident,
+        )
+        cur = await conn.execute(
+            "SELECT s.mtime, s.data, k.mtime FROM transcript_summaries s LEFT JOIN"
+            " transcript_keys k ON k.tenant = s.tenant AND k.project_key = s.project_key"
+            " AND k.session_id = s.session_id AND k.subpath = '' WHERE s.tenant = %s"
+            " AND s.project_key = %s AND s.session_id = %s FOR UPDATE OF s",
+            ident,
+        )
+        found = await cur.fetchone()
+        assert found is not None
+        prev: SessionSummaryEntry | None = None
+        if found[1] is not None:
+            prev = {"session_id": ident[2], "mtime": int(found[0]), "data": found[1]}
+        folded = fold_session_summary(prev, key, entries)
+        mtime = int(found[2]) if found[2] is not None else int(found[0])
+        await conn.execute(
+            "UPDATE transcript_summaries SET mtime = %s, data = %s::json"
+            " WHERE tenant = %s AND project_key = %s AND session_id = %s",
+            (mtime, _dumps(folded["data"]), *ident),
+        )
+    return {"session_id": ident[2], "mtime": mtime, "data": folded["data"]}
 
 
 class PostgresSessionStore(SessionStore):
@@ -115,6 +167,8 @@ class PostgresSessionStore(SessionStore):
         )
         self.tenant = tenant
         self._open = False
+        # The summary this store wrote last per main transcript (oldest first, bounded).
+        self._summaries: dict[tuple[str, str, str], SessionSummaryEntry] = {}
 
     async def open(self) -> None:
         """Connect (when the store owns its pool) and create or migrate the tables."""
@@ -148,50 +202,45 @@ class PostgresSessionStore(SessionStore):
             uuid = entry.get("uuid") if isinstance(entry, dict) else None
             rows.append((tenant, pk, sid, sub, uuid if isinstance(uuid, str) else None,
                          _dumps(entry)))  # fmt: skip
+        ident = (tenant, pk, sid)
+        known = None if sub else self._summaries.get(ident)
+        folded = None if known is None else fold_session_summary(known, key, entries)
 
-        async def job(conn: Conn) -> None:
-            # Pipelined: the statements up to the summary's read go out together and their
-            # results come back together, then the folded summary and COMMIT: two round trips
-            # where one per statement made seven. A node flushes a turn's frames before its
-            # result leaves (hotsession.cluster.node), so this is on a follow-up's path.
-            async with conn.pipeline(), conn.transaction():
-                async with conn.cursor() as cur:
-                    await cur.executemany(_INSERT_ENTRY, rows)
-                cur2 = await conn.execute(
-                    "INSERT INTO transcript_keys (tenant, project_key, session_id, subpath, mtime)"
-                    f" VALUES (%s, %s, %s, %s, {_NOW_MS})"
-                    " ON CONFLICT (tenant, project_key, session_id, subpath)"
-                    " DO UPDATE SET mtime = GREATEST(excluded.mtime, transcript_keys.mtime + 1)"
-                    " RETURNING mtime",
-                    (tenant, pk, sid, sub),
-                )
-                if sub:
-                    return  # subagent transcripts do not feed the main summary
-                await conn.execute(
-                    "INSERT INTO transcript_summaries (tenant, project_key, session_id, mtime)"
-                    " VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
-                    (tenant, pk, sid),
-                )
-                cur3 = await conn.execute(
-                    "SELECT mtime, data FROM transcript_summaries WHERE tenant = %s"
-                    " AND project_key = %s AND session_id = %s FOR UPDATE",
-                    (tenant, pk, sid),
-                )
-                row = await cur2.fetchone()  # the first round trip
-                assert row is not None
-                mtime = int(row[0])
-                found = await cur3.fetchone()
-                prev: SessionSummaryEntry | None = None
-                if found is not None and found[1] is not None:
-                    prev = {"session_id": sid, "mtime": int(found[0]), "data": found[1]}
-                folded = fold_session_summary(prev, key, entries)
-                await conn.execute(
-                    "UPDATE transcript_summaries SET mtime = %s, data = %s::json"
-                    " WHERE tenant = %s AND project_key = %s AND session_id = %s",
-                    (mtime, _dumps(folded["data"]), tenant, pk, sid),
-                )
+        async def job(conn: Conn) -> SessionSummaryEntry | None:
+            # Pipelined, and COMMIT in the same round trip: the lines, the key's mtime and, when
+            # this store folded the session's summary last (``known``), that summary folded
+            # further, written only if the stored one is still it. A node flushes a turn's
+            # frames before its result leaves (hotsession.cluster.node): this is on a
+            # follow-up's path (one round trip, were two).
+            async with conn.pipeline():
+                async with conn.transaction():
+                    async with conn.cursor() as cur:
+                        await cur.executemany(_INSERT_ENTRY, rows)
+                    await conn.execute(_UPSERT_KEY, (tenant, pk, sid, sub))
+                    if sub or folded is None or known is None:
+                        return None
+                    update = await conn.execute(
+                        _UPDATE_KNOWN_SUMMARY,
+                        (_dumps(folded["data"]), *ident, *ident, known["mtime"]),
+                    )
+            row = await update.fetchone()
+            if row is None:
+                return None  # the stored summary is another one: fold it again (below)
+            return {"session_id": sid, "mtime": int(row[0]), "data": folded["data"]}
 
-        await self._db.run(job, "append a transcript")
+        summary = await self._db.run(job, "append a transcript")
+        if summary is None and not sub:
+            # The session's first append here, or its summary moved on elsewhere: fold these
+            # lines into the stored summary under its row lock (its own transaction: a retry
+            # must not write the lines twice).
+            summary = await self._db.run(
+                lambda conn: _fold_stored(conn, key, entries, ident), "fold a transcript summary"
+            )
+        if summary is not None:
+            self._summaries.pop(ident, None)
+            self._summaries[ident] = summary
+            while len(self._summaries) > SUMMARIES_KEPT:
+                self._summaries.pop(next(iter(self._summaries)))
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         pk, sid, sub = _parts(key)
@@ -236,6 +285,8 @@ class PostgresSessionStore(SessionStore):
     async def delete(self, key: SessionKey) -> None:
         pk, sid, sub = _parts(key)
         args = (self.tenant, pk, sid)
+        if not sub:
+            self._summaries.pop(args, None)
 
         async def job(conn: Conn) -> None:
             async with conn.transaction():
