@@ -19,9 +19,9 @@ Ownership and fencing
 A turn's end in one write
     ``end_turn`` is what a turn's end records — every event queued so far made durable, the
     turn's record and its session's — in one call, so the engine hands work to the store once
-    per turn rather than three times (on SQLite each hand-off wakes the registry's thread and
-    costs the event loop a GIL switch: the busiest line of a follow-up's profile, see
-    docs/benchmarks.md). SQLite writes all three in one transaction; Postgres commits the
+    per turn rather than three times (SQLite writes it inline on the event loop when it can, else
+    on its thread: see :mod:`hotsession.registry.sqlite`; docs/benchmarks.md has the
+    measurements). SQLite writes all three in one transaction; Postgres commits the
     event batch (shared by every session) and then the turn and session in one transaction.
     The turn and session are fenced by ``epoch`` like ``put_turn``/``put_session``.
 """
