@@ -536,7 +536,12 @@ async def test_sqlite_checkpoints_the_wal_on_its_thread(
                 reg.add_events([event("s1", n, turn=n, blob="x" * 3000)])
                 done = TurnRecord("s1", n, "hi", status="done")
                 await reg.end_turn(done, session("s1", turns=n))
-                await asyncio.sleep(0)  # the thread gets its turn
+                # The thread's turn, for sure: it checkpoints after each queue item, so once a
+                # second job after this turn's writes is done, any checkpoint they asked for
+                # ran (a bare ``sleep(0)`` left it to the scheduler: the test failed once under
+                # load, the thread starved while the WAL grew).
+                for _ in range(2):
+                    await reg._submit(lambda c: None, "test: the thread's turn")
             return Path(f"{path}-wal").stat().st_size
         finally:
             await reg.close()
