@@ -25,6 +25,13 @@ the CLI still writes the deltas, which the daemon drops unread beyond their firs
 ``GET …/events``, as a dashboard watching it does).
 Targets (issue 13): plain ≤ 3 % of the CLI's CPU, streamed ≤ 8 %.
 
+The floor under them, ``bare relay (no daemon)`` (measured right after ``plain follow-up``):
+:mod:`hotsession.bench.relay`, a separate process on uvloop + httptools with no framework, no
+registry and no auth, which spawns one CLI as the bare-CLI mode does and relays its lines to the
+same client loop (one kept-alive connection, the same prompt and turn count). Its CPU per turn
+(minus its own idle rate, over ``RELAY_IDLE_S``) against its CLI's is the least any Python daemon
+could spend on a plain follow-up on this machine, in this run.
+
 Why the CPU clocks and not ``psutil``'s ``cpu_times``. Those come from ``/proc/PID/stat`` in
 clock ticks (10 ms): over the ``--quick`` idle window (5 s at ~3 ms/s, ~15 ms of CPU) the idle
 rate could be off by ±2 ms/s, ±0.15 ms per plain turn once subtracted, against a target of
@@ -44,9 +51,15 @@ import psutil
 
 from hotsession.bench.daemon import Daemon
 from hotsession.bench.environment import BenchEnv, BenchError
+from hotsession.bench.modes import bare_command, wait_idle
+from hotsession.bench.relay import start_relay
 from hotsession.bench.stats import Sample
+from hotsession.bench.wire import WireClient
 
 IDLE_SESSIONS = 3
+RELAY = "bare relay (no daemon)"
+RELAY_IDLE_S = 2.0
+"""The relay's idle window: it sleeps in epoll between turns (~0 ms/s), so a short one will do."""
 TARGETS = {"plain follow-up": 0.03, "streamed 500 deltas": 0.08}
 
 
@@ -181,6 +194,49 @@ async def measure_kind(
     return out
 
 
+async def _relay_turn(wire: WireClient, request: bytes) -> None:
+    ended = False
+    async for kind, data in wire.events(request):
+        ended = kind == "message" and b'"type":"result"' in data
+    if not ended:
+        raise BenchError("the bare relay's answer did not end with the CLI's result")
+
+
+async def measure_relay(env: BenchEnv, turns: int) -> dict[str, Any]:
+    """The floor: the bare relay's CPU per plain follow-up against its CLI's (module docstring)."""
+    argv, cli_env = bare_command(env)
+    relay = await start_relay(argv, env=cli_env, cwd=env.workdir)
+    wire = WireClient("127.0.0.1", relay.port, "")
+    request = wire.request_bytes("/turn", {"prompt": "hi"})
+    try:
+        for _ in range(3):  # the first turns of a process cost more; not counted
+            await _relay_turn(wire, request)
+        await wait_idle(relay.cli_pid)
+        i0, t0 = cpu_s(relay.pid), time.monotonic()
+        await asyncio.sleep(RELAY_IDLE_S)
+        i1, t1 = cpu_s(relay.pid), time.monotonic()
+        idle_ms_per_s = (i1 - i0) * 1000 / (t1 - t0)
+        r0, a0, t0 = cpu_s(relay.pid), cpu_s(relay.cli_pid), time.monotonic()
+        for _ in range(turns):
+            await _relay_turn(wire, request)
+        r1, a1, t1 = cpu_s(relay.pid), cpu_s(relay.cli_pid), time.monotonic()
+    finally:
+        await wire.aclose()
+        await relay.stop()
+    wall = t1 - t0
+    relay_ms = ((r1 - r0) * 1000 - idle_ms_per_s * wall) / turns
+    cli_ms = (a1 - a0) * 1000 / turns
+    return {
+        "turns": turns,
+        "wall_ms_per_turn": round(wall * 1000 / turns, 2),
+        "daemon_ms_per_turn": round(relay_ms, 3),
+        "cli_ms_per_turn": round(cli_ms, 3),
+        "ratio": round(relay_ms / cli_ms, 4) if cli_ms > 0 else None,
+        "idle_ms_per_s": round(idle_ms_per_s, 3),
+        "floor": True,
+    }
+
+
 async def run_cpu(
     env: BenchEnv, *, turns: int, streamed_turns: int, idle_s: float
 ) -> dict[str, Any]:
@@ -193,6 +249,8 @@ async def run_cpu(
         for kind in KINDS:
             n = turns if kind.prompt == "hi" else streamed_turns
             kinds[kind.name] = await measure_kind(d, env, kind, n, idle["ms_per_s"])
+            if kind.name == "plain follow-up":
+                kinds[RELAY] = await measure_relay(env, n)
         return {"idle": idle, "turns": kinds}
     finally:
         await d.stop()

@@ -257,14 +257,21 @@ class BarePreSpawned(BareCli):
         return {}
 
 
-async def spawn_initialized(env: BenchEnv) -> asyncio.subprocess.Process:
-    """A stream-json CLI with hotsession's own argv, its ``initialize`` answered."""
+def bare_command(env: BenchEnv) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of a bare CLI: hotsession's own (stream-json both ways,
+    ``--include-partial-messages``) for a new conversation in the run's workdir."""
     options = SessionOptions.create(str(env.workdir), permission_mode=env.permission_mode)
     argv = build_argv(env.cli_path, options, session_id=str(uuid.uuid4()))
+    return argv, build_env(options, base=env.agent_env(), allow_root_bypass=True)
+
+
+async def spawn_initialized(env: BenchEnv) -> asyncio.subprocess.Process:
+    """A stream-json CLI with hotsession's own argv, its ``initialize`` answered."""
+    argv, cli_env = bare_command(env)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=env.workdir,
-        env=build_env(options, base=env.agent_env(), allow_root_bypass=True),
+        env=cli_env,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
