@@ -7,6 +7,9 @@ import os
 import uuid
 from pathlib import Path
 
+import pytest
+
+from hotsession.bench.environment import BenchError
 from hotsession.bench.relay import start_relay
 from hotsession.bench.wire import WireClient
 from hotsession.cli_binary import resolve_cli_path
@@ -33,6 +36,8 @@ async def test_relay_answers_two_turns_on_one_connection(agent_env: dict[str, st
         (conn,) = wire._idle  # the body ended cleanly and the socket was kept alive
         second = await _turn(wire, "[[say:second]]")
         assert wire._idle == [conn]  # the second turn used the same connection
+        with pytest.raises(BenchError, match='400 .*"code": "bad_request"'):
+            await wire.call("POST", "/turn", {"text": "no prompt"})
     finally:
         await wire.aclose()
         await relay.stop()

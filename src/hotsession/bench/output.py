@@ -117,7 +117,7 @@ def cpu_table(cpu: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col == "turn" else "right")
     for name, row in (cpu.get("turns") or {}).items():
         target = row.get("target")
-        verdict = "—"
+        verdict = "floor" if row.get("floor") else "—"  # the bare relay (bench/relay.py)
         if target is not None:
             verdict = f"≤ {target:.0%} " + (
                 "[green]met[/]" if row.get("met") else "[red]not met[/]"
