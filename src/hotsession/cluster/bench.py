@@ -8,8 +8,11 @@ subprocess (the API daemon), a single-machine ``hotsession serve`` for compariso
 CLI (the floor). Figures:
 
 * ``followup_overhead_ms`` — median follow-up through the cluster daemon (the session lives in a
-  host actor, another process reached over Ray) minus the median bare-CLI follow-up
-  (``followup_single_ms``: the single-machine daemon's median follow-up, same run);
+  host actor, another process reached over Ray) minus the median follow-up of a bare CLI
+  (``floor_ms``) whose follow-ups are interleaved with the daemon's, one each per round in
+  alternating order, so both see the same machine; ``followup_single_ms`` and
+  ``single_overhead_ms`` the same for the single-machine daemon (its own paired floor,
+  ``floor_single_ms``), and ``followup_vs_single_ms`` the cluster's minus the single machine's;
 * ``new_session_ms`` — median ``/v1/ask`` (a new session from a node's spare and its first
   turn) on the cluster, with ``new_session_single_ms`` on one machine beside it;
 * ``recovery_ms`` — a worker node with idle sessions is removed; the time until each of them
@@ -105,11 +108,23 @@ async def _turn(daemon: Daemon, path: str, body: dict[str, Any], label: str) -> 
 
 
 async def _followups(
-    daemon: Daemon, rounds: int, label: str, *, postmaster: int | None = None
-) -> tuple[list[float], dict[str, Any]]:
-    """Follow-ups on one session through ``daemon``; their times (ms), and the CPU each process
-    of the run spent per follow-up and per second of an idle stretch just before them
-    (``hotsession.cluster.process_cpu``)."""
+    daemon: Daemon,
+    rounds: int,
+    label: str,
+    *,
+    bare: BareCli,
+    postmaster: int | None = None,
+) -> tuple[list[float], list[float], dict[str, Any]]:
+    """Follow-ups on one session through ``daemon``, each round paired with one follow-up of
+    the bare CLI ``bare`` (the floor), in alternating order; the daemon's times (ms), the
+    floor's times (ms), and the CPU each process of the run spent per round and per second of
+    an idle stretch just before them (``hotsession.cluster.process_cpu``; the bare CLI is the
+    role ``floor_cli``).
+
+    Why paired: the floor measured in a phase of its own, before the daemons, read 20–33 ms in
+    five quiet-machine runs of the same code (2026-11-30), more than the overhead it is
+    subtracted from; the machine's background (Ray's workers, the nodes' spares) differs
+    between phases. Interleaved, both see the same machine."""
     session = await daemon.json(
         "POST",
         "/v1/sessions",
@@ -118,7 +133,8 @@ async def _followups(
     path = f"/v1/sessions/{session['id']}/turns"
     await _turn(daemon, path, {"prompt": "[[say:warm]]"}, label)
     await _settle(daemon)
-    by_role = await _roles(daemon, str(session["id"]), postmaster)
+    floor_pids = dict.fromkeys(bare.pids().values(), "floor_cli")
+    by_role = {**await _roles(daemon, str(session["id"]), postmaster), **floor_pids}
     idle = ProcessCpu(by_role)
     idle.start()
     t0 = time.monotonic()
@@ -126,16 +142,21 @@ async def _followups(
     idle_s = time.monotonic() - t0
     idle.stop()
     busy = ProcessCpu(by_role)
-    out = []
+    out: list[float] = []
+    floor: list[float] = []
     busy.start()
     t0 = time.monotonic()
     for i in range(rounds):
+        if i % 2 == 0:
+            floor.extend(await _bare_turn(bare, i))
         s = await _turn(daemon, path, {"prompt": f"[[say:f{i}]]"}, label)
         ms = s.ms("result_ms")
         if ms is not None:
             out.append(ms)
+        if i % 2 == 1:
+            floor.extend(await _bare_turn(bare, i))
     wall_s = time.monotonic() - t0
-    busy.stop(await _roles(daemon, str(session["id"]), postmaster))
+    busy.stop({**await _roles(daemon, str(session["id"]), postmaster), **floor_pids})
     per_turn = busy.ms(per=rounds)
     idle_rate = idle.ms(per=idle_s)
     cpu = {
@@ -148,7 +169,15 @@ async def _followups(
         },
         "wall_ms_per_followup": round(wall_s * 1000 / rounds, 2),
     }
-    return out, cpu
+    return out, floor, cpu
+
+
+async def _bare_turn(bare: BareCli, i: int) -> list[float]:
+    """One follow-up of the bare CLI: its time (ms), if it had one."""
+    s = Sample(bare.name, i, "", 0.0)
+    await bare.sample(s, f"[[say:b{i}]]")
+    ms = s.ms("result_ms")
+    return [] if ms is None else [ms]
 
 
 async def _roles(daemon: Daemon, session_id: str, postmaster: int | None) -> dict[int, str]:
@@ -222,26 +251,6 @@ async def _new_sessions(daemon: Daemon, rounds: int, label: str) -> list[float]:
         if s.extra["session"].get("id"):
             await daemon.close_session(s.extra["session"]["id"])
     return out
-
-
-async def _floor(env: BenchEnv, rounds: int) -> tuple[list[float], float | None]:
-    """The bare CLI's follow-ups: their times (ms) and its CPU per follow-up (ms)."""
-    mode = BareCli(env)
-    await mode.setup()
-    out = []
-    try:
-        cpu = ProcessCpu(dict.fromkeys(mode.pids().values(), "cli"))
-        cpu.start()
-        for i in range(rounds):
-            s = Sample(mode.name, i, "", 0.0)
-            await mode.sample(s, f"[[say:b{i}]]")
-            ms = s.ms("result_ms")
-            if ms is not None:
-                out.append(ms)
-        cpu.stop()
-    finally:
-        await mode.teardown()
-    return out, cpu.ms(per=rounds).get("cli")
 
 
 async def _recovery(daemon: Daemon, cluster: Any, env: BenchEnv) -> dict[str, Any]:
@@ -377,33 +386,41 @@ async def _measure(
     env: BenchEnv, cluster: Any, pg: PrivatePostgres, rounds: int, console: Any
 ) -> dict[str, Any]:
     database_url, postmaster = pg.url, postmaster_pid(pg.data)
-    console.print(f"floor: bare CLI, {rounds} follow-ups …")
-    floor, floor_cpu = await _floor(env, rounds)
-    console.print("single machine: hotsession serve …")
-    single = Daemon(env)
-    await single.start()
+    bare = BareCli(env)  # the floor: its follow-ups are paired with each daemon's
+    await bare.setup()
     try:
-        follow_single, cpu_single = await _followups(single, rounds, "single follow-up")
-        new_single = await _new_sessions(single, max(3, rounds // 4), "single new")
-    finally:
-        await single.stop()
-    console.print("cluster: hotsession serve --cluster … --database-url … (3 nodes)")
-    daemon = Daemon(env, extra_args=("--cluster", cluster.address, "--database-url", database_url))
-    daemon.state_dir = env.root / "cluster-daemon-state"
-    await daemon.start()
-    try:
-        followups, cpu_cluster = await _followups(
-            daemon, rounds, "cluster follow-up", postmaster=postmaster
+        console.print(f"single machine: hotsession serve, {rounds} follow-ups (+ the bare CLI's) …")
+        single = Daemon(env)
+        await single.start()
+        try:
+            follow_single, floor_single, cpu_single = await _followups(
+                single, rounds, "single follow-up", bare=bare
+            )
+            new_single = await _new_sessions(single, max(3, rounds // 4), "single new")
+        finally:
+            await single.stop()
+        console.print("cluster: hotsession serve --cluster … --database-url … (3 nodes)")
+        daemon = Daemon(
+            env, extra_args=("--cluster", cluster.address, "--database-url", database_url)
         )
-        new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
-        console.print("recovery: removing a worker node …")
-        recovery = await _recovery(daemon, cluster, env)
-        health = await daemon.json("GET", "/healthz")
+        daemon.state_dir = env.root / "cluster-daemon-state"
+        await daemon.start()
+        try:
+            followups, floor, cpu_cluster = await _followups(
+                daemon, rounds, "cluster follow-up", bare=bare, postmaster=postmaster
+            )
+            new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
+            console.print("recovery: removing a worker node …")
+            recovery = await _recovery(daemon, cluster, env)
+            health = await daemon.json("GET", "/healthz")
+        finally:
+            await daemon.stop()
     finally:
-        await daemon.stop()
+        await bare.teardown()
     floor_ms = _median(floor)
     follow_ms = _median(followups)
     single_ms = _median(follow_single)
+    floor_single_ms = _median(floor_single)
     overhead = None
     if follow_ms is not None and floor_ms is not None:
         overhead = round(follow_ms - floor_ms, 2)
@@ -415,15 +432,21 @@ async def _measure(
         "followup_ms": follow_ms,
         "followup_overhead_ms": overhead,
         "followup_single_ms": single_ms,
+        "floor_single_ms": floor_single_ms,
+        "single_overhead_ms": (
+            round(single_ms - floor_single_ms, 2)
+            if single_ms is not None and floor_single_ms is not None
+            else None
+        ),
         "followup_vs_single_ms": (
             round(follow_ms - single_ms, 2)
             if follow_ms is not None and single_ms is not None
             else None
         ),
-        # CPU per timed follow-up of every process of the run, by role (process_cpu): the bare
-        # CLI's, then each daemon's run (``net``: beyond each process's idle rate).
+        # CPU per timed round of every process of the run, by role (process_cpu), in each
+        # daemon's run (``net``: beyond each process's idle rate); ``floor_cli``: the bare CLI's
+        # paired follow-up.
         "cpu": {
-            "floor_cli_ms_per_followup": floor_cpu,
             "single": cpu_single,
             "cluster": cpu_cluster,
         },
