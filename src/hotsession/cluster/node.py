@@ -52,7 +52,14 @@ from hotsession.cluster.wire import EventTuple, error_out, event_out
 from hotsession.config import Config
 from hotsession.errors import Conflict, HotsessionError, NotFound, StaleEpoch
 from hotsession.hub import Hotsession
-from hotsession.registry import EventRecord, ProcessRecord, Registry, SessionRecord, TurnRecord
+from hotsession.registry import (
+    EventRecord,
+    Ownership,
+    ProcessRecord,
+    Registry,
+    SessionRecord,
+    TurnRecord,
+)
 from hotsession.registry.order import SessionOrder
 from hotsession.registry.sqlite import SqliteRegistry
 from hotsession.session import Session
@@ -404,15 +411,14 @@ class NodeHost(StreamSource):
     async def _adopt(self, session_id: str, epoch: int, min_seq: int) -> Session:
         hub = self._hub()
         assert self.store is not None and self.registry is not None
-        owner = await self.store.owner(session_id)
-        if owner is None or owner.node != self.name or owner.epoch != epoch:
-            raise StaleEpoch(
-                "this node does not own the session with that epoch",
-                session_id=session_id,
-                epoch=epoch,
-                current_epoch=owner.epoch if owner else 0,
-                owner=owner.node if owner else None,
-            )
+        stale = self._not_owned(
+            await self.store.owner(session_id),
+            session_id,
+            epoch,
+            "this node does not own the session with that epoch",
+        )
+        if stale is not None:
+            raise stale
         rec = await hub.registry.get_session(session_id)
         if rec is None:
             raise NotFound("no such session", session_id=session_id)
@@ -544,16 +550,30 @@ class NodeHost(StreamSource):
         the fence check and the store's fenced writes catch), and it commits nothing, so a
         follow-up does not wait for a WAL flush on a server with ``synchronous_commit``."""
         assert self.store is not None
-        owner = await self.store.owner(session_id)
-        if owner is None or owner.node != self.name or owner.epoch != epoch:
+        stale = self._not_owned(
+            await self.store.owner(session_id),
+            session_id,
+            epoch,
+            "this node no longer owns the session with that epoch",
+        )
+        if stale is not None:
             await self._drop(session_id)
-            raise StaleEpoch(
-                "this node no longer owns the session with that epoch",
-                session_id=session_id,
-                epoch=epoch,
-                current_epoch=owner.epoch if owner else 0,
-                owner=owner.node if owner else None,
-            )
+            raise stale
+
+    def _not_owned(
+        self, owner: Ownership | None, session_id: str, epoch: int, message: str
+    ) -> StaleEpoch | None:
+        """The error for a session the store does not give to this node with ``epoch``
+        (None when it does)."""
+        if owner is not None and owner.node == self.name and owner.epoch == epoch:
+            return None
+        return StaleEpoch(
+            message,
+            session_id=session_id,
+            epoch=epoch,
+            current_epoch=owner.epoch if owner else 0,
+            owner=owner.node if owner else None,
+        )
 
     async def _fence_loop(self) -> None:
         while True:
