@@ -30,7 +30,17 @@ The floor under them, ``bare relay (no daemon)`` (measured right after ``plain f
 registry and no auth, which spawns one CLI as the bare-CLI mode does and relays its lines to the
 same client loop (one kept-alive connection, the same prompt and turn count). Its CPU per turn
 (minus its own idle rate, over ``RELAY_IDLE_S``) against its CLI's is the least any Python daemon
-could spend on a plain follow-up on this machine, in this run.
+could spend on a plain follow-up on this machine, in this run. ``bare relay + durable log (no
+daemon)`` is the same relay keeping the issue's reliability rule (a prompt recorded before the
+CLI gets it, a turn's events by its end) in a SQLite file of the registry's schema, settings and
+rows (``--durable``): the floor of a daemon that loses no event.
+
+Many sessions (the issue's reason for the target is a machine full of them):
+``plain follow-ups, N sessions at once`` opens ``SESSIONS_AT_ONCE`` sessions and drives each
+with its own client loop of plain follow-ups, all at once (``turns`` in all); the daemon's CPU
+per turn minus its idle rate, against the N CLIs' CPU per turn. One wake-up of the daemon's
+loop then may serve several sessions' reads. ``bare relay[ + durable log], N sessions at once``
+are the two floors at the same N: one relay process with N CLIs, a client loop each.
 
 Why the CPU clocks and not ``psutil``'s ``cpu_times``. Those come from ``/proc/PID/stat`` in
 clock ticks (10 ms): over the ``--quick`` idle window (5 s at ~3 ms/s, ~15 ms of CPU) the idle
@@ -44,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +68,8 @@ from hotsession.bench.stats import Sample
 from hotsession.bench.wire import WireClient
 
 IDLE_SESSIONS = 3
-RELAY = "bare relay (no daemon)"
+SESSIONS_AT_ONCE = 4
+"""Sessions of the ``… sessions at once`` rows: a few, each with its CLI, on this 2-core box."""
 RELAY_IDLE_S = 2.0
 """The relay's idle window: it sleeps in epoll between turns (~0 ms/s), so a short one will do."""
 TARGETS = {"plain follow-up": 0.03, "streamed 500 deltas": 0.08}
@@ -202,39 +214,135 @@ async def _relay_turn(wire: WireClient, request: bytes) -> None:
         raise BenchError("the bare relay's answer did not end with the CLI's result")
 
 
-async def measure_relay(env: BenchEnv, turns: int) -> dict[str, Any]:
-    """The floor: the bare relay's CPU per plain follow-up against its CLI's (module docstring)."""
-    argv, cli_env = bare_command(env)
-    relay = await start_relay(argv, env=cli_env, cwd=env.workdir)
-    wire = WireClient("127.0.0.1", relay.port, "")
-    request = wire.request_bytes("/turn", {"prompt": "hi"})
+def relay_name(*, durable: bool, sessions: int) -> str:
+    """The row of a relay run: ``bare relay[ + durable log]`` and, at N > 1, how many sessions."""
+    base = "bare relay + durable log" if durable else "bare relay"
+    return f"{base} (no daemon)" if sessions == 1 else f"{base}, {sessions} sessions at once"
+
+
+async def measure_relay(
+    env: BenchEnv, turns: int, *, durable: bool = False, sessions: int = 1
+) -> dict[str, Any]:
+    """The floor: the bare relay's CPU per plain follow-up against its CLIs' (module docstring).
+
+    ``durable``: the relay records each prompt before its CLI gets it and each turn's events by
+    its end in a SQLite file of the registry's schema and settings (``--durable``).
+    ``sessions``: that many CLIs behind the one relay, each driven by its own client loop of
+    ``turns // sessions`` follow-ups, all at once (the per-turn figures are over all of them).
+    """
+    argvs = [bare_command(env)[0] for _ in range(sessions)]  # each its own --session-id
+    cli_env = bare_command(env)[1]
+    log = env.root / f"relay-{uuid.uuid4().hex[:8]}.db" if durable else None
+    relay = await start_relay(*argvs, env=cli_env, cwd=env.workdir, durable=log)
+    wires = [WireClient("127.0.0.1", relay.port, "") for _ in range(sessions)]
+    requests = [w.request_bytes(f"/turn/{i}", {"prompt": "hi"}) for i, w in enumerate(wires)]
+    per = max(1, turns // sessions)
+
+    async def loop(i: int, n: int) -> None:
+        for _ in range(n):
+            await _relay_turn(wires[i], requests[i])
+
     try:
-        for _ in range(3):  # the first turns of a process cost more; not counted
-            await _relay_turn(wire, request)
-        await wait_idle(relay.cli_pid)
+        # The first turns of a process cost more; not counted.
+        await asyncio.gather(*(loop(i, 3) for i in range(sessions)))
+        for pid in relay.cli_pids:
+            await wait_idle(pid)
         i0, t0 = cpu_s(relay.pid), time.monotonic()
         await asyncio.sleep(RELAY_IDLE_S)
         i1, t1 = cpu_s(relay.pid), time.monotonic()
         idle_ms_per_s = (i1 - i0) * 1000 / (t1 - t0)
-        r0, a0, t0 = cpu_s(relay.pid), cpu_s(relay.cli_pid), time.monotonic()
-        for _ in range(turns):
-            await _relay_turn(wire, request)
-        r1, a1, t1 = cpu_s(relay.pid), cpu_s(relay.cli_pid), time.monotonic()
+        r0, a0, t0 = cpu_s(relay.pid), _cpu_sum(relay.cli_pids), time.monotonic()
+        await asyncio.gather(*(loop(i, per) for i in range(sessions)))
+        r1, a1, t1 = cpu_s(relay.pid), _cpu_sum(relay.cli_pids), time.monotonic()
     finally:
-        await wire.aclose()
+        for wire in wires:
+            await wire.aclose()
         await relay.stop()
+    total = per * sessions
     wall = t1 - t0
-    relay_ms = ((r1 - r0) * 1000 - idle_ms_per_s * wall) / turns
-    cli_ms = (a1 - a0) * 1000 / turns
-    return {
-        "turns": turns,
-        "wall_ms_per_turn": round(wall * 1000 / turns, 2),
+    relay_ms = ((r1 - r0) * 1000 - idle_ms_per_s * wall) / total
+    cli_ms = (a1 - a0) * 1000 / total
+    out: dict[str, Any] = {
+        "turns": total,
+        "wall_ms_per_turn": round(wall * 1000 / total, 2),
         "daemon_ms_per_turn": round(relay_ms, 3),
         "cli_ms_per_turn": round(cli_ms, 3),
         "ratio": round(relay_ms / cli_ms, 4) if cli_ms > 0 else None,
         "idle_ms_per_s": round(idle_ms_per_s, 3),
         "floor": True,
     }
+    if sessions > 1:
+        out["sessions"] = sessions
+    if log is not None:
+        out["durable_log"] = str(log)
+    return out
+
+
+def _cpu_sum(pids: list[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
+
+
+async def measure_sessions(
+    d: Daemon, env: BenchEnv, sessions: int, turns: int, idle_ms_per_s: float
+) -> dict[str, Any]:
+    """``plain follow-ups, N sessions at once``: N sessions, each its own client loop of
+    ``turns // N`` plain follow-ups, all at once (the daemon's loop then serves several
+    sessions' reads per wake-up, as on a machine full of sessions). Daemon CPU per turn (minus
+    its idle rate) over all the turns, against the N CLIs' CPU per turn."""
+    sids = [str((await _open(d, env, False))["id"]) for _ in range(sessions)]
+    per = max(1, turns // sessions)
+
+    async def loop(sid: str, n: int) -> None:
+        for _ in range(n):
+            await _turn(d, sid, "hi")
+
+    try:
+        await asyncio.gather(*(loop(sid, 3) for sid in sids))  # the first turns: not counted
+        pids = [(await d.session(sid)).get("pid") for sid in sids]
+        if not all(isinstance(pid, int) for pid in pids):
+            raise BenchError("a session has no process")
+        cli_pids = [int(pid) for pid in pids if isinstance(pid, int)]
+        await d.wait_quiet()
+        assert d.proc is not None
+        d0, a0, t0 = cpu_s(d.proc.pid), _cpu_sum(cli_pids), time.monotonic()
+        await asyncio.gather(*(loop(sid, per) for sid in sids))
+        d1, a1, t1 = cpu_s(d.proc.pid), _cpu_sum(cli_pids), time.monotonic()
+    finally:
+        for sid in sids:
+            await d.close_session(sid)
+    total = per * sessions
+    wall = t1 - t0
+    daemon_ms = ((d1 - d0) * 1000 - idle_ms_per_s * wall) / total
+    cli_ms = (a1 - a0) * 1000 / total
+    return {
+        "turns": total,
+        "sessions": sessions,
+        "wall_ms_per_turn": round(wall * 1000 / total, 2),
+        "daemon_ms_per_turn": round(daemon_ms, 3),
+        "cli_ms_per_turn": round(cli_ms, 3),
+        "ratio": round(daemon_ms / cli_ms, 4) if cli_ms > 0 else None,
+    }
+
+
+async def measure_floors(
+    d: Daemon, env: BenchEnv, turns: int, idle_ms_per_s: float
+) -> dict[str, Any]:
+    """The rows beside ``plain follow-up``: the bare relay with and without the durable log, then
+    the same at ``SESSIONS_AT_ONCE`` sessions at once beside the daemon's row at that N."""
+    rows: dict[str, Any] = {}
+    for durable in (False, True):
+        rows[relay_name(durable=durable, sessions=1)] = await measure_relay(
+            env, turns, durable=durable
+        )
+    n = SESSIONS_AT_ONCE
+    rows[f"plain follow-ups, {n} sessions at once"] = await measure_sessions(
+        d, env, n, turns, idle_ms_per_s
+    )
+    for durable in (False, True):
+        rows[relay_name(durable=durable, sessions=n)] = await measure_relay(
+            env, turns, durable=durable, sessions=n
+        )
+    return rows
 
 
 async def run_cpu(
@@ -250,7 +358,7 @@ async def run_cpu(
             n = turns if kind.prompt == "hi" else streamed_turns
             kinds[kind.name] = await measure_kind(d, env, kind, n, idle["ms_per_s"])
             if kind.name == "plain follow-up":
-                kinds[RELAY] = await measure_relay(env, n)
+                kinds.update(await measure_floors(d, env, n, idle["ms_per_s"]))
         return {"idle": idle, "turns": kinds}
     finally:
         await d.stop()
