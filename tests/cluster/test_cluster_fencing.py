@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from hotsession.agent import AgentProcess
 from hotsession.cluster.hub import ClusterHub
+from hotsession.cluster.node import NodeHost, NodeSpec
 from hotsession.errors import StaleEpoch
 from hotsession.testing.model_server import ModelServer
 
@@ -94,3 +97,65 @@ async def test_stale_node_drops_moved_sessions(
     assert session.id not in [v["id"] for v in await chub.actor(x).views.remote()]
     after = await (await session.send("[[say:after]]")).wait()
     assert after.data["result"] == "after"
+
+
+async def test_stale_node_never_writes_the_prompt_to_its_cli(
+    store_factory: Any,
+    node_env: dict[str, str],
+    workdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node whose epoch moved refuses a prompt before its CLI sees it: the prompt's fenced
+    record is the node's check, and the session's runner waits for it (a runner that wrote the
+    prompt while the record was being written fails this). The node runs in this process, so
+    every write to a CLI's stdin is seen."""
+    written: list[str] = []
+    send_user = AgentProcess.send_user
+
+    async def spy(self: AgentProcess, prompt: str, **kw: Any) -> None:
+        written.append(prompt)
+        await send_user(self, prompt, **kw)
+
+    monkeypatch.setattr(AgentProcess, "send_user", spy)
+    env = {**node_env, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}
+    for key, value in env.items():  # the node sets its environment; put it back afterwards
+        monkeypatch.setenv(key, value)
+    node = NodeHost(
+        NodeSpec(
+            name="in-process-node",
+            state_root=str(tmp_path / "node"),
+            store=store_factory,
+            config={"allow_root_bypass": True, "pool_enabled": False, "memory_budget_mb": 2000},
+            env=env,
+        )
+    )
+    await node.start()
+    try:
+        opened = await node.open(tenant="t1", cwd=str(workdir), options={})
+        session_id, epoch = opened["session"]["id"], opened["epoch"]
+        events = [
+            event
+            async for item in node.send(session_id, epoch, "[[say:one]]")
+            for event in (item.get("events", []) if isinstance(item, dict) else item)
+        ]
+        assert events[-1][3] == "result"  # (session, seq, turn, type, data, t)
+        pid = (await node.view(session_id, epoch))["session"]["pid"]
+        assert written == ["[[say:one]]"] and pid
+
+        # Another node takes the session over (once this one wrote the turn's end, which the
+        # store would refuse); this one still holds the old epoch in memory.
+        assert node.store is not None
+        for _ in range(200):
+            if (await node.store.list_turns(session_id))[-1].status == "done":
+                break
+            await asyncio.sleep(0.05)
+        await node.store.claim(session_id, "another-node", expect_epoch=epoch)
+        items = [item async for item in node.send(session_id, epoch, "[[say:stale]]")]
+        assert await _gone(pid), "the stale node kept the moved session's process"
+        assert written == ["[[say:one]]"], "the stale node wrote the prompt to its CLI"
+        assert items == [{"error": items[0]["error"]}]
+        assert items[0]["error"]["code"] == "stale_epoch"
+        assert session_id not in node.epochs
+    finally:
+        await node.stop()

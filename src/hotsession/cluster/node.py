@@ -131,11 +131,12 @@ class NodeRegistry:
     async def put_session(self, rec: SessionRecord) -> None:
         if rec.id in self.fenced:
             return
+        epoch = self.epochs.get(rec.id)  # the epoch it was written under, not one adopted later
         # In the session's write order: a turn's end written in the background also writes
         # the session, and must not land after (and undo) a later state such as "closed".
         async with self._order.hold(rec.id):
             try:
-                await self.shared.put_session(rec, epoch=self.epochs.get(rec.id))
+                await self.shared.put_session(rec, epoch=epoch)
             except StaleEpoch as exc:
                 self._stale(exc)
                 raise
@@ -152,11 +153,21 @@ class NodeRegistry:
         return await self.shared.list_sessions(tenant, include_closed=include_closed)
 
     async def put_turn(self, turn: TurnRecord) -> None:
-        if turn.session_id in self.fenced:
+        """A turn's record, fenced by the epoch the session is held with when the write
+        begins (it may wait for the session's earlier writes: a session dropped meanwhile is
+        no longer in ``epochs``, and its record must not then go unfenced). A prompt's record
+        is a node's check that it still owns the session (``NodeHost.send``): for a session
+        already dropped here, a turn that has not ended is refused (``StaleEpoch``), one that
+        ended (a drop's own bookkeeping) is not sent."""
+        sid = turn.session_id
+        if sid in self.fenced:
+            if turn.ended_at is None:
+                raise StaleEpoch("the session moved to another node", session_id=sid)
             return
-        async with self._order.hold(turn.session_id):
+        epoch = self.epochs.get(sid)
+        async with self._order.hold(sid):
             try:
-                await self.shared.put_turn(turn, epoch=self.epochs.get(turn.session_id))
+                await self.shared.put_turn(turn, epoch=epoch)
             except StaleEpoch as exc:
                 self._stale(exc)
                 raise
@@ -540,26 +551,6 @@ class NodeHost(StreamSource):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _confirm(self, session_id: str, epoch: int) -> None:
-        """Make sure the store still gives the session to this node (one round trip), before a
-        prompt is accepted: a node cut off from the cluster while its sessions moved must not
-        run a turn the new owner runs too. A moved session is dropped here.
-
-        A read, not ``renew``'s ``UPDATE``: it sees every claim committed before it, which is
-        all an ``UPDATE`` could refuse (a claim committed after either is a later move, which
-        the fence check and the store's fenced writes catch), and it commits nothing, so a
-        follow-up does not wait for a WAL flush on a server with ``synchronous_commit``."""
-        assert self.store is not None
-        stale = self._not_owned(
-            await self.store.owner(session_id),
-            session_id,
-            epoch,
-            "this node no longer owns the session with that epoch",
-        )
-        if stale is not None:
-            await self._drop(session_id)
-            raise stale
-
     def _not_owned(
         self, owner: Ownership | None, session_id: str, epoch: int, message: str
     ) -> StaleEpoch | None:
@@ -602,13 +593,28 @@ class NodeHost(StreamSource):
 
     async def send(self, session_id: str, epoch: int, prompt: str) -> AsyncIterator[Any]:
         """Queue a prompt; yields ``{"turn": n}`` (or an error reply) first, then batches of the
-        turn's events up to its ``result`` or ``error``."""
+        turn's events up to its ``result`` or ``error``.
+
+        The store must still give the session to this node before the prompt reaches the CLI:
+        a node cut off from the cluster while its sessions moved must not run a turn the new
+        owner runs too. The prompt's record is that check: it is written fenced by ``epoch``
+        (a claim committed before it makes it write nothing: ``StaleEpoch``), and the session's
+        runner writes the prompt to the CLI only once that write succeeded (``gated``). A
+        refused prompt is answered with the write's error (a moved session is dropped here),
+        and its turn ends without running. One round trip before the CLI gets the prompt (were
+        two: a read of the owner, then the record, written meanwhile)."""
         try:
             session = await self._session(session_id, epoch)
-            await self._confirm(session_id, epoch)
-            turn = session.send(prompt)
+            turn = session.send(prompt, gated=True)
         except HotsessionError as exc:
             yield error_out(exc)
+            return
+        await turn.recorded()
+        refused = turn.refusal()
+        if refused is not None:
+            if isinstance(refused, StaleEpoch):
+                await self._drop(session_id)
+            yield error_out(refused)
             return
         async for item in self._turn_items(session_id, epoch, turn, {"turn": turn.number}):
             yield item

@@ -7,7 +7,8 @@ at a time, so a prompt is never written to the CLI mid-turn (the CLI would merge
 running turn). Everything that changes the session happens on the daemon's loop; the runner is
 the only writer of prompts to the process.
 
-A turn's steps (``_run_turn``): ``_begin`` (the turn is running), ``_process_for`` (the
+A turn's steps (``_run_turn``): ``_begin`` (the turn is running), for a gated turn ``_gate``
+(its prompt's record written: a cluster node's epoch check), ``_process_for`` (the
 session's process: hot, resumed-ahead, or a new one from the host), ``_exchange`` (write the
 prompt, forward the CLI's messages until its ``result``), then ``_conclude`` (the ``result``
 event with the timing) or, on an agent failure, ``_retry_after`` decides whether the prompt is
@@ -198,7 +199,12 @@ class Session:
     # -- turns ---------------------------------------------------------------------------------
 
     def send(
-        self, prompt: str, *, since: float | None = None, message: dict[str, Any] | None = None
+        self,
+        prompt: str,
+        *,
+        since: float | None = None,
+        message: dict[str, Any] | None = None,
+        gated: bool = False,
     ) -> Turn:
         """Queue a prompt; iterate the returned turn for its events.
 
@@ -208,6 +214,12 @@ class Session:
 
         ``message``: the stream-json user message to write instead of one made of ``prompt``
         (a drop-in client's own, content blocks and all); ``prompt`` is then what is recorded.
+
+        ``gated``: the prompt is written to the process only once the write that records it
+        succeeded, and never when it failed (the turn then ends with that write's error, see
+        ``Turn.refusal``). A cluster node sends so: that write is fenced by the node's ownership
+        epoch, so it is also the node's check that it still owns the session
+        (hotsession.cluster.node). Without it (one machine) nothing waits for the store.
 
         Raises at once (not on iteration) for a closed session, an oversized prompt or a full
         queue, so a caller can answer 409 / 413 / 429 before streaming anything.
@@ -226,6 +238,7 @@ class Session:
             )
         self.last_turn += 1
         turn = Turn(self.id, self.last_turn, prompt, since=since, message=message)
+        turn.gated = gated
         self._queue.put_nowait(turn)
         self.recent_turns.append(turn.record)
         starts_now = self.current is None and self._queue.qsize() == 1
@@ -272,6 +285,8 @@ class Session:
     async def _run_turn(self, turn: Turn) -> None:
         """One turn, in named steps (see the module docstring)."""
         self._begin(turn)
+        if turn.gated and not await self._gate(turn):
+            return
         for attempt in range(2):
             placement = await self._process_for(turn, attempt)
             if placement is None:
@@ -293,6 +308,16 @@ class Session:
         turn.record.status = "running"
         turn.record.started_at = time.time()
         self._ctx.registry_task(self._ctx.registry.put_turn(turn.record))
+
+    async def _gate(self, turn: Turn) -> bool:
+        """A gated turn (``send``) waits for the write that records its prompt; when that write
+        failed the turn ends with its error (False) and the prompt never reaches the process."""
+        await turn.recorded()
+        refused = turn.refusal()
+        if refused is None:
+            return True
+        self._end_with_error(turn, refused)
+        return False
 
     async def _process_for(self, turn: Turn, attempt: int) -> Placement | None:
         """The process for this attempt of the turn; None when the turn ended instead."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hotsession.errors import InvalidRequest, PromptTooLarge
+from hotsession.errors import HotsessionError, InvalidRequest, PromptTooLarge, RegistryError
 from hotsession.events import Event, TurnClock
 from hotsession.registry import TurnRecord
 
@@ -80,6 +80,8 @@ class Turn:
         self._drained: asyncio.Future[None] | None = None  # ``handed_over`` waits on it
         self._terminal_taken = False
         self.accepted: asyncio.Task[Any] | None = None  # the write that records the prompt
+        # The prompt reaches the process only once ``accepted`` succeeded (``Session.send``).
+        self.gated = False
 
     def push(self, event: Event) -> None:
         """Add one of the turn's events (the session's fan-out calls this)."""
@@ -161,6 +163,17 @@ class Turn:
         if self.accepted is not None and not self.accepted.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.accepted)
+
+    def refusal(self) -> HotsessionError | None:
+        """The error the write that records the prompt failed with; None while it runs, once
+        it succeeded, or without one (what a gated turn ends with instead of running)."""
+        accepted = self.accepted
+        if accepted is None or not accepted.done() or accepted.cancelled():
+            return None
+        exc = accepted.exception()
+        if exc is None or isinstance(exc, HotsessionError):
+            return exc
+        return RegistryError(f"the prompt could not be recorded: {exc}")
 
     def take_ready(self) -> list[Event]:
         """The events this turn already holds (up to its terminal one), without waiting.
