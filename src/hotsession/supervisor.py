@@ -27,6 +27,13 @@ parent-death signal (the kernel clears it on a uid change, so it must come after
 groups, signals and the orphan sweep work unchanged: the daemon is root, and root may signal
 and read the environment of any process.
 
+Only the standard streams. A child gets stdin, stdout and stderr of its own and no other
+descriptor of the daemon: between fork and exec every descriptor above 2 is marked close-on-exec.
+asyncio's spawn closes them anyway (``close_fds``), uvloop's (libuv's) passes every inheritable
+one on, and the daemon's API socket is inheritable (``hotsession.daemon.bind``): each CLI held
+the daemon's listening socket, which a process of a tenant's user could take connections from
+(found measuring idle CLIs, docs/benchmarks.md "Idle CLIs"; test in tests/unit/test_spawn_fds.py).
+
 Exit hooks. ``spawn(on_exit=…)`` runs a clean-up once the process has exited and been reaped
 (or at once when it could not be started): the host uses it to remove the files its argv names
 (hotsession.isolation.argfiles), so nothing of a tenant outlives its process.
@@ -81,11 +88,27 @@ class RunAs:
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    _close_daemon_fds_at_exec()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except Exception:  # pragma: no cover - non-Linux: the atexit reaper and sweep remain
         pass
+
+
+def _close_daemon_fds_at_exec() -> None:  # runs in the child between fork and exec
+    """Mark every descriptor above the standard streams close-on-exec (see the docstring)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # pragma: no cover - no /proc: asyncio's own spawn closes them (close_fds)
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            # Not closed here: the loop's own pipes (uvloop's error pipe, libuv's exec-status
+            # pipe) must live until the exec, which then closes them with the rest.
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
 
 
 def _become(run_as: RunAs) -> Callable[[], None]:
