@@ -21,6 +21,15 @@ such a change at once.
 :class:`NodeTenants` is the engine's ``SpawnPolicy`` (``hotsession.host``) and answers, for the
 node's transcript mirror and ``materialize_transcript``, where a tenant's transcripts live and
 how to write one there as the tenant's user.
+
+Ray is part of the wall. A node also runs Ray (its GCS or raylet ports, its session dir with
+logs and the object store's socket), and the host actor holds the database URL. Without Ray's
+token authentication any local user, so a tenant's agent (a shell as its user), can talk to
+the GCS and the raylet: read the actor table and Ray's key-value store, call a host actor, run
+code as Ray's user (root). So a node with tenants that have their own ``user`` refuses to set
+them up (:func:`ray_exposure`, one line naming the node and what to change) unless Ray runs
+with ``RAY_AUTH_MODE=token``, its token and its session dir are out of every such user's reach,
+and no tenant's agent environment carries Ray's token or a database URL.
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from pathlib import Path
 from hotsession.errors import InvalidRequest
 from hotsession.host import SpawnPlan
 from hotsession.isolation import IsolationError, TenantIsolation, prepare, write_file_as
+from hotsession.isolation.accounts import Account, unreachable
 from hotsession.settings import SettingsError, Tenant, load_settings
+from hotsession.supervisor import RunAs
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +97,12 @@ class NodeTenants:
             raise InvalidRequest(f"node {self.node[:12]}: {exc}") from None
         try:
             isolation = prepare(settings, cli_path=cli_path)
+            exposed = ray_exposure(isolation)
         except IsolationError as exc:
             raise IsolationError(f"node {self.node[:12]}: {exc}") from None
+        if exposed is not None:
+            isolation.close()
+            raise IsolationError(f"node {self.node[:12]}: {exposed}")
         self._old.append(self.isolation)
         self.isolation, self.source = isolation, source
         new = {t.name: t for t in settings.tenants}
@@ -105,3 +120,65 @@ class NodeTenants:
         """Remove the tenants' memory cgroups (after their agents exited)."""
         for isolation in (*self._old, self.isolation):
             isolation.close()
+
+
+# What a tenant's agent must not be given (Ray's token; a database URL with its password).
+_SECRET_ENV = ("RAY_AUTH_TOKEN", "HOTSESSION_DATABASE_URL", "PGPASSWORD", "DATABASE_URL")
+
+
+def ray_exposure(isolation: TenantIsolation) -> str | None:
+    """Why this node's Ray is open to the agents of tenants with their own user (one line:
+    what to change), or None. Run in the host actor: it checks the Ray it runs in."""
+    users = {t: p.run_as for t, p in isolation.plans.items() if p.run_as is not None}
+    if not users:
+        return None  # agents run as Ray's user: nothing of Ray is kept from them
+    from ray._raylet import (  # type: ignore[attr-defined]
+        AuthenticationMode,
+        get_authentication_mode,
+    )
+
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        return (
+            "Ray runs without authentication, so a tenant's agent can reach its GCS and raylet "
+            "(every actor, every conversation, code run as Ray's user): start Ray on every node "
+            "with RAY_AUTH_MODE=token and the token in a root-only file (RAY_AUTH_TOKEN_PATH, "
+            "docs/cluster.md)"
+        )
+    for tenant, plan in isolation.plans.items():
+        leaked = sorted(k for k in (plan.env or {}) if k in _SECRET_ENV)
+        if plan.run_as is not None and leaked:
+            return (
+                f"tenant {tenant}'s agents would get {', '.join(leaked)} (pass_env or env): "
+                "remove it"
+            )
+    needs = [("r", path) for path in _ray_private_paths()]
+    for tenant, run_as in users.items():
+        for _, path in _readable(run_as, needs):
+            return (
+                f"{path} is readable by tenant {tenant}'s user: keep Ray's token and temp dir "
+                "(session logs, the object store's socket) in root-only directories "
+                "(RAY_AUTH_TOKEN_PATH, RAY_TMPDIR or ray start --temp-dir under a 0700 "
+                "directory, docs/cluster.md)"
+            )
+    return None
+
+
+def _ray_private_paths() -> list[str]:
+    """Ray's token file (when the token is a file) and this node's session dir."""
+    import ray
+
+    paths = []
+    if not os.environ.get("RAY_AUTH_TOKEN"):
+        token = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+        paths.append(token)
+    node = ray._private.worker.global_worker.node
+    if node is not None:
+        paths.append(node.get_session_dir_path())
+    return paths
+
+
+def _readable(run_as: RunAs, needs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``needs`` (``r``, path) that ``run_as`` *has* (``unreachable`` lists the others)."""
+    account = Account(f"uid {run_as.uid}", run_as.uid, run_as.gid, run_as.groups, "")
+    missing = set(unreachable(account, needs))
+    return [need for need in needs if need not in missing]
