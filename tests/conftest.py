@@ -59,11 +59,11 @@ def model_server() -> Iterator[ModelServer]:
         yield server
 
 
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgres(password: str | None = None) -> Iterator[PrivatePostgres]:
     """A private Postgres server for a fixture to yield from; skipped without the server's
     binaries, except under CI, where that is a failure."""
     try:
-        server = PrivatePostgres()
+        server = PrivatePostgres(password=password)
     except PostgresNotFound as exc:
         if os.environ.get("CI"):
             raise

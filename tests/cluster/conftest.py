@@ -3,6 +3,11 @@
 One Ray cluster serves the whole tier (starting one costs ~10 s); each node has its own custom
 resources (``hotsession_memory_mb``: its memory budget) and, through its host actor, its own state
 directory and Claude Code config dir, so nothing is shared between nodes but the store.
+
+The cluster is set up as docs/cluster.md asks for tenants with their own users: Ray's token
+authentication on (``RAY_AUTH_MODE=token``, the token in a root-only file named by
+``RAY_AUTH_TOKEN_PATH``), Ray's temp dir (session logs, sockets, spilled objects) inside a
+root-only directory (``RAY_TMPDIR``), and a Postgres that asks for a password.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
+import secrets
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +50,29 @@ def cluster_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def node_env(cluster_root: Path, model_server: ModelServer) -> dict[str, str]:
-    """What every node's agents need: the scripted model server, a private home."""
+def ray_private() -> Iterator[dict[str, str]]:
+    """Ray's token auth and temp dir, root-only (what every Ray process and client needs)."""
+    base = Path(tempfile.mkdtemp(prefix="hs-ray-"))  # 0700, root's
+    token = base / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.chmod(token, 0o600)
+    (base / "tmp").mkdir(mode=0o700)
+    yield {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_TMPDIR": str(base / "tmp"),
+    }
+    import shutil
+
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def node_env(
+    cluster_root: Path, model_server: ModelServer, ray_private: dict[str, str]
+) -> dict[str, str]:
+    """What every node's agents need: the scripted model server, a private home; and Ray's
+    token and temp dir."""
     home = cluster_root / "home"
     home.mkdir(exist_ok=True)
     return {
@@ -53,12 +82,27 @@ def node_env(cluster_root: Path, model_server: ModelServer) -> dict[str, str]:
         "DISABLE_AUTOUPDATER": "1",
         "HOME": str(home),
         "RAY_USAGE_STATS_ENABLED": "0",
+        **ray_private,
     }
 
 
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read ``RAY_AUTH_*`` again (it caches its config and token)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
-    """Three Ray nodes on this machine (the head and two workers), each with its resources."""
+def ray_cluster(node_env: dict[str, str], ray_private: dict[str, str]) -> Iterator[Cluster]:
+    """Three Ray nodes on this machine (the head and two workers), each with its resources.
+
+    This process (the driver) and the daemons it starts keep Ray's token settings for the
+    tier (``serve_process`` and the Ray Client server inherit them); restored after."""
+    saved_env = {k: os.environ.get(k) for k in ray_private}
+    os.environ.update(ray_private)
+    _reload_ray_auth()
     cluster: Cluster = local_cluster(node_env, NODE_MB)
     # Ray's driver installs its own SIGTERM / SIGINT handlers: the tiers after this one expect
     # Python's (a test sends the CLI client a Ctrl-C, the daemon tests install their own).
@@ -69,12 +113,19 @@ def ray_cluster(node_env: dict[str, str]) -> Iterator[Cluster]:
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _reload_ray_auth()
 
 
 @pytest.fixture(scope="session")
 def cluster_pg() -> Iterator[PrivatePostgres]:
-    """The tier's own private Postgres (a test restarts it under load)."""
-    yield from private_postgres()
+    """The tier's own private Postgres (a test restarts it under load), with a password: other
+    local users (tenants' agents) must not get in (docs/cluster.md)."""
+    yield from private_postgres(password=secrets.token_hex(16))
 
 
 @pytest.fixture(scope="session")
@@ -201,9 +252,10 @@ async def api_daemons(
 
 @contextlib.asynccontextmanager
 async def serve_process(
-    cluster: str, database_url: str, config: Path, state: Path, *args: str
+    cluster: str, database_url: str | None, config: Path, state: Path, *args: str
 ) -> AsyncIterator[str]:
-    """``hotsession serve --cluster CLUSTER --database-url …`` as a real process; its URL.
+    """``hotsession serve --cluster CLUSTER --database-url …`` as a real process; its URL
+    (``database_url`` None: the URL is in ``config``, as with tenants that have users).
 
     On leaving, the daemon is stopped with SIGTERM and must exit 0."""
     import os
@@ -217,8 +269,7 @@ async def serve_process(
         "serve",
         "--cluster",
         cluster,
-        "--database-url",
-        database_url,
+        *(("--database-url", database_url) if database_url is not None else ()),
         "--port",
         "0",
         "--state-dir",

@@ -114,10 +114,9 @@ async def test_a_tenants_agents_run_as_its_user_on_any_node(
         tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name, env={"HS_SECRET": secret}),
         tenant_toml("b", TOKEN_B, lab.root_b, user=lab.b.name),
         pass_env=["ANTHROPIC_API_KEY"],
+        database_url=cluster_pg.url,  # (tenants with users: only in the root-only file)
     )
-    async with serve_process(
-        ray_cluster.address, cluster_pg.url, config, tmp_path / "state"
-    ) as url:
+    async with serve_process(ray_cluster.address, None, config, tmp_path / "state") as url:
         async with _client(url, TOKEN_A) as a, _client(url, TOKEN_B) as b:
             sa = await _open(a, lab.root_a)
             node = sa["node"]
@@ -227,9 +226,10 @@ async def test_a_node_that_cannot_set_up_a_tenant_refuses_the_start(
         users.base / "missing.toml",
         tenant_toml("a", TOKEN_A, users.root_a, user="hs-no-such-user"),
         tenant_toml("b", TOKEN_B, users.root_b, user=users.b.name),
+        database_url=cluster_pg.url,
     )
     with pytest.raises(AssertionError, match="did not start") as failed:
-        async with serve_process(ray_cluster.address, cluster_pg.url, config, tmp_path / "s"):
+        async with serve_process(ray_cluster.address, None, config, tmp_path / "s"):
             pass
     lines = [line for line in str(failed.value).splitlines() if "hs-no-such-user" in line]
     assert lines and "node " in lines[-1] and "useradd --system hs-no-such-user" in lines[-1]

@@ -7,7 +7,8 @@ unprivileged user: the Debian package's ``postgres`` when it exists, otherwise a
 one fresh directory under the system temp dir (``/tmp`` is traversable by every user, pytest's
 own temp dirs are not), removed by :meth:`PrivatePostgres.cleanup`.
 
-Trust authentication on 127.0.0.1 only, ``fsync`` off (a test server's data may be lost in a
+Trust authentication on 127.0.0.1 only (with ``password=``: SCRAM for every connection, for a
+server other local users must not reach), ``fsync`` off (a test server's data may be lost in a
 power cut; it is deleted anyway), superuser ``hotsession``. The binaries are looked up in
 ``$HOTSESSION_PG_BINDIR``, then Debian's ``/usr/lib/postgresql/<version>/bin`` (newest), then
 ``PATH``; ``scripts/install-postgres.sh`` installs them when missing.
@@ -92,8 +93,11 @@ def _server_user() -> pwd.struct_passwd | None:
 class PrivatePostgres:
     """One private Postgres server; ``start()``, then connect with :attr:`url`."""
 
-    def __init__(self, *, bindir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, *, bindir: Path | None = None, port: int | None = None, password: str | None = None
+    ) -> None:
         self.bindir = bindir or find_bindir()
+        self.password = password
         self.port = port or _free_port()
         self.user = _server_user()
         self.base = Path(tempfile.mkdtemp(prefix="hotsession-pg-"))
@@ -109,24 +113,28 @@ class PrivatePostgres:
         return self.url_for("postgres")
 
     def url_for(self, dbname: str) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        who = SUPERUSER if self.password is None else f"{SUPERUSER}:{self.password}"
+        return f"postgresql://{who}@127.0.0.1:{self.port}/{dbname}"
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Create the cluster on first use, then start the server and wait until it accepts."""
         if not self._initialized:
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-            )
+            auth = ["--auth=trust"]
+            pwfile = self.base / "pwfile"
+            if self.password is not None:
+                pwfile.write_text(self.password + "\n")
+                if self.user is not None:
+                    os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
+                auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+            try:
+                self._run(
+                    "initdb", "-D", str(self.data), "-U", SUPERUSER, *auth,
+                    "--encoding=UTF8", "--locale=C", "--no-sync",
+                )  # fmt: skip
+            finally:
+                pwfile.unlink(missing_ok=True)
             self._initialized = True
         options = " ".join(
             [
