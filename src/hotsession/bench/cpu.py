@@ -359,6 +359,8 @@ async def run_cpu(
             kinds[kind.name] = await measure_kind(d, env, kind, n, idle["ms_per_s"])
             if kind.name == "plain follow-up":
                 kinds.update(await measure_floors(d, env, n, idle["ms_per_s"]))
-        return {"idle": idle, "turns": kinds}
+        from hotsession.bench.idle_cli import measure_idle_clis  # it imports this module
+
+        return {"idle": idle, "turns": kinds, "idle_clis": await measure_idle_clis(d, env)}
     finally:
         await d.stop()

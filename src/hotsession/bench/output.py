@@ -135,12 +135,38 @@ def cpu_table(cpu: dict[str, Any]) -> Table:
     return t
 
 
+def idle_cli_table(idle: dict[str, Any]) -> Table:
+    """``--cpu``'s idle-CLI row (hotsession.bench.idle_cli): ms of CPU per s after the last turn."""
+    t = Table(
+        title="hotsession bench --cpu — idle CLIs, ms of CPU per s (× the bare CLI's)",
+        caption=(
+            f"windows from the session's and the bare CLI's last turns (back to back); "
+            f"beside: during {idle.get('beside_turns')} turns of another session "
+            f"({idle.get('beside_s')} s); spares: {idle.get('spares')}, aged "
+            f"{idle.get('spare_age_s')} s at the start"
+        ),
+    )
+    t.add_column("CLI", justify="left")
+    for label in idle["windows"]:
+        t.add_column(label, justify="right")
+    for role, rates in idle["ms_per_s"].items():
+        ratios = idle["vs_bare"].get(role, {})
+        cells = []
+        for label in idle["windows"]:
+            ratio_ = ratios.get(label)
+            cells.append(f"{rates[label]:.2f}" + ("" if ratio_ is None else f" ({ratio_:.2f}×)"))
+        t.add_row(role, *cells)
+    return t
+
+
 def print_result(result: RunResult, console: Console | None = None) -> None:
     """Print the tables (and load / error notes) to the terminal."""
     # Piped output (a file, CI) would wrap the table at 80 columns; keep it readable there.
     console = console or Console(width=None if sys.stdout.isatty() else 170)
     if result.cpu:
         console.print(cpu_table(result.cpu))
+        if result.cpu.get("idle_clis"):
+            console.print(idle_cli_table(result.cpu["idle_clis"]))
         return
     console.print(table(result))
     for mode, out in result.outside_cli().items():
