@@ -12,9 +12,10 @@ bare_command`: hotsession's own argv and env, no daemon) with as many turns, and
 ready spares of the profile (``spare``, never given a turn; their age at the start is reported).
 The session's last turn and the bare CLI's are run back to back; then each process's CPU clock
 (:func:`hotsession.bench.cpu.cpu_s`) is read at the ends of consecutive windows measured from
-those turns (:data:`WINDOWS`), and once more around turns of *another* session (``beside``: does
-an idle CLI work when another CLI of the machine runs a turn?). Each figure is ms of CPU per
-second of the window; ``vs bare`` divides by the bare CLI's figure in the same window.
+those turns (:data:`WINDOWS`), and once more while *another* session runs turns (``beside``,
+for :data:`BESIDE_S`: does an idle CLI work when another CLI of the machine runs a turn?).
+Each figure is ms of CPU per second of the window; ``vs bare`` divides by the bare CLI's figure
+in the same window.
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ NAME = "idle CLIs"
 WINDOWS: tuple[tuple[str, float], ...] = (
     ("0-12 s after a turn", 12.0),
     ("12-32 s", 20.0),
-    ("32-47 s", 15.0),
+    ("32-62 s", 30.0),
 )
 """Consecutive windows after the last turn. Measured (docs/benchmarks.md): in the first seconds
 the CLI finishes its turn's background work and, once 10 s passed without a turn, its runtime
 (Bun) runs a full garbage collection; then Bun's GC timer collects every second until the heap
 has been still for 30 ticks, then every 30 s."""
-BESIDE_TURNS = 40
-"""Turns of another session while the idle CLIs are read (``beside``)."""
+BESIDE_S = 15.0
+"""How long another session runs turns (one every :data:`BESIDE_GAP_S` or so) while the idle
+CLIs are read (``beside``, after the last window): long beside Bun's 30 s GC tick of a settled
+CLI, which a few seconds' window would catch in one process and not in another."""
+BESIDE_GAP_S = 0.2
 TURNS = 3
 """Turns of the session and of the bare CLI before the windows (the first turn of a process
 releases its held start-up work; the row is about a conversation's CLI between turns)."""
@@ -74,7 +78,10 @@ def _rates(
 
 
 async def measure_idle_clis(
-    d: Daemon, env: BenchEnv, windows: tuple[tuple[str, float], ...] = WINDOWS
+    d: Daemon,
+    env: BenchEnv,
+    windows: tuple[tuple[str, float], ...] = WINDOWS,
+    beside_s: float = BESIDE_S,
 ) -> dict[str, Any]:
     """The idle-CLI row (module docstring): per role, ms of CPU per second in each window."""
     created = await _open(d, env, False)
@@ -118,8 +125,11 @@ async def measure_idle_clis(
         # Beside another session's turns: the idle CLIs' CPU while it runs them.
         assert d.wire is not None
         await d.wire.aclose()  # the daemon closed the kept-alive socket while the windows ran
-        for _ in range(BESIDE_TURNS):
+        beside_turns = 0
+        while time.monotonic() - t < beside_s:
             await _turn(d, other, "hi")
+            beside_turns += 1
+            await asyncio.sleep(BESIDE_GAP_S)
         cpu_after, t_after = _cpu(pids), time.monotonic()
         for role, rate in _rates(cpu, cpu_after, t_after - t).items():
             rows[role]["beside"] = rate
@@ -147,6 +157,6 @@ async def measure_idle_clis(
         "vs_bare": vs_bare,
         "spares": len(spares),
         "spare_age_s": ages,
-        "beside_turns": BESIDE_TURNS,
+        "beside_turns": beside_turns,
         "beside_s": beside_s,
     }
