@@ -24,7 +24,23 @@ waits at most ``PULL_WAIT_S`` and then answers with nothing, so a stream whose d
 
 Cost: one actor call per pull instead of Ray's pushed items, i.e. one more round trip for each
 batch that is not ready when the previous pull returns (a follow-up's reply is typically one or
-two). The single-machine and ``auto`` / ``host:port`` paths are unchanged.
+two).
+
+A turn from a driver daemon (``auto`` / ``host:port``): first item by a plain call, the rest
+pushed. Ray's streaming generator costs more than a plain actor call even for one item: the
+call, the item (serialised on a thread of its own and reported to the caller by an RPC of its
+own) and the end of the stream are three exchanges, where a plain call's reply is one. Measured
+2026-11-30 (a Ray async actor on this machine, an item of ~8 KB, 150-300 calls, load 7-8): a
+one-item generator cost the actor 1.63-1.83 ms and the caller 1.53-1.85 ms of CPU, a plain call
+1.03 and 0.83-0.89, the stream's first item through ``stream_open`` (this module's pump) 1.35 and
+1.05-1.13, and came ~1 ms sooner. A plain follow-up crosses as one item
+(``hotsession.cluster.relay``), so a driver daemon opens ``send`` and ``ask`` with
+``stream_open`` (:data:`FIRST_BY_CALL`); when the turn is not over with its first items, the
+rest comes as Ray's generator over the same pump (``stream_rest``: pushed, as before, since a
+turn's later batches, streamed token deltas, would each cost a pull's round trip; pulled, the
+20 items of a streamed reply cost the actor ~40 % more). A daemon gone between the two calls
+leaves a stream nobody pulls: closed after ``IDLE_S`` as above. ``follow`` and ``watch`` (long
+streams) stay Ray's generators.
 """
 
 from __future__ import annotations
@@ -46,6 +62,9 @@ IDLE_S = 60.0
 
 STREAMED = frozenset({"send", "ask", "follow", "watch"})
 """The host actor's methods that may be pulled (its async generators)."""
+
+FIRST_BY_CALL = frozenset({"send", "ask"})
+"""Streams a driver daemon opens with a plain call, the rest pushed (see the module doc)."""
 
 _END = object()
 
@@ -118,6 +137,38 @@ class StreamSource:
             raise pump.error
         return items, True
 
+    async def stream_rest(self, stream_id: int) -> AsyncIterator[list[Any]]:
+        """The rest of a stream opened with ``stream_open``, pushed: Ray streams each yielded
+        list (the items ready together) to the caller as they come; an error of the
+        generator is raised after the items before it. Cancelled (its reader left), it closes
+        the stream."""
+        pump = self._stream_table().get(stream_id)
+        if pump is None:
+            return  # closed (reaped, or closed by its reader)
+        pump.pulling += 1
+        try:
+            while True:
+                items = [await pump.queue.get()]
+                while not pump.queue.empty():
+                    items.append(pump.queue.get_nowait())
+                ended = items[-1] is _END
+                if ended:
+                    items.pop()
+                    self._pumps.pop(stream_id, None)
+                if items:
+                    yield items
+                if ended:
+                    if pump.error is not None:
+                        raise pump.error
+                    return
+        finally:
+            pump.pulling -= 1
+            pump.last_pull = time.monotonic()
+            if self._pumps.get(stream_id) is pump:  # left before the end: end its generator
+                self._pumps.pop(stream_id, None)
+                if pump.task is not None:
+                    pump.task.cancel()
+
     async def stream_close(self, stream_id: int) -> None:
         """End a stream its reader left (its generator is cancelled)."""
         pump = self._stream_table().pop(stream_id, None)
@@ -148,16 +199,26 @@ class StreamSource:
 
 
 class PulledStream:
-    """The daemon's side: one of the host actor's streaming calls, pulled (see module doc)."""
+    """The daemon's side: one of the host actor's streaming calls, pulled (see module doc);
+    with ``push_rest``, only its first items are (``stream_open``), the rest come as Ray's
+    generator (``stream_rest``)."""
 
     def __init__(
-        self, actor: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        actor: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        push_rest: bool = False,
     ) -> None:
         self._actor = actor
         self._call = (method, args, kwargs)
         self._id: int | None = None
         self._ready: deque[Any] = deque()
         self._done = False
+        self._push_rest = push_rest
+        self._rest: Any = None  # Ray's generator of ``stream_rest``, once opened
 
     def __aiter__(self) -> PulledStream:
         return self
@@ -169,6 +230,14 @@ class PulledStream:
                 raise StopAsyncIteration
             if self._id is None:
                 self._id, items, self._done = await self._actor.stream_open.remote(*self._call)
+            elif self._push_rest:
+                if self._rest is None:
+                    self._rest = self._actor.stream_rest.remote(self._id)
+                try:
+                    items = await (await self._rest.__anext__())
+                except StopAsyncIteration:
+                    self._done = True
+                    continue
             else:
                 items, self._done = await self._actor.stream_next.remote(self._id)
             self._ready.extend(items)
@@ -180,16 +249,22 @@ class PulledStream:
         """Tell the node the reader left (not waited for)."""
         if self._id is not None and not self._done:
             self._done = True
-            self._actor.stream_close.remote(self._id)
+            if self._rest is not None:  # its cancellation closes the stream on the node
+                _cancel(self._rest)
+            else:
+                self._actor.stream_close.remote(self._id)
 
 
 def remote_stream(actor: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """``actor.method.remote(*args, **kwargs)`` for one of its async generators: Ray's
-    ``ObjectRefGenerator``, or a :class:`PulledStream` when this process is a Ray Client."""
+    ``ObjectRefGenerator``, or a :class:`PulledStream` when this process is a Ray Client, or
+    one whose rest is pushed for a turn (:data:`FIRST_BY_CALL`)."""
     from hotsession.cluster.actors import via_client
 
     if via_client():
         return PulledStream(actor, method, args, kwargs)
+    if method in FIRST_BY_CALL:
+        return PulledStream(actor, method, args, kwargs, push_rest=True)
     return getattr(actor, method).remote(*args, **kwargs)
 
 
@@ -198,6 +273,10 @@ def cancel_stream(gen: Any) -> None:
     if isinstance(gen, PulledStream):
         gen.close()
         return
+    _cancel(gen)
+
+
+def _cancel(gen: Any) -> None:
     import ray
 
     with contextlib.suppress(Exception):
