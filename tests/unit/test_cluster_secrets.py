@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hotsession.cluster import tenants
 from hotsession.cluster.service import NodeDatabase, check, cluster_config
+from hotsession.cluster.tenants import ray_exposure
 from hotsession.errors import InvalidRequest
 from hotsession.host import SpawnPlan
 from hotsession.isolation import TenantIsolation
@@ -93,33 +94,17 @@ def test_the_password_on_the_command_line_is_refused(
         check(_settings(_config(tmp_path), database_url=URL))  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def ray_auth(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """Sets Ray's auth variables for a test; Ray's cached config is read again after."""
-    pytest.importorskip("ray")
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    def reload() -> None:
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-
-    yield reload
-    monkeypatch.undo()
-    reload()
-
-
 def _isolation(env: dict[str, str] | None = None) -> TenantIsolation:
     plan = SpawnPlan(env=env or {}, run_as=RunAs(uid=65534, gid=65534))
     return TenantIsolation(plans={"a": plan})
 
 
 def test_a_node_refuses_tenants_with_users_on_ray_without_auth(
-    ray_auth: object, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotsession.cluster.tenants import ray_exposure
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray_auth()  # type: ignore[operator]
+    """(Ray's own auth mode is not switched here: this process may be a driver of the cluster
+    tier's token-authenticated Ray, which must keep its token.)"""
+    monkeypatch.setattr(tenants, "_token_auth", lambda: False)
     why = ray_exposure(_isolation())
     assert why is not None and "RAY_AUTH_MODE=token" in why
     assert ray_exposure(TenantIsolation(plans={"a": SpawnPlan()})) is None  # no user: no wall
@@ -127,19 +112,18 @@ def test_a_node_refuses_tenants_with_users_on_ray_without_auth(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="probes as another user")
 def test_a_node_refuses_a_token_a_tenant_can_read_or_is_given(
-    ray_auth: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from hotsession.cluster.tenants import ray_exposure
-
+    pytest.importorskip("ray")  # (the session dir of this process's Ray, if it is a driver)
+    monkeypatch.setattr(tenants, "_token_auth", lambda: True)
     open_dir = Path("/tmp") / f"hs-token-{os.getpid()}"
     open_dir.mkdir(mode=0o755, exist_ok=True)
     try:
         token = open_dir / "auth_token"
         token.write_text("0123456789abcdef" * 4)
         os.chmod(token, 0o644)
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-        ray_auth()  # type: ignore[operator]
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))  # (read by the check only)
         why = ray_exposure(_isolation())
         assert why is not None and f"{token} is readable by tenant a's user" in why
         os.chmod(token, 0o600)

@@ -132,12 +132,7 @@ def ray_exposure(isolation: TenantIsolation) -> str | None:
     users = {t: p.run_as for t, p in isolation.plans.items() if p.run_as is not None}
     if not users:
         return None  # agents run as Ray's user: nothing of Ray is kept from them
-    from ray._raylet import (  # type: ignore[attr-defined]
-        AuthenticationMode,
-        get_authentication_mode,
-    )
-
-    if get_authentication_mode() != AuthenticationMode.TOKEN:
+    if not _token_auth():
         return (
             "Ray runs without authentication, so a tenant's agent can reach its GCS and raylet "
             "(every actor, every conversation, code run as Ray's user): start Ray on every node "
@@ -161,6 +156,16 @@ def ray_exposure(isolation: TenantIsolation) -> str | None:
                 "directory, docs/cluster.md)"
             )
     return None
+
+
+def _token_auth() -> bool:
+    """Whether the Ray this process runs in uses token authentication (``RAY_AUTH_MODE``)."""
+    from ray._raylet import (  # type: ignore[attr-defined]
+        AuthenticationMode,
+        get_authentication_mode,
+    )
+
+    return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
 
 
 def _ray_private_paths() -> list[str]:
