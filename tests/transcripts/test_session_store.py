@@ -78,6 +78,29 @@ async def test_uuid_is_an_idempotency_key_and_lines_without_one_are_kept(make: M
     ]
 
 
+async def test_a_uuid_twice_in_one_append_and_an_append_without_uuids(make: Make) -> None:
+    """One append is one statement on Postgres: its lines keep their order, a uuid met twice
+    in it is kept once (as across appends), and lines without any uuid all stay."""
+    store = await make()
+    await store.append(KEY, [{"type": "title", "t": "a"}, {"type": "title", "t": "b"}])
+    await store.append(
+        KEY,
+        [
+            {"type": "user", "uuid": "u1", "n": 1},
+            {"type": "title", "t": "c"},
+            {"type": "user", "uuid": "u1", "n": 2},
+            {"type": "user", "uuid": "u2", "n": 3},
+        ],
+    )
+    assert await store.load(KEY) == [
+        {"type": "title", "t": "a"},
+        {"type": "title", "t": "b"},
+        {"type": "user", "uuid": "u1", "n": 1},
+        {"type": "title", "t": "c"},
+        {"type": "user", "uuid": "u2", "n": 3},
+    ]
+
+
 async def test_big_and_odd_entries_round_trip(make: Make) -> None:
     store = await make()
     odd = 'nul \x00 line\u2028sep emoji \U0001f600 quote" back\\slash'

@@ -76,28 +76,32 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 _NOW_MS: Final = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
-_INSERT_ENTRY: Final = (
-    "INSERT INTO transcript_entries (tenant, project_key, session_id, subpath, uuid, entry)"
-    " VALUES (%s, %s, %s, %s, %s, %s::json)"
+# An append is one statement (so one transaction, and no BEGIN / COMMIT of its own): the lines
+# (``unnest`` of their uuids and texts, inserted in their order, so ``seq`` follows it; a uuid
+# already stored, or twice in the batch, is skipped), the key's mtime, and then either nothing
+# more (``_APPEND_ONLY``) or the summary this store folded last, folded further and stamped with
+# the key's new mtime, written only while the stored summary is still that one
+# (``_APPEND_FOLDED``). Data-modifying ``WITH`` parts run once, to completion, whatever the
+# main part reads of them.
+_APPEND_WITH: Final = (
+    "WITH lines AS (INSERT INTO transcript_entries"
+    " (tenant, project_key, session_id, subpath, uuid, entry)"
+    " SELECT %(tenant)s, %(pk)s, %(sid)s, %(sub)s, e.uuid, e.entry::json"
+    " FROM unnest(%(uuids)s::text[], %(entries)s::text[]) WITH ORDINALITY AS e(uuid, entry, n)"
+    " ORDER BY e.n"
     " ON CONFLICT (tenant, project_key, session_id, subpath, uuid) WHERE uuid IS NOT NULL"
-    " DO NOTHING"
-)
-
-
-_UPSERT_KEY: Final = (
-    "INSERT INTO transcript_keys (tenant, project_key, session_id, subpath, mtime)"
-    f" VALUES (%s, %s, %s, %s, {_NOW_MS})"
+    " DO NOTHING),"
+    " key AS (INSERT INTO transcript_keys (tenant, project_key, session_id, subpath, mtime)"
+    f" VALUES (%(tenant)s, %(pk)s, %(sid)s, %(sub)s, {_NOW_MS})"
     " ON CONFLICT (tenant, project_key, session_id, subpath)"
     " DO UPDATE SET mtime = GREATEST(excluded.mtime, transcript_keys.mtime + 1)"
-    " RETURNING mtime"
+    " RETURNING mtime)"
 )
-# The summary this store folded last, folded further, stamped with the key's new mtime (written
-# just before in the same transaction): only while the stored summary is still that one.
-_UPDATE_KNOWN_SUMMARY: Final = (
-    "UPDATE transcript_summaries SET data = %s::json, mtime = (SELECT k.mtime FROM"
-    " transcript_keys k WHERE k.tenant = %s AND k.project_key = %s AND k.session_id = %s"
-    " AND k.subpath = '') WHERE tenant = %s AND project_key = %s AND session_id = %s"
-    " AND mtime = %s RETURNING mtime"
+_APPEND_ONLY: Final = f"{_APPEND_WITH} SELECT mtime FROM key"
+_APPEND_FOLDED: Final = (
+    f"{_APPEND_WITH} UPDATE transcript_summaries s SET data = %(data)s::json, mtime = key.mtime"
+    " FROM key WHERE s.tenant = %(tenant)s AND s.project_key = %(pk)s"
+    " AND s.session_id = %(sid)s AND s.mtime = %(known)s RETURNING s.mtime"
 )
 SUMMARIES_KEPT: Final = 4096
 """Main transcripts whose last folded summary a store remembers (``append``)."""
@@ -197,34 +201,35 @@ class PostgresSessionStore(SessionStore):
             return
         pk, sid, sub = _parts(key)
         tenant = self.tenant
-        rows = []
+        uuids: list[str | None] = []
         for entry in entries:
             uuid = entry.get("uuid") if isinstance(entry, dict) else None
-            rows.append((tenant, pk, sid, sub, uuid if isinstance(uuid, str) else None,
-                         _dumps(entry)))  # fmt: skip
+            uuids.append(uuid if isinstance(uuid, str) else None)
         ident = (tenant, pk, sid)
         known = None if sub else self._summaries.get(ident)
         folded = None if known is None else fold_session_summary(known, key, entries)
+        args: dict[str, Any] = {
+            "tenant": tenant,
+            "pk": pk,
+            "sid": sid,
+            "sub": sub,
+            "uuids": uuids,
+            "entries": [_dumps(entry) for entry in entries],
+        }
+        if folded is not None and known is not None:
+            args["data"] = _dumps(folded["data"])
+            args["known"] = known["mtime"]
 
         async def job(conn: Conn) -> SessionSummaryEntry | None:
-            # Pipelined, and COMMIT in the same round trip: the lines, the key's mtime and, when
-            # this store folded the session's summary last (``known``), that summary folded
-            # further, written only if the stored one is still it. A node flushes a turn's
-            # frames before its result leaves (hotsession.cluster.node): this is on a
-            # follow-up's path (one round trip, were two).
-            async with conn.pipeline():
-                async with conn.transaction():
-                    async with conn.cursor() as cur:
-                        await cur.executemany(_INSERT_ENTRY, rows)
-                    await conn.execute(_UPSERT_KEY, (tenant, pk, sid, sub))
-                    if sub or folded is None or known is None:
-                        return None
-                    update = await conn.execute(
-                        _UPDATE_KNOWN_SUMMARY,
-                        (_dumps(folded["data"]), *ident, *ident, known["mtime"]),
-                    )
-            row = await update.fetchone()
-            if row is None:
+            # One statement, one round trip (see ``_APPEND_WITH``): the lines, the key's mtime
+            # and, when this store folded the session's summary last (``known``), that summary
+            # folded further, written only if the stored one is still it. A node flushes a
+            # turn's frames before its result leaves (hotsession.cluster.node): this is on a
+            # follow-up's path (was BEGIN, a statement per line, the key, the summary and
+            # COMMIT, pipelined).
+            cur = await conn.execute(_APPEND_FOLDED if "known" in args else _APPEND_ONLY, args)
+            row = await cur.fetchone()
+            if row is None or folded is None:
                 return None  # the stored summary is another one: fold it again (below)
             return {"session_id": sid, "mtime": int(row[0]), "data": folded["data"]}
 
