@@ -88,6 +88,17 @@ class NodeSpec:
     fence_check_s: float = 1.0
 
 
+MIRROR_GATHER_S = 0.01
+"""How long a node gathers transcript frames after the first of a burst before appending them.
+
+The CLI mirrors its transcript in bursts: a plain follow-up's frames (its prompt, the reply) come
+together 0.1-0.3 ms before its ``result`` line, a tool-using turn's a burst per step (tens of ms
+before the result) and the last step's again just before the result (hop stamps, docs/cluster.md
+"The follow-up's path, shortened"). A burst is one append; the result's own flush takes what is
+left (``NodeHost.send``: the transcript is in the store before the result leaves). Appending a
+frame the moment it came would put an append in flight just before most results, which then
+wait for it and for the rest."""
+
 SEQ_GAP = 10_000
 """How far a re-homed session's event numbering jumps (more than a node ever has unwritten)."""
 
@@ -510,12 +521,14 @@ class NodeHost(StreamSource):
             await self.mirror.flush()
 
     async def _mirror_loop(self) -> None:
-        """Frames that come between turns (the CLI mirrors a last one after its result) go to
-        the store soon, without waiting for the next turn; a failed flush is tried again."""
+        """Frames go to the store as they come, ``MIRROR_GATHER_S`` after the first of a burst
+        (during a turn, so that a turn's result has only the frames of its last moments left
+        to flush; between turns, the ones the CLI mirrors after its result); a failed flush is
+        tried again."""
         while True:
             await self._mirror_wake.wait()
             self._mirror_wake.clear()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(MIRROR_GATHER_S)
             try:
                 await self.flush_transcripts()
             except Exception:
