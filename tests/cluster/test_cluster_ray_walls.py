@@ -305,13 +305,15 @@ attempt logs 'ls {session_dir}/logs && grep -r {word} {session_dir}/logs'
 attempt token 'cat {args["token"]}'
 attempt config 'cat {config}'
 attempt shm 'grep -rl {word} /dev/shm'
+attempt env 'env | grep -E "^(RAY_|HOTSESSION_DATABASE|PG|DATABASE_URL)"'
 """
             )
             os.chown(script, lab.b.uid, lab.b.gid)
             sb = await _open(b, lab.root_b)
             assert (await turn(b, sb["id"], f"[[bash:bash {script}]]"))["result"] == "done"
             bash = {p.stem: p.read_text() for p in out.glob("*.out")}
-            assert set(bash) == {"gcs_port", "logs", "token", "config", "shm"}  # all ran
+            assert set(bash) == {"gcs_port", "logs", "token", "config", "shm", "env"}  # all ran
+            assert bash["env"].strip() == "rc=1", bash["env"]  # no Ray or database variable
             for name, text in bash.items():
                 assert text.splitlines()[-1] != "rc=0", (name, text)
                 assert token not in text and password not in text and word not in text
