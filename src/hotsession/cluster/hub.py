@@ -102,6 +102,7 @@ class Node:
     figures: NodeFigures
     stats: dict[str, Any] = field(default_factory=dict)
     alive: bool = True
+    watcher: asyncio.Task[None] | None = None  # keeps ``stats`` fresh (``_watch_figures``)
 
 
 class ClusterHub:
@@ -160,6 +161,10 @@ class ClusterHub:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+        watchers = [n.watcher for n in self.nodes.values() if n.watcher is not None]
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(HotsessionError):
             await self.registry.close()
@@ -189,9 +194,10 @@ class ClusterHub:
             fence_check_s=self.cluster.fence_check_s,
         )
 
-    async def refresh_nodes(self) -> None:
+    async def refresh_nodes(self, *, figures: bool = True) -> None:
         """Find new and lost nodes; start host actors on new ones, re-home the lost ones'
-        sessions; refresh every node's figures."""
+        sessions; refresh every node's figures (unless ``figures`` is false: the background
+        loop's rounds, where each node's figures come through ``_watch_figures``)."""
         async with self._nodes_lock:
             alive = set(await asyncio.to_thread(actors.alive_nodes))
             for name in alive - set(self.nodes):
@@ -213,7 +219,8 @@ class ClusterHub:
             lost = [n for n in self.nodes.values() if n.alive and n.name not in alive]
         for node in lost:
             await self.node_lost(node.name)
-        await asyncio.gather(*(self._update(n) for n in self.live_nodes()))
+        if figures:
+            await asyncio.gather(*(self._update(n) for n in self.live_nodes()))
 
     async def _update(self, node: Node) -> None:
         try:
@@ -225,12 +232,39 @@ class ClusterHub:
         node.figures = NodeFigures.from_stats(stats)
 
     async def _refresh_loop(self) -> None:
+        """Every ``refresh_s``: the nodes (Ray's list: new ones, lost ones); each live node's
+        figures are kept fresh by a call left open on it (``_watch_figures``) instead of a
+        ``stats`` call every round."""
         while True:
+            for node in self.live_nodes():
+                if node.watcher is None or node.watcher.done():
+                    node.watcher = asyncio.create_task(
+                        self._watch_figures(node), name=f"figures-{node.name[:12]}"
+                    )
             await asyncio.sleep(self.cluster.refresh_s)
             try:
-                await self.refresh_nodes()
+                await self.refresh_nodes(figures=False)
             except Exception:
                 log.warning("cluster refresh failed", exc_info=True)
+
+    async def _watch_figures(self, node: Node) -> None:
+        """``node``'s figures as they change (``NodeHost.figures``: one call open at a time,
+        answered on a change or after ``FIGURES_WAIT_S``); a call that fails because the actor
+        is gone marks the node lost, as a failed ``stats`` call did."""
+        known: str | None = None
+        while node.alive and not self.shutting_down:
+            try:
+                stats = await node.actor.figures.remote(known)
+            except LOST:
+                await self.node_lost(node.name)
+                return
+            except Exception:  # e.g. the store down on the node: try again next round
+                log.warning("figures of node %s failed", node.name[:12], exc_info=True)
+                await asyncio.sleep(self.cluster.refresh_s)
+                continue
+            known = stats.pop("digest", None)
+            node.stats = stats
+            node.figures = NodeFigures.from_stats(stats)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
