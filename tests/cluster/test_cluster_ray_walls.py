@@ -84,6 +84,27 @@ def ray_client():
         reply = rpc.RayletDriverStub(channel).ClusterInfo(request, timeout=30, metadata=meta)
         return reply.json[:500]
 
+def raylet():
+    import grpc
+    from ray.core.generated import node_manager_pb2 as pb, node_manager_pb2_grpc as rpc
+    with grpc.insecure_channel(args["raylet"]) as channel:
+        stub = rpc.NodeManagerServiceStub(channel)
+        return str(stub.GetNodeStats(pb.GetNodeStatsRequest(), timeout=30))[:500]
+
+def host_actor():
+    import grpc
+    from ray.core.generated import core_worker_pb2 as pb, core_worker_pb2_grpc as rpc
+    errors = []
+    for address in args["host_actor"]:
+        with grpc.insecure_channel(address) as channel:
+            stub = rpc.CoreWorkerServiceStub(channel)
+            try:
+                stub.GetCoreWorkerStats(pb.GetCoreWorkerStatsRequest(), timeout=30)
+                return f"answered at {address}"
+            except grpc.RpcError as exc:
+                errors.append(str(exc.code()))
+    raise RuntimeError(" ".join(errors))
+
 def read(path):
     with open(path, "rb") as f:
         return f.read(4096).decode(errors="replace")
@@ -138,6 +159,9 @@ attempt("gcs_port", lambda: port_open(args["gcs"]))
 attempt("gcs", gcs)
 attempt("ray_client_port", lambda: port_open(args["ray_client"]))
 attempt("ray_client", ray_client)
+attempt("raylet_port", lambda: port_open(args["raylet"]))
+attempt("raylet", raylet)
+attempt("host_actor", host_actor)
 attempt("session_dir", lambda: listdir(args["session_dir"]))
 attempt("session_logs", lambda: listdir(args["session_dir"] + "/logs"))
 attempt("current_cluster", lambda: read(args["current_cluster"]))
@@ -202,12 +226,32 @@ def _attack_as(user: Any, args: dict[str, Any], home: Path) -> dict[str, Any]:
     return result
 
 
-def _host_actor_pids() -> list[int]:
-    return [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if any("NodeHost" in part for part in p.info["cmdline"] or [])
-    ]
+def _host_actor_pids(session_dir: str) -> list[int]:
+    """The host actors of this cluster (their raylet names its session dir; other Ray
+    clusters may run on this machine)."""
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("NodeHost" in part for part in p.info["cmdline"] or []):
+            try:
+                raylet = " ".join(p.parent().cmdline()) if p.parent() else ""
+            except psutil.Error:
+                continue
+            if session_dir in raylet:
+                pids.append(p.pid)
+    return pids
+
+
+def _listening(pids: list[int]) -> list[str]:
+    """The TCP addresses the processes ``pids`` listen on (a Ray worker's gRPC server)."""
+    out = []
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                host = conn.laddr.ip.removeprefix("::ffff:")
+                out.append(
+                    f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{conn.laddr.port}"
+                )
+    return out
 
 
 @pytest.mark.timeout(300)
@@ -247,11 +291,15 @@ async def test_another_tenants_agent_cannot_reach_ray_or_postgres(
         async with _client(url, TOKEN_A) as a, _client(url, TOKEN_B) as b:
             sa = await _open(a, lab.root_a)
             assert (await turn(a, sa["id"], f"[[say:noted]] remember {word}"))["result"] == "noted"
-            assert _host_actor_pids()  # the processes that hold the URL are running
+            pids = _host_actor_pids(session_dir)  # the processes that hold the URL
+            assert pids and _listening(pids)
+            head_info = next(n for n in ray.nodes() if n["Alive"] and n["NodeID"] == head.node_id)
 
             args = {
                 "gcs": ray_cluster.address,
                 "ray_client": ray_client_address.removeprefix("ray://"),
+                "raylet": f"{head_info['NodeManagerAddress']}:{head_info['NodeManagerPort']}",
+                "host_actor": _listening(pids),
                 "session_dir": session_dir,
                 "current_cluster": current_cluster,
                 "token": ray_private["RAY_AUTH_TOKEN_PATH"],
@@ -272,6 +320,10 @@ async def test_another_tenants_agent_cannot_reach_ray_or_postgres(
             assert got["ray_client_port"] == {"ok": True, "got": True}
             assert not got["ray_client"]["ok"], got["ray_client"]
             assert "UNAUTHENTICATED" in got["ray_client"]["error"], got["ray_client"]
+            assert got["raylet_port"] == {"ok": True, "got": True}
+            for name in ("raylet", "host_actor"):  # Ray's own gRPC servers, one by one
+                assert not got[name]["ok"], (name, got[name])
+                assert "UNAUTHENTICATED" in got[name]["error"], (name, got[name])
             for name in ("session_dir", "session_logs", "current_cluster", "token", "config"):
                 assert not got[name]["ok"] and "PermissionError" in got[name]["error"], (
                     name,
