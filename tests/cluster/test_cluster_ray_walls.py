@@ -380,3 +380,35 @@ attempt env 'env | grep -E "^(RAY_|HOTSESSION_DATABASE|PG|DATABASE_URL)"'
             for client, sid in ((a, sa["id"]), (b, sb["id"])):
                 assert (await client.delete(f"/v1/sessions/{sid}")).status_code == 200
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+async def test_the_start_refuses_what_would_hand_a_tenant_the_database(
+    users: Lab, ray_cluster: Any, cluster_pg: Any, tmp_path: Path
+) -> None:
+    """Through a real ``serve`` process, each refused in one line: the database password on the
+    daemon's command line (``ps``), and a tenant's agents given a database variable (the node
+    refuses, naming itself)."""
+    lab = users
+    config = write_config(
+        lab.base / "argv.toml",
+        tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name),
+        tenant_toml("b", TOKEN_B, lab.root_b, user=lab.b.name),
+        database_url=cluster_pg.url,
+    )
+    with pytest.raises(AssertionError, match="did not start") as failed:
+        async with serve_process(ray_cluster.address, cluster_pg.url, config, tmp_path / "s1"):
+            pass
+    assert "database password is on this daemon's command line" in str(failed.value)
+
+    config = write_config(
+        lab.base / "env.toml",
+        tenant_toml("a", TOKEN_A, lab.root_a, user=lab.a.name, env={"PGPASSWORD": "x"}),
+        tenant_toml("b", TOKEN_B, lab.root_b, user=lab.b.name),
+        database_url=cluster_pg.url,
+    )
+    with pytest.raises(AssertionError, match="did not start") as failed:
+        async with serve_process(ray_cluster.address, None, config, tmp_path / "s2"):
+            pass
+    lines = [line for line in str(failed.value).splitlines() if "PGPASSWORD" in line]
+    assert lines and "node " in lines[-1] and "tenant a's agents would get" in lines[-1]
