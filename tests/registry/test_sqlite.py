@@ -448,6 +448,44 @@ async def test_sqlite_a_turns_writes_run_inline_when_the_thread_is_idle(db_path:
         await reg.close()
 
 
+async def test_sqlite_timers_batch_is_committed_on_the_loop_when_the_thread_is_idle(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn that outlasts ``flush_interval`` (any turn of a real model) has its first events
+    committed by the timer: on the loop, as the per-turn writes, not by waking the thread."""
+    writers: list[str] = []
+    write_events = sqlite_module._write_events
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        writers.append(threading.current_thread().name)
+        return write_events(*args, **kw)
+
+    monkeypatch.setattr(sqlite_module, "_write_events", recording)
+    reg = SqliteRegistry(db_path, flush_interval=0.05)
+    await reg.open()
+    try:
+        reg.add_events([event("s1", n) for n in range(1, 4)])
+        await eventually(lambda: stored_event_count(db_path) == 3, timeout=5.0)
+        assert writers == [threading.current_thread().name]
+        # Behind a job on the thread's queue it is the thread's (the order of writes holds).
+        reg.add_events([event("s1", 4)])
+        blocked, release = threading.Event(), threading.Event()
+
+        def slow(conn: sqlite3.Connection) -> None:
+            blocked.set()
+            release.wait(5)
+
+        job = asyncio.ensure_future(reg._submit(slow, "wait"))
+        await asyncio.to_thread(blocked.wait, 5)
+        await asyncio.sleep(0.1)  # the timer fired meanwhile
+        release.set()
+        await job
+        await eventually(lambda: stored_event_count(db_path) == 4, timeout=5.0)
+        assert writers[1:] == ["hotsession-registry"]
+    finally:
+        await reg.close()
+
+
 async def test_sqlite_inline_writes_keep_their_order_behind_queued_jobs(db_path: Path) -> None:
     """A write made while a job waits on the thread's queue is not run inline ahead of it,
     even while the connection is free (the thread is between two jobs)."""

@@ -17,6 +17,8 @@ Kinds: ``plain follow-up`` (a one-word reply: 3 lines from the CLI); ``plain fol
 connection`` (the same, each turn on a new TCP connection: what a client that connects per
 request, e.g. ``curl``, costs the daemon; before 2026-11-30 every kind was measured this way,
 as the lean client left each stream at its ``result`` and closed the socket);
+``plain follow-up, model 200 ms`` (the same reply after the model waits 200 ms, as any real
+model does: the turn outlasts the registry's event timer, ``flush_interval``, 50 ms);
 ``streamed 500 deltas`` (``[[stream:500]]`` on a session opened with
 ``include_partial_messages``: ~510 lines);
 ``500 deltas, not asked`` (the same reply on a session that did not ask for partial messages:
@@ -89,6 +91,7 @@ class Kind:
 KINDS = (
     Kind("plain follow-up", "hi", False),
     Kind("plain follow-up, new connection", "hi", False, keep_alive=False),
+    Kind("plain follow-up, model 200 ms", "[[delay:200]]hi", False),
     Kind("streamed 500 deltas", "[[stream:500]]", True),
     Kind("500 deltas, not asked", "[[stream:500]]", False),
     Kind("streamed 500 deltas, 1 follower", "[[stream:500]]", True, followers=1),
@@ -122,6 +125,14 @@ async def _turn(d: Daemon, session_id: str, prompt: str, *, keep_alive: bool = T
     await d.stream(f"/v1/sessions/{session_id}/turns", {"prompt": prompt}, s, to_end=keep_alive)
     if not s.ok:
         raise BenchError(f"a turn failed: {s.error}")
+
+
+async def _fresh_connections(d: Daemon) -> None:
+    """Close the lean client's idle sockets: the rows before may have left them idle past the
+    daemon's keep-alive (30 s, the relays' rows run in between), and a request on a socket the
+    server closed fails. A row's first turns (not counted) open its connections."""
+    if d.wire is not None:
+        await d.wire.aclose()
 
 
 async def _follow(d: Daemon, session_id: str) -> None:
@@ -160,6 +171,7 @@ async def measure_kind(
     d: Daemon, env: BenchEnv, kind: Kind, turns: int, idle_ms_per_s: float
 ) -> dict[str, Any]:
     """Daemon and CLI CPU per turn of one kind (see the module docstring)."""
+    await _fresh_connections(d)
     created = await _open(d, env, kind.partial)
     sid = str(created["id"])
     followers: list[asyncio.Task[None]] = []
@@ -289,6 +301,7 @@ async def measure_sessions(
     ``turns // N`` plain follow-ups, all at once (the daemon's loop then serves several
     sessions' reads per wake-up, as on a machine full of sessions). Daemon CPU per turn (minus
     its idle rate) over all the turns, against the N CLIs' CPU per turn."""
+    await _fresh_connections(d)
     sids = [str((await _open(d, env, False))["id"]) for _ in range(sessions)]
     per = max(1, turns // sessions)
 

@@ -36,8 +36,10 @@ Threading model
 Batching
     ``add_events`` is synchronous and costs a lock and a list append: it is called on a turn's
     hot path. The thread commits the pending events in ONE transaction when the oldest of them
-    has waited ``flush_interval`` seconds (a timer on the event loop wakes it then, rather than a
-    wake-up of the thread at the first event), or as soon as ``BATCH_MAX`` are pending;
+    has waited ``flush_interval`` seconds (a timer on the event loop, rather than a wake-up of
+    the thread at the first event; when it fires and nothing waits ahead, it commits them on
+    the loop itself, as an inline write, and wakes the thread only otherwise), or as soon as
+    ``BATCH_MAX`` are pending;
     ``end_turn`` commits them with a turn's records, in the same transaction. ``flush()``
     is a job like any other, so when it returns every event added before the call is committed.
     Reads of the event log (``events_after``, ``last_seq``) merge the events still in memory,
@@ -606,8 +608,23 @@ class SqliteRegistry:
         self._timer = loop.call_later(self._backlog.flush_interval, self._due)
 
     def _due(self) -> None:
+        """The pending events are due: committed here on the loop when nothing waits ahead and
+        the connection is free (as the per-turn writes are, see the module docstring), else,
+        or when SQLite refuses, by the thread. Any turn longer than ``flush_interval`` (with a
+        real model, every one) reaches this with its first events pending; waking the thread
+        for them cost its wake-up and the GIL hand-off on top of the transaction (measured,
+        docs/benchmarks.md, 2026-11-30)."""
         self._timer = None
-        if self._state == "open" and self._backlog.next_timeout() is not None:
+        backlog = self._backlog
+        if self._state != "open" or backlog.next_timeout() is None:
+            return
+        ran = False
+        if not backlog.failures:  # a failed batch's retries and backoff stay the thread's
+            try:
+                ran, _ = self._inline(self._commit_events)
+            except Exception:  # not SQLite's refusal: the batch is back; the thread reports
+                ran = False
+        if not ran or backlog.next_timeout() is not None:
             self._jobs.put(_WAKE)
 
     async def flush(self) -> None:
