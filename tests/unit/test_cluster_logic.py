@@ -190,3 +190,44 @@ def test_events_cross_the_wire_with_a_cli_line_kept_as_it_came() -> None:
     assert out[4] == msg
     back = event_in(out)
     assert back.line == msg and back.data["message"]["content"][0]["text"] == "\u00e9"
+
+
+async def test_a_turn_record_waiting_while_its_session_is_dropped_stays_fenced(
+    tmp_path: Any,
+) -> None:
+    """A prompt's record is a node's check that it still owns the session (``NodeHost.send``):
+    one that waits behind the session's earlier write while the node drops the session (it
+    moved) is written with the epoch it was made under, and refused, not written unfenced; once
+    the session is dropped, a new prompt's record is refused outright, a drop's own bookkeeping
+    (an ended turn) is not sent."""
+    from hotsession.registry.sqlite import SqliteRegistry
+
+    shared = _Gated()
+    registry = NodeRegistry(shared, SqliteRegistry(tmp_path / "p.db"))
+    tasks: set[asyncio.Task[None]] = set()
+    registry.spawn = lambda coro: tasks.add(asyncio.create_task(coro))
+    await registry.open()
+    held = await shared.claim("s", "n1", expect_epoch=0)
+    registry.epochs["s"] = held.epoch
+    rec = SessionRecord(
+        id="s", tenant="t", cli_session_id="c", cwd="/", options={}, profile_key="p"
+    )
+    await registry.end_turn(TurnRecord(session_id="s", turn=1, prompt="hi", status="done"), rec)
+    prompt = asyncio.create_task(registry.put_turn(TurnRecord(session_id="s", turn=2, prompt="x")))
+    await asyncio.sleep(0.01)
+    assert not prompt.done()  # behind the turn's end, whose round trip is slow
+    await shared.claim("s", "n2", expect_epoch=held.epoch)  # the session moves ...
+    registry.epochs.pop("s")  # ... and the node drops it (as NodeHost._drop does)
+    registry.fenced.add("s")
+    shared.gate.set()
+    with pytest.raises(StaleEpoch):
+        await prompt
+    await asyncio.gather(*tasks)
+    assert await shared.list_turns("s") == []
+
+    with pytest.raises(StaleEpoch):
+        await registry.put_turn(TurnRecord(session_id="s", turn=3, prompt="y"))
+    ended = TurnRecord(session_id="s", turn=3, prompt="y", status="error", ended_at=1.0)
+    await registry.put_turn(ended)  # not sent, no error
+    assert await shared.list_turns("s") == []
+    await registry.close()
