@@ -110,7 +110,10 @@ async def measure_idle_clis(
             with contextlib.suppress(psutil.Error):
                 ages.append(round(now - psutil.Process(pid).create_time(), 1))
         pids = {"session CLI": [session_pid], "spare": spares, "bare CLI": [bare.proc.pid]}
-        # The last turns, back to back: both CLIs start their idle stretch together.
+        # The last turns, back to back: both CLIs start their idle stretch together. The waits
+        # above may outlast the daemon's keep-alive (30 s): connect anew.
+        assert d.wire is not None
+        await d.wire.aclose()
         await _turn(d, sid, "[[say:last]]")
         await bare.sample(Sample(bare.name, TURNS, "", 0.0), "[[say:last]]")
         rows: dict[str, dict[str, float]] = {role: {} for role in pids}
@@ -123,7 +126,6 @@ async def measure_idle_clis(
                 rows[role][label] = rate
             cpu, t = cpu_after, t_after
         # Beside another session's turns: the idle CLIs' CPU while it runs them.
-        assert d.wire is not None
         await d.wire.aclose()  # the daemon closed the kept-alive socket while the windows ran
         beside_turns = 0
         while time.monotonic() - t < beside_s:
