@@ -12,7 +12,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from hotsession.errors import InvalidRequest
 
@@ -216,6 +216,25 @@ def build_argv(
     return argv
 
 
+RUNTIME_ENV: Final[Mapping[str, str]] = {"BUN_IDLE_GC_SECONDS": "0"}
+"""What every agent's runtime (Bun, in the CLI binary) is started with, unless the daemon's or a
+tenant's environment or the profile's ``env`` names it.
+
+``BUN_IDLE_GC_SECONDS=0`` turns off Bun's idle ladder: once a process has been quiet for 10 s
+(then again later, a few times) it runs a full garbage collection, so JSC drops code that has not
+run since, and pages out the executable's embedded modules and code. For a kept-hot CLI that is
+work against the product: ~60–100 ms of CPU each time a conversation pauses and ~100 ms in every
+spare waiting for a claim, and the next follow-up finds its code dropped. Measured (CLI 2.1.330,
+Bun 1.4.4; docs/benchmarks.md "Idle CLIs"): a spare's first 20 s 187 → 89 ms of CPU, a turn with
+a 20 s pause 107 → 92 ms, the turn after the pause 81 → 50 ms, anonymous memory unchanged
+(110.3 / 110.0 MB). Safe because JSC's own allocation-paced collections and Bun's 1 s / 30 s
+collection timer still run (memory stays bounded by them), and the pages not paged out are the
+binary's, file-backed and shared by every CLI (not in the pool's memory figure, ``RssAnon``).
+The CLI knows the variable (it reports it among its runtime tuning, ``process_start_tuning``).
+Tools the agent runs inherit it; it only concerns Bun programs among them.
+"""
+
+
 def build_env(
     options: SessionOptions,
     *,
@@ -232,6 +251,8 @@ def build_env(
     env = dict(os.environ if base is None else base)
     env.pop("CLAUDECODE", None)  # set inside a Claude Code session; would confuse the child
     env["CLAUDE_CODE_ENTRYPOINT"] = "sdk-py"
+    for name, value in RUNTIME_ENV.items():
+        env.setdefault(name, value)  # the operator's own value (daemon env, tenant env) wins
     env.update(dict(options.env))
     env["PWD"] = options.cwd
     if (

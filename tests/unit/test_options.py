@@ -152,3 +152,13 @@ def test_the_api_takes_the_permission_modes_the_options_know() -> None:
     schema = SessionOptionsIn.model_json_schema()["properties"]["permission_mode"]
     (enum,) = [alt["enum"] for alt in schema["anyOf"] if "enum" in alt]
     assert tuple(enum) == PERMISSION_MODES
+
+
+def test_agents_run_without_buns_idle_collections_unless_the_operator_says() -> None:
+    """docs/benchmarks.md "Idle CLIs": Bun's idle full collections cost a kept-hot CLI CPU at
+    every pause and in every waiting spare; agents start with them off, an explicit value wins."""
+    opts = SessionOptions.create("/w")
+    assert build_env(opts, base={})["BUN_IDLE_GC_SECONDS"] == "0"
+    assert build_env(opts, base={"BUN_IDLE_GC_SECONDS": "10"})["BUN_IDLE_GC_SECONDS"] == "10"
+    tenant = SessionOptions.create("/w", env={"BUN_IDLE_GC_SECONDS": "30"})
+    assert build_env(tenant, base={})["BUN_IDLE_GC_SECONDS"] == "30"

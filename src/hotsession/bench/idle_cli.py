@@ -8,8 +8,9 @@ long after its own. So this row compares them at the same age.
 
 How. In one run, on the bench's daemon: a session with a few turns (its CLI: ``session CLI``), a
 bare CLI spawned as the ``bare CLI (floor)`` mode spawns it (:func:`hotsession.bench.modes.
-bare_command`: hotsession's own argv and env, no daemon) with as many turns, and the pool's
-ready spares of the profile (``spare``, never given a turn; their age at the start is reported).
+bare_command`: hotsession's own argv and env, no daemon) with as many turns, the same without
+hotsession's runtime settings (:data:`BUN_DEFAULTS`), and the pool's ready spares of the
+profile (``spare``, never given a turn; their age at the start is reported).
 The session's last turn and the bare CLI's are run back to back; then each process's CPU clock
 (:func:`hotsession.bench.cpu.cpu_s`) is read at the ends of consecutive windows measured from
 those turns (:data:`WINDOWS`), and once more while *another* session runs turns (``beside``,
@@ -32,8 +33,12 @@ from hotsession.bench.daemon import Daemon
 from hotsession.bench.environment import BenchEnv
 from hotsession.bench.modes import BareCli, spawn_initialized, wait_idle
 from hotsession.bench.stats import Sample
+from hotsession.options import RUNTIME_ENV
 
 NAME = "idle CLIs"
+BUN_DEFAULTS = "bare CLI, Bun's defaults"
+"""A bare CLI without ``hotsession.options.RUNTIME_ENV`` (its runtime's idle collections on):
+what those settings change, in the same run."""
 WINDOWS: tuple[tuple[str, float], ...] = (
     ("0-12 s after a turn", 12.0),
     ("12-32 s", 20.0),
@@ -89,11 +94,15 @@ async def measure_idle_clis(
     other = str((await _open(d, env, False))["id"])
     bare = BareCli(env)
     bare.proc = await spawn_initialized(env)
+    # The same without hotsession's runtime settings (Bun's defaults: its idle collections on).
+    plain = BareCli(env)
+    plain.proc = await spawn_initialized(env, unset=tuple(RUNTIME_ENV))
     try:
         for i in range(TURNS - 1):
             await _turn(d, sid, f"[[say:s{i}]]")
             await _turn(d, other, f"[[say:o{i}]]")
-            await bare.sample(Sample(bare.name, i, "", 0.0), f"[[say:b{i}]]")
+            for cli in (bare, plain):
+                await cli.sample(Sample(cli.name, i, "", 0.0), f"[[say:b{i}]]")
         if not await d.wait_spare():
             raise RuntimeError("no spare became ready for the idle-CLI row")
         await d.wait_quiet()
@@ -101,7 +110,7 @@ async def measure_idle_clis(
         session_pid = view.get("pid")
         if not isinstance(session_pid, int):
             raise RuntimeError("the session has no process")
-        for pid in (session_pid, bare.proc.pid):  # their start-up work done (bounded)
+        for pid in (session_pid, bare.proc.pid, plain.proc.pid):  # start-up done (bounded)
             await wait_idle(pid)
         spares = (await d.memory_roles())["hs idle spare"]
         now = time.time()
@@ -109,13 +118,19 @@ async def measure_idle_clis(
         for pid in spares:
             with contextlib.suppress(psutil.Error):
                 ages.append(round(now - psutil.Process(pid).create_time(), 1))
-        pids = {"session CLI": [session_pid], "spare": spares, "bare CLI": [bare.proc.pid]}
+        pids = {
+            "session CLI": [session_pid],
+            "spare": spares,
+            "bare CLI": [bare.proc.pid],
+            BUN_DEFAULTS: [plain.proc.pid],
+        }
         # The last turns, back to back: both CLIs start their idle stretch together. The waits
         # above may outlast the daemon's keep-alive (30 s): connect anew.
         assert d.wire is not None
         await d.wire.aclose()
         await _turn(d, sid, "[[say:last]]")
-        await bare.sample(Sample(bare.name, TURNS, "", 0.0), "[[say:last]]")
+        for cli in (bare, plain):
+            await cli.sample(Sample(cli.name, TURNS, "", 0.0), "[[say:last]]")
         rows: dict[str, dict[str, float]] = {role: {} for role in pids}
         cpu = _cpu(pids)
         t = time.monotonic()
@@ -138,6 +153,7 @@ async def measure_idle_clis(
         beside_s = round(t_after - t, 2)
     finally:
         await bare.teardown()
+        await plain.teardown()
         await d.close_session(sid)
         await d.close_session(other)
     labels = [label for label, _ in windows] + ["beside"]

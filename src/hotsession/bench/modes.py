@@ -265,9 +265,14 @@ def bare_command(env: BenchEnv) -> tuple[list[str], dict[str, str]]:
     return argv, build_env(options, base=env.agent_env(), allow_root_bypass=True)
 
 
-async def spawn_initialized(env: BenchEnv) -> asyncio.subprocess.Process:
-    """A stream-json CLI with hotsession's own argv, its ``initialize`` answered."""
+async def spawn_initialized(
+    env: BenchEnv, *, unset: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """A stream-json CLI with hotsession's own argv, its ``initialize`` answered (``unset``:
+    variables of hotsession's env left out, e.g. ``options.RUNTIME_ENV``'s)."""
     argv, cli_env = bare_command(env)
+    for name in unset:
+        cli_env.pop(name, None)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=env.workdir,
