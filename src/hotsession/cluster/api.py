@@ -43,6 +43,7 @@ from hotsession.api.metrics import CONTENT_TYPE
 from hotsession.api.schemas import AskIn, PermissionAnswerIn, SessionOptionsIn, TurnIn
 from hotsession.api.sessions import MAX_SEQ, event_cursor, open_fields, record_view, turn_summary
 from hotsession.cli_binary import cli_version, resolve_cli_path
+from hotsession.cluster import dropin
 from hotsession.cluster.hub import LOST, ClusterHub, RemoteSession
 from hotsession.cluster.streams import cancel_stream, remote_stream
 from hotsession.session import check_prompt, replay
@@ -516,6 +517,7 @@ def create_cluster_app(hub: ClusterHub, settings: Settings) -> FastAPI:
     app.add_middleware(EdgeMiddleware, state=state, start_turn=start_turn)
     add_error_handlers(app)
     app.include_router(router)
+    app.include_router(dropin.router)
 
     @app.get("/healthz", summary="Liveness (no token)")
     async def healthz(api: Api) -> JSONResponse:
