@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 from claude_agent_sdk import SessionStore
 
+from hotsession.cluster.dropin_run import NodeDropins
 from hotsession.cluster.relay import turn_items
 from hotsession.cluster.streams import StreamSource
 from hotsession.cluster.tenants import NodeTenants
@@ -259,7 +260,7 @@ class NodeRegistry:
         return await self.local.list_processes()
 
 
-class NodeHost(StreamSource):
+class NodeHost(StreamSource, NodeDropins):
     """The body of a host actor (``hotsession.cluster.actors`` makes it a Ray actor)."""
 
     def __init__(self, spec: NodeSpec) -> None:

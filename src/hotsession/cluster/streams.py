@@ -60,7 +60,7 @@ PULL_WAIT_S = 15.0
 IDLE_S = 60.0
 """A stream nobody pulled for this long is closed on the node (its daemon went away)."""
 
-STREAMED = frozenset({"send", "ask", "follow", "watch"})
+STREAMED = frozenset({"send", "ask", "follow", "watch", "dropin"})
 """The host actor's methods that may be pulled (its async generators)."""
 
 FIRST_BY_CALL = frozenset({"send", "ask"})
