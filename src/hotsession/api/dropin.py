@@ -15,15 +15,17 @@ import binascii
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from hotsession.api.auth import resolve_cwd
+from hotsession.api.auth import Authenticator, resolve_cwd
 from hotsession.api.deps import ApiState
 from hotsession.dropin.bridge import Client, DropinRun, Peer
 from hotsession.dropin.shim import HELLO_HEADER
 from hotsession.errors import HotsessionError, Unauthorized
+from hotsession.settings import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,51 @@ router = APIRouter()
 async def dropin(websocket: WebSocket) -> None:
     """One ``hotsession-claude`` run (see the module docstring)."""
     state: ApiState = websocket.app.state.api
+    accepted = await accept_run(websocket, state.auth, closing=lambda: state.is_closing)
+    if accepted is None:
+        return
+    tenant, hello, receive = accepted
+
+    async def send_json(obj: dict[str, Any]) -> None:
+        await websocket.send_text(json.dumps(obj))
+
+    client = Client(
+        tenant=tenant.name,
+        resolve_cwd=lambda cwd: resolve_cwd(tenant, cwd),
+        reserved=reserved_env(tenant),
+    )
+    run = DropinRun(state.hub, client, Peer(receive, websocket.send_bytes, send_json), hello)
+    try:
+        await run.serve()
+    except Exception:
+        log.exception("drop-in run failed")
+        await refuse(websocket, HotsessionError("internal error (a bug; see the daemon log)"))
+        return
+    with contextlib.suppress(Exception):  # the shim may be gone already
+        await websocket.close()
+
+
+Receive = Callable[[], Awaitable[bytes | dict[str, Any] | None]]
+
+
+def reserved_env(tenant: Tenant) -> frozenset[str]:
+    """The variables the tenant's settings fix: the client's are dropped (they come from the
+    spawn plan). A tenant with an OS user also keeps its account's HOME and config dir."""
+    return frozenset(
+        [
+            *tenant.env,
+            *(["CLAUDE_CONFIG_DIR"] if tenant.claude_config_dir or tenant.user else []),
+            *(["HOME", "USER", "LOGNAME"] if tenant.user else []),
+        ]
+    )
+
+
+async def accept_run(
+    websocket: WebSocket, auth: Authenticator, *, closing: Callable[[], bool]
+) -> tuple[Tenant, dict[str, Any], Receive] | None:
+    """Accept a drop-in WebSocket: its tenant, its hello and its stdin (``receive``, the
+    :class:`Peer`'s), or None when it was refused (the shim got the reason). Shared with the
+    cluster daemon's ``/v1/dropin`` (``hotsession.cluster.dropin``)."""
     carried = websocket.headers.get(HELLO_HEADER)
     hello: Any = None
     early: list[bytes] = []
@@ -53,13 +100,13 @@ async def dropin(websocket: WebSocket) -> None:
     else:
         await websocket.accept()
     try:
-        tenant = state.auth.authenticate(websocket.headers.get("authorization"))
+        tenant = auth.authenticate(websocket.headers.get("authorization"))
     except Unauthorized as exc:
-        await _refuse(websocket, exc)
-        return
-    if state.is_closing:
-        await _refuse(websocket, HotsessionError("the service is shutting down"))
-        return
+        await refuse(websocket, exc)
+        return None
+    if closing():
+        await refuse(websocket, HotsessionError("the service is shutting down"))
+        return None
     try:
         if bad is not None:
             raise ValueError(str(bad))
@@ -69,8 +116,8 @@ async def dropin(websocket: WebSocket) -> None:
             if not isinstance(hello, dict):
                 raise ValueError("the first message must be a hello")
     except (ValueError, AttributeError, WebSocketDisconnect) as exc:
-        await _refuse(websocket, HotsessionError(f"bad hello: {exc}"))
-        return
+        await refuse(websocket, HotsessionError(f"bad hello: {exc}"))
+        return None
 
     # Stdin bytes a shim sends again after its hello message when it did not see the 101 confirm
     # the header (a proxy that drops the field from the answer): already had, so skipped.
@@ -105,34 +152,10 @@ async def dropin(websocket: WebSocket) -> None:
                 continue
             return parsed
 
-    async def send_json(obj: dict[str, Any]) -> None:
-        await websocket.send_text(json.dumps(obj))
-
-    client = Client(
-        tenant=tenant.name,
-        resolve_cwd=lambda cwd: resolve_cwd(tenant, cwd),
-        # The tenant's own settings win over the client's (they come from the spawn plan).
-        # A tenant with an OS user also keeps its account's HOME and config dir (isolation).
-        reserved=frozenset(
-            [
-                *tenant.env,
-                *(["CLAUDE_CONFIG_DIR"] if tenant.claude_config_dir or tenant.user else []),
-                *(["HOME", "USER", "LOGNAME"] if tenant.user else []),
-            ]
-        ),
-    )
-    run = DropinRun(state.hub, client, Peer(receive, websocket.send_bytes, send_json), hello)
-    try:
-        await run.serve()
-    except Exception:
-        log.exception("drop-in run failed")
-        await _refuse(websocket, HotsessionError("internal error (a bug; see the daemon log)"))
-        return
-    with contextlib.suppress(Exception):  # the shim may be gone already
-        await websocket.close()
+    return tenant, hello, receive
 
 
-async def _refuse(websocket: WebSocket, exc: HotsessionError) -> None:
+async def refuse(websocket: WebSocket, exc: HotsessionError) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
         await websocket.close()
