@@ -7,12 +7,13 @@ it prints and its exit code are what a drop-in client (an SDK app, a bot) sees.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
 from tests.cluster.conftest import TOKEN, ApiDaemon
 
 from hotsession.testing.model_server import ModelServer
@@ -42,51 +43,115 @@ async def shim_run(
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-def cli_env(node_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """What the real CLI needs here when the shim runs it (the tier's model server)."""
-    return {
-        **{k: v for k, v in node_env.items() if not k.startswith("RAY_")},
-        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config"),
-    }
+async def owner_node(daemon: ApiDaemon, cli_session_id: str) -> tuple[str, str]:
+    """The open session of conversation ``cli_session_id`` in the cluster's registry, and the
+    node that owns it."""
+    found = [
+        rec
+        for rec in await daemon.hub.registry.list_sessions("alice")
+        if rec.cli_session_id == cli_session_id and rec.state != "closed"
+    ]
+    assert len(found) == 1, found
+    owner = await daemon.hub.owner(found[0].id, fresh=True)
+    return found[0].id, owner.node
 
 
-async def test_a_dropin_run_on_a_cluster_daemon_falls_back_to_the_cli_with_one_line(
+async def session_view(daemon: ApiDaemon, session_id: str) -> dict[str, Any]:
+    """The session's view as its node has it (its live process's pid, its turns, its node)."""
+    view: dict[str, Any] = (await daemon.hub.call(session_id, "view"))["session"]
+    return view
+
+
+async def test_a_dropin_run_on_a_cluster_daemon_is_served_on_a_node_and_resumed_hot(
     api_daemons: Callable[[], Awaitable[ApiDaemon]],
     workdir: Path,
-    cli_env: dict[str, str],
     model_server: ModelServer,
 ) -> None:
     daemon = await api_daemons()
     code, out, err = await shim_run(
-        "-p", "hi [[say:from the real CLI]]", url=daemon.url, cwd=workdir, env=cli_env
-    )
-    assert code == 0, err
-    assert out.strip() == "from the real CLI"
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "cluster-mode daemon, which does not serve drop-in runs" in lines[0]
-    assert lines[0].endswith("running the Claude Code CLI directly")
-
-    # Piped stdin reaches the real CLI too (the shim had sent it to the daemon first).
-    code, out, err = await shim_run(
-        "-p", url=daemon.url, cwd=workdir, env=cli_env, stdin=b"[[say:piped]]"
-    )
-    assert code == 0 and out.strip() == "piped", err
-
-    # HOTSESSION_FALLBACK=0: that line, and exit 1, no CLI.
-    code, out, err = await shim_run(
         "-p",
-        "hi [[say:never]]",
+        "the word is MANGO [[say:noted]]",
+        "--output-format",
+        "json",
         url=daemon.url,
         cwd=workdir,
-        env={**cli_env, "HOTSESSION_FALLBACK": "0"},
+        env={},
     )
-    assert code == 1 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "HOTSESSION_FALLBACK=0" in err
+    assert code == 0, err
+    assert err == ""
+    first = json.loads(out)
+    assert first["result"] == "noted" and not first["is_error"]
+    # A session of the cluster like any other: in the registry, owned by a node.
+    session_id, node = await owner_node(daemon, first["session_id"])
+    before = await session_view(daemon, session_id)
+    assert before["node"] == node and before["pid"], before
+    assert before["metadata"]["client"] == "hotsession-claude", before
+    model_server.clear()
+
+    # A second daemon (another API front of the cluster) finds the node through the registry.
+    other = await api_daemons()
+    code, out, err = await shim_run(
+        "-p",
+        "which word? [[say:MANGO]]",
+        "--resume",
+        first["session_id"],
+        "--output-format",
+        "json",
+        url=other.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    second = json.loads(out)
+    assert second["result"] == "MANGO" and second["session_id"] == first["session_id"]
+    assert model_server.main_requests()[-1]["n_messages"] >= 3  # the history came along
+    # Hot: the same session on the same node, answered by the process that answered first.
+    assert await owner_node(daemon, first["session_id"]) == (session_id, node)
+    after = await session_view(daemon, session_id)
+    assert after["pid"] == before["pid"] and after["turns"] == 2, (before, after)
+    turns = await daemon.hub.registry.list_turns(session_id)
+    assert [t.status for t in turns] == ["done", "done"], turns
 
     # A wrong token is still a refused token (no fallback).
-    code, out, err = await shim_run(
-        "-p", "hi", url=daemon.url, cwd=workdir, env=cli_env, token="wrong"
-    )
+    code, out, err = await shim_run("-p", "hi", url=daemon.url, cwd=workdir, env={}, token="wrong")
     assert code == 1 and "refused the token" in err and out == ""
+
+
+async def test_the_python_agent_sdk_through_the_dropin_on_a_cluster(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]],
+    workdir: Path,
+    model_server: ModelServer,
+) -> None:
+    """The Agent SDK (nobody here wrote it) with ``cli_path`` = ``hotsession-claude`` and
+    ``HOTSESSION_URL`` a cluster daemon: ``query()`` then ``query(resume=…)``, the second hot."""
+    from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, SystemMessage, query
+
+    daemon = await api_daemons()
+
+    def options(**kw: Any) -> ClaudeAgentOptions:
+        env = {"HOTSESSION_URL": daemon.url, "HOTSESSION_TOKEN": TOKEN}
+        return ClaudeAgentOptions(cli_path=SHIM, cwd=str(workdir), env=env, **kw)
+
+    async def ask(prompt: str, **kw: Any) -> tuple[list[Any], ResultMessage]:
+        messages = [m async for m in query(prompt=prompt, options=options(**kw))]
+        results = [m for m in messages if isinstance(m, ResultMessage)]
+        assert results, messages
+        return messages, results[-1]
+
+    first, r1 = await ask("the colour is TEAL [[say:noted]]")
+    assert r1.result == "noted" and not r1.is_error
+    inits = [m for m in first if isinstance(m, SystemMessage) and m.subtype == "init"]
+    assert inits and inits[0].data["session_id"] == r1.session_id
+    session_id, node = await owner_node(daemon, r1.session_id)
+    before = await session_view(daemon, session_id)
+    model_server.clear()
+
+    _, r2 = await ask("which colour? [[say:TEAL]]", resume=r1.session_id)
+    assert r2.result == "TEAL" and r2.session_id == r1.session_id and not r2.is_error
+    assert model_server.main_requests()[-1]["n_messages"] >= 3  # the history came along
+    # Hot on the node that held it: same session, the same process (no spawn, no --resume).
+    assert await owner_node(daemon, r1.session_id) == (session_id, node)
+    after = await session_view(daemon, session_id)
+    assert after["pid"] == before["pid"] and after["turns"] == 2, (before, after)
+    turns = await daemon.hub.registry.list_turns(session_id)
+    assert [t.status for t in turns] == ["done", "done"], turns

@@ -1,40 +1,140 @@
-"""``/v1/dropin`` on a cluster-mode daemon: what ``hotsession-claude`` gets from it.
+"""``/v1/dropin`` on a cluster-mode daemon: ``hotsession-claude`` runs served on a node.
 
-A cluster daemon does not serve drop-in runs: a run (:class:`hotsession.dropin.bridge.DropinRun`)
-drives a session of a local engine, and a cluster daemon holds none. Rather than a failed
-upgrade (which the shim would read as a refused token), it authenticates the WebSocket as
-:mod:`hotsession.api.dropin` does and answers with the error code :data:`UNSERVED`: the shim
-then runs the real CLI with the same argv (and the stdin it had already sent) and says why in one
-stderr line; ``HOTSESSION_FALLBACK=0`` makes that an error (exit 1).
+Design
+======
+Where the run is. A drop-in run (:class:`hotsession.dropin.bridge.DropinRun`) needs the engine
+of the machine its session lives on, so it runs on that node's host actor
+(:mod:`hotsession.cluster.dropin_run`); this daemon keeps the shim's WebSocket, authenticates it
+as one machine does (:func:`hotsession.api.dropin.accept_run`: the same hello, token, roots) and
+relays both ways: each stdin chunk or message is one actor call (``dropin_input``, one at a time,
+in order), the run's messages come back as one streaming call (``dropin``: Ray's streaming
+generator, pulled through :mod:`hotsession.cluster.streams` for a ``ray://`` daemon).
+
+Which node. ``--resume ID`` (not ``--fork-session``): the node that owns the open session whose
+conversation is ID, found in the store (the registry every daemon shares), so a follow-up goes
+to the process that is hot there. Otherwise (a new conversation, a fork, a ``--resume`` of a
+conversation open on no node, ``--continue``) placement as for a new session, by memory
+headroom: the run's profile is only known once the node has read its ``initialize``, so a node's
+ready spare of that profile does not steer the choice (the node's pool still serves the run from
+its spare when it has one). ``--continue`` looks for the newest transcript of the cwd in that
+node's config dir, which holds only what ran there.
+
+No live node: the run is refused with ``node_lost`` (one stderr line, exit 1). A node lost while
+it serves the run: one stderr line, exit 1; the session is re-homed as any (the next ``--resume``
+continues it on another node with its context).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
+import uuid
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from hotsession.errors import HotsessionError, Unauthorized
+from hotsession.api.auth import resolve_cwd
+from hotsession.api.dropin import accept_run, refuse, reserved_env
+from hotsession.cluster.hub import LOST, ClusterHub
+from hotsession.cluster.placement import choose
+from hotsession.cluster.streams import cancel_stream, remote_stream
+from hotsession.cluster.wire import NodeLost
+from hotsession.dropin import argv as cli_argv
+from hotsession.errors import HotsessionError
+from hotsession.settings import Tenant
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-UNSERVED = "dropin_unavailable"
-"""The error code of a daemon that does not serve drop-in runs (the shim falls back on it)."""
-UNSERVED_MESSAGE = "is a cluster-mode daemon, which does not serve drop-in runs (docs/drop-in.md)"
 
 
 @router.websocket("/v1/dropin")
 async def dropin(websocket: WebSocket) -> None:
-    """Refuse the run with :data:`UNSERVED` (a wrong token: ``unauthorized``)."""
-    await websocket.accept()
-    error: dict[str, str] = {"code": UNSERVED, "message": UNSERVED_MESSAGE}
+    """One ``hotsession-claude`` run, served on a node (see the module docstring)."""
+    api = websocket.app.state.api
+    hub: ClusterHub = api.hub
+    accepted = await accept_run(websocket, api.auth, closing=lambda: api.is_closing)
+    if accepted is None:
+        return
+    tenant, hello, receive = accepted
     try:
-        websocket.app.state.api.auth.authenticate(websocket.headers.get("authorization"))
-    except Unauthorized as exc:
-        error = {"code": exc.code, "message": exc.message}
-    except HotsessionError as exc:  # pragma: no cover - authenticate raises Unauthorized only
-        error = {"code": exc.code, "message": exc.message}
+        node = await choose_node(hub, tenant.name, hello)
+    except HotsessionError as exc:
+        await refuse(websocket, exc)
+        return
+    client: dict[str, Any] = {"tenant": tenant.name, "reserved": sorted(reserved_env(tenant))}
+    client.update(_cwd(tenant, hello))
+    run_id = uuid.uuid4().hex
+    actor = hub.actor(node)
+    gen = remote_stream(actor, "dropin", run_id, client, hello)
+    pump = asyncio.create_task(_stdin(actor, run_id, receive), name="dropin-stdin")
+    done = False
+    try:
+        async for ref in gen:
+            for kind, payload in await ref:
+                if kind == "b":
+                    await websocket.send_bytes(payload)
+                else:
+                    await websocket.send_text(json.dumps(payload))
+        done = True
+    except LOST:
+        await hub.node_lost(node)
+        with contextlib.suppress(Exception):
+            await websocket.send_bytes(
+                b"\x02hotsession-claude: the node serving this run was lost; "
+                b"the conversation continues on another node at the next --resume\n"
+            )
+            await websocket.send_text(json.dumps({"exit": 1}))
+    except Exception:  # the shim went away (a send failed), or a bug
+        log.debug("drop-in relay ended", exc_info=True)
+    finally:
+        if not done:
+            cancel_stream(gen)
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
     with contextlib.suppress(Exception):  # the shim may be gone already
-        await websocket.send_text(json.dumps({"error": error}))
         await websocket.close()
+
+
+async def _stdin(actor: Any, run_id: str, receive: Any) -> None:
+    """Shim → node, in order; ``None`` (the shim went away) is passed on, then this ends."""
+    while True:
+        item = await receive()
+        with contextlib.suppress(*LOST):
+            await actor.dropin_input.remote(run_id, item)
+        if item is None:
+            return
+
+
+def _cwd(tenant: Tenant, hello: dict[str, Any]) -> dict[str, str]:
+    """The run's cwd resolved against the tenant's roots (or why not, said by the run on the
+    node: a ``--version`` needs none)."""
+    try:
+        return {"cwd": resolve_cwd(tenant, str(hello.get("cwd") or ""))}
+    except HotsessionError as exc:
+        return {"cwd_error": exc.message}
+
+
+async def choose_node(hub: ClusterHub, tenant: str, hello: dict[str, Any]) -> str:
+    """The node that serves a run (see the module docstring)."""
+    if hub.shutting_down:
+        raise HotsessionError("the service is shutting down")
+    inv = cli_argv.parse([str(a) for a in hello.get("argv") or []])
+    if inv.resume is not None and not inv.fork:
+        for rec in await hub.registry.list_sessions(tenant):
+            if rec.cli_session_id != inv.resume or rec.state == "closed":
+                continue
+            with contextlib.suppress(HotsessionError):
+                owner = await hub.owner(rec.id, fresh=True)
+                node = hub.nodes.get(owner.node)
+                if node is not None and node.alive:
+                    return owner.node
+                owner = await hub.rehome(rec.id, lost=owner.node or None)
+                return owner.node
+    target = choose((n.figures for n in hub.live_nodes()), "")
+    if target is None:
+        raise NodeLost("no live node can serve the run")
+    return target.node

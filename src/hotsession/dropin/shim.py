@@ -22,9 +22,7 @@ Wire (one WebSocket at ``<url>/v1/dropin``, bearer token in the upgrade request)
 * daemon → shim: binary messages whose first byte is 1 (stdout) or 2 (stderr); text messages
   ``{"ready": {...}}`` (the daemon serves this run), ``{"exit": N}`` (the last one),
   ``{"exec": {"path", "reason"}}`` (run the real CLI instead, only ever before ``ready``) and
-  ``{"error": {"code", "message"}}`` (the daemon refused the run; with the code
-  ``dropin_unavailable``, before ``ready``, it does not serve drop-in runs at all, e.g. a
-  cluster-mode daemon: the shim runs the real CLI as when no daemon answers).
+  ``{"error": {"code", "message"}}`` (the daemon refused the run).
 
 The real CLI instead. Runs the daemon does not serve (help, sub-commands, interactive sessions,
 argv the CLI would refuse, a resume of an unknown id) are run by the real CLI with the same argv:
@@ -75,8 +73,6 @@ HELLO_HEADER = "X-Hotsession-Hello"
 HELLO_HEADER_MAX = 7000
 """Larger hellos go as a message (a proxy's header line limit is often 8 KiB)."""
 FALLBACK_EXIT = 1
-UNSERVED = "dropin_unavailable"
-"""The error code of a daemon that does not serve drop-in runs: the shim runs the real CLI."""
 _STDOUT, _STDERR = 1, 2
 NAME = "hotsession-claude"
 
@@ -185,16 +181,6 @@ def fallback(argv: list[str], reason: str) -> None:
         os._exit(FALLBACK_EXIT)
     _say(f"{reason}; running the Claude Code CLI directly")
     exec_cli(argv)
-
-
-def _unserved(argv: list[str], reason: str, reader: _Stdin | None) -> int:
-    """The daemon answered but does not serve this run: the real CLI, as ``fallback`` (one
-    stderr line; ``HOTSESSION_FALLBACK=0``: an error), fed the stdin the daemon had seen."""
-    if os.environ.get("HOTSESSION_FALLBACK", "1").strip().lower() in ("0", "false", "no", "off"):
-        _say(f"{reason}; HOTSESSION_FALLBACK=0, so not running the Claude Code CLI directly")
-        return FALLBACK_EXIT
-    _say(f"{reason}; running the Claude Code CLI directly")
-    return _run_cli_with_replay(argv, None, reader)
 
 
 class _Stdin:
@@ -439,12 +425,6 @@ def _pump(ws: wire.WebSocket, argv: list[str], reader: _Stdin | None, url: str) 
             return code
         elif "error" in msg:
             err = msg["error"]
-            if err.get("code") == UNSERVED and not ready:
-                # A daemon that does not serve drop-in runs (a cluster-mode one): the real CLI.
-                ws.close()
-                return _unserved(
-                    argv, f"the hotsession daemon at {url} {err.get('message')}", reader
-                )
             if err.get("code") in ("unauthorized", "forbidden"):  # as a refused handshake says
                 why = f"{err['code']}: {err.get('message')}"
                 _say(f"the hotsession daemon at {url} refused the token ({why})")
