@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.conftest import TOKEN, ApiDaemon
+import pytest
+from tests.cluster.conftest import TOKEN, ApiDaemon, serve_process
+from tests.cluster.test_cluster_client import ray_client_address  # noqa: F401  (a fixture)
 
 from hotsession.testing.model_server import ModelServer
 
@@ -155,3 +157,89 @@ async def test_the_python_agent_sdk_through_the_dropin_on_a_cluster(
     assert after["pid"] == before["pid"] and after["turns"] == 2, (before, after)
     turns = await daemon.hub.registry.list_turns(session_id)
     assert [t.status for t in turns] == ["done", "done"], turns
+
+
+async def test_sdk_client_permissions_cross_the_relay_both_ways(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]], workdir: Path, tmp_path: Path
+) -> None:
+    """``ClaudeSDKClient`` with ``can_use_tool`` through a cluster daemon: the CLI's permission
+    requests (on a node) reach the client, its answers (allow, deny) go back, two turns on one
+    run."""
+    from claude_agent_sdk import (
+        ClaudeAgentOptions,
+        ClaudeSDKClient,
+        PermissionResultAllow,
+        PermissionResultDeny,
+        ResultMessage,
+    )
+
+    daemon = await api_daemons()
+    asked: list[str] = []
+
+    async def decide(name: str, tool_input: dict[str, Any], ctx: Any) -> Any:
+        asked.append(name)
+        if "deny-me" in tool_input.get("command", ""):
+            return PermissionResultDeny(message="not this one")
+        return PermissionResultAllow()
+
+    allowed, denied = tmp_path / "allowed", tmp_path / "deny-me"
+    opts = ClaudeAgentOptions(
+        cli_path=SHIM,
+        cwd=str(workdir),
+        env={"HOTSESSION_URL": daemon.url, "HOTSESSION_TOKEN": TOKEN},
+        can_use_tool=decide,
+        permission_mode="default",
+    )
+    async with ClaudeSDKClient(opts) as client:
+        await client.query(f"[[bash:touch {allowed}]][[say:one]]")
+        turn1 = [m async for m in client.receive_response()]
+        await client.query(f"[[bash:touch {denied}]][[say:two]]")
+        turn2 = [m async for m in client.receive_response()]
+    r1, r2 = (next(m for m in t if isinstance(m, ResultMessage)) for t in (turn1, turn2))
+    assert asked == ["Bash", "Bash"]
+    assert r1.result == "one" and allowed.exists()
+    assert r2.result == "two" and r2.permission_denials and not denied.exists()
+    assert r1.session_id == r2.session_id
+    await owner_node(daemon, r1.session_id)  # a session of the cluster's registry
+
+
+@pytest.mark.timeout(300)  # a daemon start on a loaded CI machine
+async def test_a_dropin_run_through_a_ray_client_daemon(
+    ray_client_address: str,  # noqa: F811
+    cluster_pg: Any,
+    workdir: Path,
+    tmp_path: Path,
+    model_server: ModelServer,
+) -> None:
+    """``hotsession serve --cluster ray://…`` (a real process): the run's output is pulled
+    (``hotsession.cluster.streams``); a ``--resume`` is a follow-up with the history."""
+    conf = tmp_path / "hotsession.toml"
+    conf.write_text(
+        f'[[tenants]]\nname = "alice"\ntoken = "{TOKEN}"\nroots = [{json.dumps(str(workdir))}]\n'
+    )
+    async with serve_process(ray_client_address, cluster_pg.url, conf, tmp_path / "state") as url:
+        code, out, err = await shim_run(
+            "-p",
+            "the fruit is KIWI [[say:noted]]",
+            "--output-format",
+            "json",
+            url=url,
+            cwd=workdir,
+            env={},
+        )
+        assert code == 0 and err == "", err
+        first = json.loads(out)
+        assert first["result"] == "noted"
+        model_server.clear()
+        code, out, err = await shim_run(
+            "-p",
+            "which fruit? [[say:KIWI]]",
+            "--resume",
+            first["session_id"],
+            url=url,
+            cwd=workdir,
+            env={},
+        )
+        assert code == 0 and err == "", err
+        assert out.strip() == "KIWI"
+        assert model_server.main_requests()[-1]["n_messages"] >= 3
