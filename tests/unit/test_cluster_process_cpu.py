@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from hotsession.cluster.process_cpu import ProcessCpu, roles
+from hotsession.cluster.process_cpu import MODEL_SERVER, ProcessCpu, roles
 
 SPIN = """
 import sys, time
@@ -65,5 +65,22 @@ def test_cpu_per_role_counts_each_process_under_its_role() -> None:
         assert "ray" not in per_two
     finally:
         for proc in (busy, idle, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_model_server_is_a_role_of_its_own() -> None:
+    """The scripted model server is this process's child, as Ray's processes are, but is not
+    counted as ``ray``."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", MODEL_SERVER],
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        by_role = roles(model_url=f"http://127.0.0.1:1/run-{os.getpid()}")
+        assert by_role[server.pid] == "model_server"
+        assert by_role[other.pid] == "ray"
+    finally:
+        for proc in (server, other):
             proc.kill()
             proc.wait()
