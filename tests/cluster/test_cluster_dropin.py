@@ -243,3 +243,58 @@ async def test_a_dropin_run_through_a_ray_client_daemon(
         assert code == 0 and err == "", err
         assert out.strip() == "KIWI"
         assert model_server.main_requests()[-1]["n_messages"] >= 3
+
+
+async def test_a_dropin_resume_after_its_node_was_lost_continues_on_another_node(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]],
+    workdir: Path,
+    model_server: ModelServer,
+) -> None:
+    """The node holding a drop-in's conversation is lost (its host actor killed) while idle: the
+    next ``--resume`` learns of it from its first call there, the session is re-homed, the run
+    starts again on the new owner with the stdin it had, and is answered with the history."""
+    import ray
+
+    from hotsession.cluster.actors import NAMESPACE, PREFIX
+
+    daemon = await api_daemons()
+    code, out, err = await shim_run(
+        "-p",
+        "the word is PLUM [[say:noted]]",
+        "--output-format",
+        "json",
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    first = json.loads(out)
+    session_id, node = await owner_node(daemon, first["session_id"])
+    # The daemon must learn of the loss from the run's own call (as when the node dies just
+    # before it): its background watch of the nodes is stopped first.
+    assert daemon.hub._refresh is not None
+    daemon.hub._refresh.cancel()
+    for watched in daemon.hub.nodes.values():
+        if watched.watcher is not None:
+            watched.watcher.cancel()
+    ray.kill(ray.get_actor(PREFIX + node, namespace=NAMESPACE), no_restart=True)
+
+    model_server.clear()
+    code, out, err = await shim_run(
+        "-p",
+        "which word? [[say:PLUM]]",
+        "--resume",
+        first["session_id"],
+        "--output-format",
+        "json",
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    second = json.loads(out)
+    assert second["result"] == "PLUM" and second["session_id"] == first["session_id"]
+    assert model_server.main_requests()[-1]["n_messages"] >= 3  # the history came along
+    moved_id, moved_to = await owner_node(daemon, first["session_id"])
+    assert moved_id == session_id and moved_to != node
+    assert not daemon.hub.nodes[node].alive

@@ -19,9 +19,12 @@ ready spare of that profile does not steer the choice (the node's pool still ser
 its spare when it has one). ``--continue`` looks for the newest transcript of the cwd in that
 node's config dir, which holds only what ran there.
 
-No live node: the run is refused with ``node_lost`` (one stderr line, exit 1). A node lost while
-it serves the run: one stderr line, exit 1; the session is re-homed as any (the next ``--resume``
-continues it on another node with its context).
+Node loss. A node found lost before the run answered (this daemon still thought it alive: the
+first call to it fails) is marked lost, its sessions re-homed, and the run starts again on the
+node chosen then, with the stdin the shim had sent (kept until the run's first answer; nothing
+ran before it). A node lost once the run answered: one stderr line, exit 1; its running turn
+ends ``node_lost`` as any there, and the next ``--resume`` continues the conversation where it
+was re-homed. No live node: the run is refused with ``node_lost`` (one stderr line, exit 1).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from fastapi import APIRouter, WebSocket
 
 from hotsession.api.auth import resolve_cwd
 from hotsession.api.dropin import accept_run, refuse, reserved_env
-from hotsession.cluster.hub import LOST, ClusterHub
+from hotsession.cluster.hub import LOST, ROUTE_TRIES, ClusterHub
 from hotsession.cluster.placement import choose
 from hotsession.cluster.streams import cancel_stream, remote_stream
 from hotsession.cluster.wire import NodeLost
@@ -66,27 +69,105 @@ async def dropin(websocket: WebSocket) -> None:
         return
     client: dict[str, Any] = {"tenant": tenant.name, "reserved": sorted(reserved_env(tenant))}
     client.update(_cwd(tenant, hello))
+    stdin = _Stdin(receive)
+    reading = asyncio.create_task(stdin.read(), name="dropin-stdin")
+    try:
+        for attempt in range(ROUTE_TRIES):
+            try:
+                await _relay(websocket, hub, node, client, hello, stdin)
+                break
+            except LOST:
+                await hub.node_lost(node)
+                if stdin.started or attempt == ROUTE_TRIES - 1:
+                    # The run had begun there: its turn ends ``node_lost`` as any on that node.
+                    with contextlib.suppress(Exception):
+                        await websocket.send_bytes(
+                            b"\x02hotsession-claude: the node serving this run was lost; "
+                            b"the conversation continues on another node at the next --resume\n"
+                        )
+                        await websocket.send_text(json.dumps({"exit": 1}))
+                    break
+                try:  # nothing ran yet: the run again, on another node, with the same stdin
+                    node = await choose_node(hub, tenant.name, hello)
+                except HotsessionError as exc:
+                    await refuse(websocket, exc)
+                    return
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reading
+    with contextlib.suppress(Exception):  # the shim may be gone already
+        await websocket.close()
+
+
+class _Stdin:
+    """The shim's stdin, read once, relayed to the run's node; kept until the run answers
+    (``started``), so a run whose node was lost before then starts again elsewhere with it."""
+
+    def __init__(self, receive: Any) -> None:
+        self.receive = receive
+        self.items: list[bytes | dict[str, Any] | None] = []
+        self.base = 0  # the index in the whole stdin of ``items[0]``
+        self.more = asyncio.Event()
+        self.started = False
+
+    async def read(self) -> None:
+        while True:
+            item = await self.receive()
+            self.items.append(item)
+            self.more.set()
+            if item is None:
+                return
+
+    def begun(self) -> None:
+        """The run answered: what it had is not needed again."""
+        self.started = True
+
+    async def forward(self, actor: Any, run_id: str) -> None:
+        """Shim → node, in order, from the start; ``None`` (the shim went away) ends it."""
+        sent = self.base
+        while True:
+            while sent - self.base >= len(self.items):
+                self.more.clear()
+                await self.more.wait()
+            item = self.items[sent - self.base]
+            sent += 1
+            if self.started:  # nothing is replayed once the run answered: forget what went
+                del self.items[: sent - self.base]
+                self.base = sent
+            await actor.dropin_input.remote(run_id, item)
+            if item is None:
+                return
+
+
+async def _relay(
+    websocket: WebSocket,
+    hub: ClusterHub,
+    node: str,
+    client: dict[str, Any],
+    hello: dict[str, Any],
+    stdin: _Stdin,
+) -> None:
+    """One attempt at the run on ``node``: returns when it ended (or the shim left); raises
+    one of ``LOST`` when the node was lost."""
     run_id = uuid.uuid4().hex
     actor = hub.actor(node)
     gen = remote_stream(actor, "dropin", run_id, client, hello)
-    pump = asyncio.create_task(_stdin(actor, run_id, receive), name="dropin-stdin")
+    pump = asyncio.create_task(stdin.forward(actor, run_id), name="dropin-stdin-relay")
     done = False
     try:
         async for ref in gen:
-            for kind, payload in await ref:
+            items = await ref
+            stdin.begun()
+            for kind, payload in items:
                 if kind == "b":
                     await websocket.send_bytes(payload)
                 else:
                     await websocket.send_text(json.dumps(payload))
         done = True
     except LOST:
-        await hub.node_lost(node)
-        with contextlib.suppress(Exception):
-            await websocket.send_bytes(
-                b"\x02hotsession-claude: the node serving this run was lost; "
-                b"the conversation continues on another node at the next --resume\n"
-            )
-            await websocket.send_text(json.dumps({"exit": 1}))
+        done = True  # nothing to cancel on a lost node
+        raise
     except Exception:  # the shim went away (a send failed), or a bug
         log.debug("drop-in relay ended", exc_info=True)
     finally:
@@ -95,18 +176,6 @@ async def dropin(websocket: WebSocket) -> None:
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pump
-    with contextlib.suppress(Exception):  # the shim may be gone already
-        await websocket.close()
-
-
-async def _stdin(actor: Any, run_id: str, receive: Any) -> None:
-    """Shim → node, in order; ``None`` (the shim went away) is passed on, then this ends."""
-    while True:
-        item = await receive()
-        with contextlib.suppress(*LOST):
-            await actor.dropin_input.remote(run_id, item)
-        if item is None:
-            return
 
 
 def _cwd(tenant: Tenant, hello: dict[str, Any]) -> dict[str, str]:
