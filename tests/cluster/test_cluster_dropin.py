@@ -58,6 +58,17 @@ async def owner_node(daemon: ApiDaemon, cli_session_id: str) -> tuple[str, str]:
     return found[0].id, owner.node
 
 
+async def turn_states(daemon: ApiDaemon, session_id: str, n: int) -> list[str]:
+    """The session's turn states in the store once ``n`` turns ended (a turn's end is written
+    in the background, after its result went out)."""
+    for _ in range(200):
+        turns = await daemon.hub.registry.list_turns(session_id)
+        if len(turns) >= n and all(t.ended_at is not None for t in turns):
+            break
+        await asyncio.sleep(0.05)
+    return [t.status for t in turns]
+
+
 async def session_view(daemon: ApiDaemon, session_id: str) -> dict[str, Any]:
     """The session's view as its node has it (its live process's pid, its turns, its node)."""
     view: dict[str, Any] = (await daemon.hub.call(session_id, "view"))["session"]
@@ -111,8 +122,7 @@ async def test_a_dropin_run_on_a_cluster_daemon_is_served_on_a_node_and_resumed_
     assert await owner_node(daemon, first["session_id"]) == (session_id, node)
     after = await session_view(daemon, session_id)
     assert after["pid"] == before["pid"] and after["turns"] == 2, (before, after)
-    turns = await daemon.hub.registry.list_turns(session_id)
-    assert [t.status for t in turns] == ["done", "done"], turns
+    assert await turn_states(daemon, session_id, 2) == ["done", "done"]
 
     # A wrong token is still a refused token (no fallback).
     code, out, err = await shim_run("-p", "hi", url=daemon.url, cwd=workdir, env={}, token="wrong")
@@ -155,8 +165,7 @@ async def test_the_python_agent_sdk_through_the_dropin_on_a_cluster(
     assert await owner_node(daemon, r1.session_id) == (session_id, node)
     after = await session_view(daemon, session_id)
     assert after["pid"] == before["pid"] and after["turns"] == 2, (before, after)
-    turns = await daemon.hub.registry.list_turns(session_id)
-    assert [t.status for t in turns] == ["done", "done"], turns
+    assert await turn_states(daemon, session_id, 2) == ["done", "done"]
 
 
 async def test_sdk_client_permissions_cross_the_relay_both_ways(
@@ -298,3 +307,55 @@ async def test_a_dropin_resume_after_its_node_was_lost_continues_on_another_node
     moved_id, moved_to = await owner_node(daemon, first["session_id"])
     assert moved_id == session_id and moved_to != node
     assert not daemon.hub.nodes[node].alive
+
+
+async def test_a_dropin_resume_with_another_profile_moves_the_conversation_to_a_new_session(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]],
+    workdir: Path,
+    model_server: ModelServer,
+) -> None:
+    """``--resume ID`` with flags that make another profile: the hot process of ID ends, ID is
+    resumed in a new session of that profile on the node, claimed there; the old session is
+    closed, and the next ``--resume ID`` goes to the new one."""
+    daemon = await api_daemons()
+    base = ("--output-format", "json")
+    code, out, err = await shim_run(
+        "-p", "the word is FIG [[say:noted]]", *base, url=daemon.url, cwd=workdir, env={}
+    )
+    assert code == 0 and err == "", err
+    cli_id = json.loads(out)["session_id"]
+    old_id, node = await owner_node(daemon, cli_id)
+
+    other = ("--disallowedTools", "WebFetch")
+    code, out, err = await shim_run(
+        "-p",
+        "which word? [[say:FIG]]",
+        "--resume",
+        cli_id,
+        *other,
+        *base,
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    assert json.loads(out)["result"] == "FIG"
+    new_id, new_node = await owner_node(daemon, cli_id)  # exactly one open session of ID
+    assert new_id != old_id and new_node == node
+    assert (await daemon.hub.registry.get_session(old_id)).state == "closed"
+    view = await session_view(daemon, new_id)
+
+    code, out, err = await shim_run(
+        "-p",
+        "again? [[say:FIG]]",
+        "--resume",
+        cli_id,
+        *other,
+        *base,
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    assert await owner_node(daemon, cli_id) == (new_id, node)
+    assert (await session_view(daemon, new_id))["pid"] == view["pid"]  # hot

@@ -66,7 +66,12 @@ class _NodeRun(DropinRun):
         self.host = host
 
     async def _open(self, options: Any) -> Session:
+        hot = self._hot(self.inv.resume) if self.inv.resume is not None else None
         session = await super()._open(options)
+        if hot is not None and hot is not session and hot.closed:
+            # Its process was of another profile and ended (``DropinRun._open``): closed for
+            # good, as ``NodeHost.close`` does, so this node no longer holds it.
+            self.host.epochs.pop(hot.id, None)
         await self.host._own(session)
         return session
 
