@@ -359,3 +359,51 @@ async def test_a_dropin_resume_with_another_profile_moves_the_conversation_to_a_
     assert code == 0 and err == "", err
     assert await owner_node(daemon, cli_id) == (new_id, node)
     assert (await session_view(daemon, new_id))["pid"] == view["pid"]  # hot
+
+
+async def test_a_dropin_resume_of_a_closed_conversation_comes_from_the_store(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]],
+    workdir: Path,
+    cluster_root: Path,
+    model_server: ModelServer,
+) -> None:
+    """``--resume ID`` of a conversation open on no node (its session closed) and whose
+    transcript no node has on disk: the chosen node writes it from the store first, and the
+    CLI resumes it with its history."""
+    daemon = await api_daemons()
+    code, out, err = await shim_run(
+        "-p",
+        "the word is LIME [[say:noted]]",
+        "--output-format",
+        "json",
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    cli_id = json.loads(out)["session_id"]
+    session_id, _ = await owner_node(daemon, cli_id)
+    async with daemon.client() as c:
+        assert (await c.delete(f"/v1/sessions/{session_id}")).status_code == 200
+    local = list(cluster_root.glob(f"nodes/*/claude-config/projects/*/{cli_id}.jsonl"))
+    assert local  # the CLI's own transcript, on its node
+    for path in local:
+        path.unlink()
+
+    model_server.clear()
+    code, out, err = await shim_run(
+        "-p",
+        "which word? [[say:LIME]]",
+        "--resume",
+        cli_id,
+        "--output-format",
+        "json",
+        url=daemon.url,
+        cwd=workdir,
+        env={},
+    )
+    assert code == 0 and err == "", err
+    assert json.loads(out)["result"] == "LIME"
+    assert model_server.main_requests()[-1]["n_messages"] >= 3  # the history came along
+    new_id, _ = await owner_node(daemon, cli_id)  # a new session of the cluster resumed it
+    assert new_id != session_id

@@ -13,11 +13,12 @@ generator, pulled through :mod:`hotsession.cluster.streams` for a ``ray://`` dae
 Which node. ``--resume ID`` (not ``--fork-session``): the node that owns the open session whose
 conversation is ID, found in the store (the registry every daemon shares), so a follow-up goes
 to the process that is hot there. Otherwise (a new conversation, a fork, a ``--resume`` of a
-conversation open on no node, ``--continue``) placement as for a new session, by memory
-headroom: the run's profile is only known once the node has read its ``initialize``, so a node's
-ready spare of that profile does not steer the choice (the node's pool still serves the run from
-its spare when it has one). ``--continue`` looks for the newest transcript of the cwd in that
-node's config dir, which holds only what ran there.
+conversation open on no node, whose transcript the node then writes from the store,
+``--continue``) placement as for a new session, by memory headroom: the run's profile is only
+known once the node has read its ``initialize``, so a node's ready spare of that profile does
+not steer the choice (the node's pool still serves the run from its spare when it has one).
+``--continue`` looks for the newest transcript of the cwd in that node's config dir, which holds
+only what ran there.
 
 Node loss. A node found lost before the run answered (this daemon still thought it alive: the
 first call to it fails) is marked lost, its sessions re-homed, and the run starts again on the

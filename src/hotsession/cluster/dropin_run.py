@@ -18,6 +18,10 @@ between turns), which only the node has. The API daemon keeps the WebSocket
 An input may reach the node before the run's ``dropin`` call does (two calls of one caller are
 not ordered across methods): the run's inbox is made by whichever comes first.
 
+Transcripts. A ``--resume ID`` (or a fork of ID) not hot on this node first writes ID's
+transcript from the store into the node's config dir, as a re-homed session's is: the
+conversation may have run on another node, or in a session closed since.
+
 Ownership. A session the run opens here (a new conversation, or a ``--resume`` of one hot on no
 node) is claimed in the store for this node (epoch 1), as :meth:`NodeHost.open` does, before any
 turn of the run, so every daemon sees it and a node loss re-homes it like any session; a
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hotsession.dropin.bridge import Client, DropinRun, Peer
 from hotsession.errors import HotsessionError
 from hotsession.session import Session
+from hotsession.transcripts.resume import materialize_transcript
 
 if TYPE_CHECKING:
     from hotsession.cluster.node import NodeHost
@@ -66,7 +71,10 @@ class _NodeRun(DropinRun):
         self.host = host
 
     async def _open(self, options: Any) -> Session:
-        hot = self._hot(self.inv.resume) if self.inv.resume is not None else None
+        resume = self.inv.resume
+        hot = self._hot(resume) if resume is not None else None
+        if resume is not None and hot is None:
+            await self.host._fetch_transcript(self.client.tenant, str(options.cwd), resume)
         session = await super()._open(options)
         if hot is not None and hot is not session and hot.closed:
             # Its process was of another profile and ended (``DropinRun._open``): closed for
@@ -184,6 +192,30 @@ class NodeDropins:
                 box.queue.put_nowait(None)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), 30)
+
+    async def _fetch_transcript(self, tenant: str, cwd: str, cli_session_id: str) -> bool:
+        """Write conversation ``cli_session_id``'s transcript from the store into this node's
+        config dir (the tenant's) before a ``--resume`` of it that is not hot here: it may have
+        run on another node, or in a session closed since; whether the store held it."""
+        host = cast("NodeHost", self)  # this mixin's only class
+        if host.transcripts is None:
+            return False
+        with contextlib.suppress(Exception):
+            await host.flush_transcripts()  # frames of this node not in the store yet
+        try:
+            path = await materialize_transcript(
+                host.transcripts,
+                cwd=cwd,
+                session_id=cli_session_id,
+                config_dir=host.tenants.config_dir(tenant) or host._config_dir(),
+                write=host.tenants.writer(tenant),  # as the tenant's user, in its config dir
+            )
+        except ValueError:  # not a conversation id: the CLI answers it
+            return False
+        except HotsessionError as exc:  # the store: the CLI's own local transcript, if any
+            log.warning("drop-in: transcript of %s not fetched (%s)", cli_session_id, exc)
+            return False
+        return path is not None
 
     async def _own(self, session: Session) -> None:
         """Claim a session a run opened here in the store (one this node holds: nothing)."""
