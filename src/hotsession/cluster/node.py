@@ -116,7 +116,7 @@ class NodeRegistry:
 
     Every write for a session carries the epoch this node holds it with, so the store refuses it
     once the session moved (``StaleEpoch``); writes for a session this node already dropped are
-    not even sent."""
+    not even sent (a prompt's record is refused: ``put_turn``)."""
 
     def __init__(self, shared: Registry, local: SqliteRegistry) -> None:
         self.shared = shared
