@@ -407,3 +407,49 @@ async def test_a_dropin_resume_of_a_closed_conversation_comes_from_the_store(
     assert model_server.main_requests()[-1]["n_messages"] >= 3  # the history came along
     new_id, _ = await owner_node(daemon, cli_id)  # a new session of the cluster resumed it
     assert new_id != session_id
+
+
+async def test_a_dropin_client_killed_mid_turn_loses_nothing_on_a_cluster(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]],
+    workdir: Path,
+    model_server: ModelServer,
+) -> None:
+    """The shim killed mid-turn: the daemon tells the node the client is gone; the turn completes
+    on the node and is recorded, and the next ``--resume`` (hot) sees it."""
+    daemon = await api_daemons()
+    json_out = ("--output-format", "json")
+    code, out, err = await shim_run(
+        "-p", "[[say:first]]", *json_out, url=daemon.url, cwd=workdir, env={}
+    )
+    assert code == 0 and err == "", err
+    cli_id = json.loads(out)["session_id"]
+    session_id, node = await owner_node(daemon, cli_id)
+    pid = (await session_view(daemon, session_id))["pid"]
+    model_server.clear()
+    proc = await asyncio.create_subprocess_exec(
+        SHIM, "-p", "slow one [[delay:1500]][[say:late answer]]", "--resume", cli_id,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, cwd=workdir,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HOTSESSION_")},
+            "HOTSESSION_URL": daemon.url,
+            "HOTSESSION_TOKEN": TOKEN,
+        },
+    )  # fmt: skip
+    await asyncio.to_thread(
+        model_server.wait_for, lambda log: any("delay" in e.get("directives", []) for e in log), 30
+    )
+    proc.kill()
+    await proc.wait()
+    assert await turn_states(daemon, session_id, 2) == ["done", "done"]
+
+    code, out, err = await shim_run(
+        "-p", "and now [[say:third]]", "--resume", cli_id, *json_out,
+        url=daemon.url, cwd=workdir, env={},
+    )  # fmt: skip
+    assert code == 0 and err == "", err
+    assert json.loads(out)["result"] == "third"
+    # first prompt + answer, the killed turn's prompt + answer, then this prompt
+    assert model_server.main_requests()[-1]["n_messages"] >= 5
+    assert await turn_states(daemon, session_id, 3) == ["done", "done", "done"]
+    assert await owner_node(daemon, cli_id) == (session_id, node)
+    assert (await session_view(daemon, session_id))["pid"] == pid
