@@ -5,6 +5,7 @@ hotsession bench --json out.json --plot out.png
 hotsession bench --transport                # the measurement behind docs/transport.md
 hotsession bench --load --rate 0.5 --duration 60 --memory-budget-mb 2000
 hotsession bench --concurrency 50           # follow-ups on 50 sessions at once vs 50 bare CLIs
+hotsession bench --pause                    # also: follow-ups after a 20 s pause (~2 min more)
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from hotsession.bench.modes import (
     SdkQuery,
 )
 from hotsession.bench.output import PlotUnavailable, print_result, write_json, write_plot
+from hotsession.bench.pause import (
+    DEFAULT_PAUSE_ROUNDS,
+    DEFAULT_PAUSE_S,
+    PAUSE_MODES,
+    QUICK_PAUSE_ROUNDS,
+    BareCliAfterPause,
+)
 from hotsession.bench.runner import Runner, RunResult, machine_info
 from hotsession.cli.main import main
 
@@ -57,6 +65,22 @@ def _http_modes() -> tuple[type[Mode], ...]:
     from hotsession.bench.http_modes import HTTP_MODES
 
     return HTTP_MODES
+
+
+def _paused_modes() -> tuple[type[Mode], ...]:
+    """``bench --pause``'s modes: hotsession's (when the build has the HTTP API), the bare CLIs."""
+    if importlib.util.find_spec("hotsession.cli.serve") is None:
+        return PAUSE_MODES
+    from hotsession.bench.http_modes import HsFollowUpAfterPause
+
+    return (HsFollowUpAfterPause, *PAUSE_MODES)
+
+
+def _with_pause_reference(classes: tuple[type[Mode], ...]) -> tuple[type[Mode], ...]:
+    """A paused mode's ratios are against the bare CLI after the same pause: it runs too."""
+    if any(c.paused for c in classes) and BareCliAfterPause not in classes:
+        return (*classes, BareCliAfterPause)
+    return classes
 
 
 def _select(classes: tuple[type[Mode], ...], only: str | None) -> tuple[type[Mode], ...]:
@@ -96,6 +120,8 @@ async def _run_modes(
     rounds: int,
     warmup: int,
     console: Console,
+    pause_s: float = 0.0,
+    pause_rounds: int = 0,
 ) -> RunResult:
     modes = [cls(env) for cls in classes]
     daemon: Any = None
@@ -118,7 +144,15 @@ async def _run_modes(
                 break
         return measure(by_role)
 
-    runner = Runner(env, modes, rounds=rounds, warmup=warmup, memory_probe=memory_probe)
+    runner = Runner(
+        env,
+        modes,
+        rounds=rounds,
+        warmup=warmup,
+        memory_probe=memory_probe,
+        pause_s=pause_s,
+        pause_rounds=pause_rounds,
+    )
 
     async def body(progress: Callable[[str, int], None]) -> RunResult:
         runner.progress = progress
@@ -215,6 +249,27 @@ async def _run_concurrency(
     default=None,
     help="--load / --concurrency: the daemon's memory budget.",
 )
+@click.option(
+    "--pause",
+    "pause_s",
+    type=click.FloatRange(min=0, min_open=True),
+    is_flag=False,
+    flag_value=DEFAULT_PAUSE_S,
+    default=None,
+    metavar="[S]",
+    help=(
+        "Also time a follow-up after a pause of S seconds (default 20): hotsession's session and"
+        " bare CLIs (hotsession's env and Bun's defaults), their pauses at once; opt-in, it adds"
+        " about pause × (pause rounds + 1) to the run."
+    ),
+)
+@click.option(
+    "--pause-rounds",
+    type=click.IntRange(1),
+    default=None,
+    help=f"--pause: timed turns per mode (default {DEFAULT_PAUSE_ROUNDS}, --quick"
+    f" {QUICK_PAUSE_ROUNDS}).",
+)
 @click.option("--only", default=None, help="Comma-separated substrings of mode names to run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write raw samples.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG figure.")
@@ -238,6 +293,8 @@ def bench(
     new_fraction: float,
     one_off: float,
     memory_budget_mb: float | None,
+    pause_s: float | None,
+    pause_rounds: int | None,
     only: str | None,
     json_path: str | None,
     plot_path: str | None,
@@ -258,6 +315,11 @@ def bench(
         raise click.UsageError(
             "--transport, --dropin, --load, --cpu, --cluster and --concurrency are separate runs;"
             " pick one"
+        )
+    if pause_s is not None and (transport or dropin or load or cpu or cluster or concurrency):
+        raise click.UsageError(
+            "--pause adds to the modes run; it cannot go with --transport,"
+            " --dropin, --load, --cpu, --cluster or --concurrency"
         )
     if cluster:
         _bench_cluster(quick, rounds, json_path, cli_path, permission_mode, keep_dir, console)
@@ -332,10 +394,21 @@ def bench(
                 )
             )
         else:
-            classes = _select(BASELINES + _http_modes(), only)
+            paused = _paused_modes() if pause_s is not None else ()
+            classes = _with_pause_reference(_select(BASELINES + _http_modes() + paused, only))
             n = rounds or (QUICK_ROUNDS if quick else DEFAULT_ROUNDS)
             result = asyncio.run(
-                _run_modes(env, classes, kind="modes", rounds=n, warmup=warmup, console=console)
+                _run_modes(
+                    env,
+                    classes,
+                    kind="modes",
+                    rounds=n,
+                    warmup=warmup,
+                    console=console,
+                    pause_s=pause_s or 0.0,
+                    pause_rounds=pause_rounds
+                    or (QUICK_PAUSE_ROUNDS if quick else DEFAULT_PAUSE_ROUNDS),
+                )
             )
             if not _http_modes():
                 console.print(

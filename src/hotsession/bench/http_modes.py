@@ -15,7 +15,9 @@ event; ``t_send`` is stamped just before the request is sent, ``t_first`` at the
 * ``hs follow-up (httpx)`` — the same, read with ``httpx`` (what that client library adds);
 * ``hs evicted``         — the next turn of a session whose process was ended (``--resume``);
 * ``hs evicted+warm``    — the same after ``POST /v1/sessions/{id}/warm`` finished;
-* ``hs ask``             — ``POST /v1/ask`` (a quick turn on a pooled session).
+* ``hs ask``             — ``POST /v1/ask`` (a quick turn on a pooled session);
+* ``hs follow-up after pause`` — ``hs follow-up`` sent a pause after the previous result
+  (``bench --pause``: timed by :mod:`hotsession.bench.pause`, not in :data:`HTTP_MODES`).
 
 Between samples ``prepare`` waits for the daemon to be quiet (no spare being spawned), so a
 background spawn does not steal the CPU from the next measurement on a small machine.
@@ -118,6 +120,15 @@ class HsFollowUpHttpx(HsFollowUp):
         await self.d.stream(
             f"/v1/sessions/{self.session_id}/turns", {"prompt": prompt}, s, client="httpx"
         )
+
+
+class HsFollowUpAfterPause(HsFollowUp):
+    """A follow-up on a live session after the user paused (``hotsession.bench.pause``)."""
+
+    name = "hs follow-up after pause"
+    description = "hotsession: next turn of a live session after a pause (HTTP + SSE)"
+    paused = True
+    back_to_back = HsFollowUp.name
 
 
 class HsEvicted(_OneSession):

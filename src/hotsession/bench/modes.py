@@ -51,6 +51,10 @@ class Mode:
     name: ClassVar[str] = ""
     group: ClassVar[str] = "baseline"
     description: ClassVar[str] = ""
+    paused: ClassVar[bool] = False
+    """Timed after a pause (``hotsession.bench.pause``), not in the back-to-back rounds."""
+    back_to_back: ClassVar[str | None] = None
+    """A paused mode's back-to-back counterpart (the same turn without the pause), if any."""
 
     def __init__(self, env: BenchEnv) -> None:
         self.env = env

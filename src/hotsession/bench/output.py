@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hotsession.bench.runner import RunResult
-from hotsession.bench.stats import METRICS, Summary
+from hotsession.bench.stats import METRICS, Summary, error_counts
 
 _LABELS = {"to_model_ms": "to model", "first_event_ms": "first event", "result_ms": "result"}
 
@@ -58,6 +58,8 @@ def table(result: RunResult) -> Table:
         if not s.ok:
             errors[s.mode] = errors.get(s.mode, 0) + 1
     for mode, by_metric in result.summaries().items():
+        if mode in result.paused:
+            continue  # in pause_table
         n = max((s.n for s in by_metric.values() if s is not None), default=0)
         refs = ratios.get(mode, {})
         cols = []
@@ -78,6 +80,57 @@ def table(result: RunResult) -> Table:
             str(n),
             *(_cell(by_metric.get(m)) for m in METRICS),
             *cols,
+            f"[red]{err}[/]" if err else "0",
+        )
+    return t
+
+
+def _pair(values: dict[str, Any] | None, fmt: str) -> str:
+    """``to model · result`` of a ``{metric: value}`` dict, or a dash."""
+    if not values or values.get("to_model_ms") is None or values.get("result_ms") is None:
+        return "—"
+    return f"{fmt.format(values['to_model_ms'])} · {fmt.format(values['result_ms'])}"
+
+
+def pause_table(result: RunResult) -> Table | None:
+    """``bench --pause``: each paused mode against the bare CLI after the same pause."""
+    pause = result.pause()
+    if not pause:
+        return None
+    t = Table(
+        title=(
+            f"hotsession bench — a follow-up after a pause of {pause.get('pause_s')} s"
+            " — ms, median / p95 / min"
+        ),
+        caption=(
+            f"×bare after pause: ratio of medians to `{pause['reference']}`, to model · result; "
+            "+bare ms: median of per-round differences to it; ×back to back: ratio of medians "
+            "to the same turn without the pause (this run)"
+        ),
+    )
+    t.add_column("mode", style="bold", no_wrap=True)
+    t.add_column("n", justify="right")
+    t.add_column("pause s", justify="right")
+    for metric in METRICS:
+        t.add_column(_LABELS[metric], justify="right")
+    for col in ("×bare after pause", "+bare ms", "×back to back", "errors"):
+        t.add_column(col, justify="right")
+    summaries, ratios, overheads = result.summaries(), result.ratios(), result.overheads()
+    errors = error_counts(result.samples)
+    for mode, info in pause["modes"].items():
+        by_metric = summaries.get(mode, {})
+        n = max((s.n for s in by_metric.values() if s is not None), default=0)
+        waited = info.get("pause_s")
+        over = overheads.get(mode) or {}
+        err = errors.get(mode, 0)
+        t.add_row(
+            mode,
+            str(n),
+            "—" if not waited else f"{waited['median']:.2f}",
+            *(_cell(by_metric.get(m)) for m in METRICS),
+            _pair(ratios.get(mode, {}).get("pause"), "{:.2f}×"),
+            _pair({m: (v or {}).get("median") for m, v in over.items()}, "{:+.1f}"),
+            _pair(ratios.get(mode, {}).get("back_to_back"), "{:.2f}×"),
             f"[red]{err}[/]" if err else "0",
         )
     return t
@@ -168,7 +221,11 @@ def print_result(result: RunResult, console: Console | None = None) -> None:
         if result.cpu.get("idle_clis"):
             console.print(idle_cli_table(result.cpu["idle_clis"]))
         return
-    console.print(table(result))
+    if any(mode not in result.paused for mode in result.summaries()):
+        console.print(table(result))
+    paused = pause_table(result)
+    if paused is not None:
+        console.print(paused)
     for mode, out in result.outside_cli().items():
         console.print(
             f"{mode}: time outside the CLI (HTTP in, daemon, SSE out) median "

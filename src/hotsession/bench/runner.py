@@ -7,6 +7,11 @@ a moment after its result (it writes the transcript), which a fixed order charge
 mode always comes next.
 Each turn's prompt carries a unique ``[[marker:ID]]``; after the run the model server's log gives
 each turn's arrival time at the model (see ``stats.match_model_requests``).
+
+Paused modes (``Mode.paused``, ``bench --pause``) are set up with the others but left out of the
+rounds; after them, :func:`hotsession.bench.pause.run_paused` times their follow-ups after a
+pause, all modes' pauses at once. Their ratios and paired differences are against
+``pause.REFERENCE`` (the bare CLI after the same pause), not the back-to-back floor.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import psutil
 from hotsession import __version__
 from hotsession.bench.environment import BenchEnv
 from hotsession.bench.modes import Mode
+from hotsession.bench.pause import REFERENCE as PAUSE_REFERENCE
+from hotsession.bench.pause import run_paused
 from hotsession.bench.stats import (
     METRICS,
     Sample,
@@ -90,6 +97,8 @@ class RunResult:
     cpu: dict[str, Any] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
+    paused: dict[str, str | None] = field(default_factory=dict)
+    """Paused modes (``bench --pause``) and each one's back-to-back counterpart (or None)."""
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         """``{mode: {metric: Summary | None}}``, in the order the modes were given."""
@@ -108,32 +117,37 @@ class RunResult:
         return None
 
     def ratios(self) -> dict[str, dict[str, dict[str, float | None]]]:
-        """``{mode: {"floor"|"print": {metric: median ratio}}}``."""
+        """``{mode: {"floor"|"print": {metric: median ratio}}}``; a paused mode also has
+        ``"pause"`` (against the bare CLI after the same pause) and, when its counterpart ran,
+        ``"back_to_back"`` (against the same turn without the pause)."""
         summaries = self.summaries()
         out: dict[str, dict[str, dict[str, float | None]]] = {}
         for mode, by_metric in summaries.items():
             out[mode] = {}
-            for ref_kind in ("floor", "print"):
-                ref = self.reference(ref_kind)
-                if ref is None:
+            refs = {kind: self.reference(kind) for kind in ("floor", "print")}
+            if mode in self.paused:
+                refs["pause"] = PAUSE_REFERENCE
+                refs["back_to_back"] = self.paused[mode]
+            for ref_kind, ref in refs.items():
+                if ref is None or ref not in summaries:
                     continue
                 out[mode][ref_kind] = {
-                    m: ratio(by_metric.get(m), summaries.get(ref, {}).get(m)) for m in METRICS
+                    m: ratio(by_metric.get(m), summaries[ref].get(m)) for m in METRICS
                 }
         return out
 
     def overheads(self) -> dict[str, dict[str, Any]]:
-        """Per-round paired differences to the floor: ``{mode: {metric: Summary dict}}``."""
+        """Per-round paired differences to the floor: ``{mode: {metric: Summary dict}}``; a
+        paused mode's to the bare CLI after the same pause (round *r* with its round *r*)."""
         floor = self.reference("floor")
-        if floor is None:
-            return {}
         out: dict[str, dict[str, Any]] = {}
         for mode in self.summaries():
-            if mode == floor:
+            ref = PAUSE_REFERENCE if mode in self.paused else floor
+            if ref is None or mode == ref:
                 continue
             out[mode] = {}
             for metric in METRICS:
-                summary = paired_overhead(self.samples, mode, floor, metric)
+                summary = paired_overhead(self.samples, mode, ref, metric)
                 out[mode][metric] = summary.to_dict() if summary is not None else None
         return out
 
@@ -191,6 +205,26 @@ class RunResult:
                 )
         return out
 
+    def pause(self) -> dict[str, Any]:
+        """The pause phase (``bench --pause``): its settings, and per paused mode the pauses
+        its samples really had (s, summarized) and its back-to-back counterpart."""
+        if not self.paused:
+            return {}
+        modes: dict[str, Any] = {}
+        for mode, counterpart in self.paused.items():
+            waited = summarize(
+                [
+                    float(s.extra["pause_s"])
+                    for s in self.samples
+                    if s.mode == mode and s.extra.get("pause_s") is not None
+                ]
+            )
+            modes[mode] = {
+                "pause_s": waited.to_dict() if waited is not None else None,
+                "back_to_back": counterpart,
+            }
+        return {**self.meta.get("pause", {}), "reference": PAUSE_REFERENCE, "modes": modes}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form: meta, summaries, ratios, memory, load, and every raw sample."""
         return {
@@ -211,6 +245,7 @@ class RunResult:
             "overhead_vs_floor_ms": self.overheads(),
             "outside_cli_ms": self.outside_cli(),
             "targets": self.targets(),
+            "pause": self.pause(),
             "errors": error_counts(self.samples),
             "memory": self.memory,
             "load": self.load,
@@ -232,6 +267,8 @@ class Runner:
         progress: Progress | None = None,
         memory_probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         seed: int = 1,
+        pause_s: float = 0.0,
+        pause_rounds: int = 0,
     ) -> None:
         self.env = env
         self.modes = list(modes)
@@ -240,11 +277,29 @@ class Runner:
         self.progress = progress or (lambda _d, _n: None)
         self.memory_probe = memory_probe
         self.rng = random.Random(seed)
+        self.pause_s = pause_s
+        self.pause_rounds = pause_rounds
+        self.pause_warmup = max(1, warmup)
+        """The pause phase's warm-up turns: at least one, so the first pause starts at a result."""
+
+    @property
+    def back_to_back(self) -> list[Mode]:
+        """The modes of the rounds (all but the paused ones)."""
+        return [m for m in self.modes if not m.paused]
+
+    @property
+    def paused(self) -> list[Mode]:
+        """The paused modes (``bench --pause``)."""
+        return [m for m in self.modes if m.paused]
 
     @property
     def steps(self) -> int:
         """Progress steps of a whole run."""
-        return len(self.modes) * (1 + self.warmup + self.rounds)
+        return (
+            len(self.modes)
+            + len(self.back_to_back) * (self.warmup + self.rounds)
+            + len(self.paused) * (self.pause_warmup + self.pause_rounds)
+        )
 
     async def _one(self, mode: Mode, round_no: int) -> Sample:
         marker = uuid.uuid4().hex[:12]
@@ -264,6 +319,7 @@ class Runner:
         started = time.time()
         machine = machine_info()
         samples: list[Sample] = []
+        pause_phase_s = 0.0
         memory: dict[str, Any] = {}
         set_up: list[Mode] = []
         try:
@@ -273,17 +329,27 @@ class Runner:
                 set_up.append(mode)
                 self.progress(f"set up {mode.name}", 1)
             for w in range(self.warmup):
-                for mode in self.modes:
+                for mode in self.back_to_back:
                     self.progress(f"warm-up {w + 1}: {mode.name}", 0)
                     await self._one(mode, -1 - w)
                     self.progress(f"warm-up {w + 1}: {mode.name}", 1)
             for r in range(self.rounds):
-                order = list(self.modes)
+                order = self.back_to_back
                 self.rng.shuffle(order)
                 for mode in order:
                     self.progress(f"round {r + 1}/{self.rounds}: {mode.name}", 0)
                     samples.append(await self._one(mode, r))
                     self.progress(f"round {r + 1}/{self.rounds}: {mode.name}", 1)
+            if self.paused:
+                pause_started = time.monotonic()
+                samples += await run_paused(
+                    self.paused,
+                    pause_s=self.pause_s,
+                    rounds=self.pause_rounds,
+                    warmup=self.pause_warmup,
+                    progress=self.progress,
+                )
+                pause_phase_s = round(time.monotonic() - pause_started, 1)
             if self.memory_probe is not None:
                 self.progress("measuring memory", 0)
                 memory = await self.memory_probe()
@@ -307,6 +373,14 @@ class Runner:
             "machine": machine,
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         }
+        if self.paused:
+            meta["pause"] = {
+                "duration_s": pause_phase_s,
+                "pause_s": self.pause_s,
+                "rounds": self.pause_rounds,
+                "warmup": self.pause_warmup,
+                "order": "a task per mode, started pause_s / n apart; turns never overlap",
+            }
         return RunResult(
             kind=kind,
             samples=samples,
@@ -314,4 +388,5 @@ class Runner:
             memory=memory,
             descriptions={m.name: m.description for m in self.modes},
             groups={m.name: m.group for m in self.modes},
+            paused={m.name: m.back_to_back for m in self.paused},
         )
