@@ -55,7 +55,8 @@ TURN_TIMEOUT_S = 120.0
 IDLE_S = 2.0
 """The idle stretch before each daemon's timed follow-ups (each process's idle CPU rate)."""
 FIGURES_AGE_S = 1.2
-"""Longer than the cluster daemon's ``refresh_s`` (1 s): its ``/v1/pool`` is fresh again."""
+"""Longer than a node's figure check (``FIGURES_CHECK_S``, 1 s: the open ``figures`` call
+answers within it of a change): the cluster daemon's ``/v1/pool`` is fresh again."""
 
 
 @contextlib.contextmanager
@@ -204,8 +205,8 @@ async def _settle(daemon: Daemon) -> None:
     """Until the pool spawns nothing and this run's CLIs are idle, before follow-ups are timed
     (both daemons the same way), as the other benches wait before theirs: a node prewarms a
     spare when a session opens there, and a spare's start-up (~0.5 s of CPU over both cores)
-    landed among the cluster's first timed follow-ups. ``/v1/pool`` in cluster mode shows the
-    nodes' figures of up to ``refresh_s`` ago, hence the second look; a spare counted ready
+    landed among the cluster's first timed follow-ups. ``/v1/pool`` in cluster mode shows a
+    node's change up to its figure check (1 s) later, hence the second look; a spare counted ready
     (its ``initialize`` answered) may still be at its start-up work, hence the CPU check."""
     await daemon.wait_quiet()
     await asyncio.sleep(FIGURES_AGE_S)
