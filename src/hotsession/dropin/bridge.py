@@ -361,74 +361,10 @@ class DropinRun:
     # -- opening ---------------------------------------------------------------------------------
 
     def _options(self, cwd: str, first: dict[str, Any] | None) -> SessionOptions:
-        inv = self.inv
-        extra = self._strip_sdk_servers(list(inv.passthrough))
-        # Every process writes partial messages; the session passes them on when asked to.
-        self._partial = "--include-partial-messages" in extra
-        extra = [a for a in extra if a != "--include-partial-messages"]
-        model = inv.model
-        mode = inv.permission_mode
-        if mode is not None and mode not in PERMISSION_MODES:
-            extra += ["--permission-mode", mode]
-            mode = None
-        initialize: str | None = None
-        if first is not None and first.get("type") == "control_request":
-            request = first.get("request") or {}
-            if request.get("subtype") == "initialize":
-                fields = {k: v for k, v in request.items() if k not in ("subtype", "hooks")}
-                if fields:
-                    initialize = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        env = {
-            k: str(v)
-            for k, v in (self.hello.get("env") or {}).items()
-            if str(k).startswith(ENV_PREFIXES)
-            and k not in ENV_EXCLUDED
-            and k not in self.client.reserved
-        }
-        return SessionOptions.create(
-            cwd,
-            tenant=self.client.tenant,
-            model=model,
-            permission_mode=mode,
-            env=env,
-            extra_args=extra,
-            initialize=initialize,
-            permission_prompt_tool=inv.permission_prompt_tool,
+        options, self._partial = run_options(
+            self.inv, self.hello, self.client, cwd, first, self._sdk_servers
         )
-
-    def _strip_sdk_servers(self, args: list[str]) -> list[str]:
-        """Take in-process SDK MCP servers out of ``--mcp-config`` (see the module docstring)."""
-        out: list[str] = []
-        i = 0
-        while i < len(args):
-            tok = args[i]
-            name, eq, inline = tok.partition("=")
-            if name != "--mcp-config":
-                out.append(tok)
-                i += 1
-                continue
-            values = [inline] if eq else []
-            i += 1
-            if not eq:
-                while i < len(args) and not args[i].startswith("-"):
-                    values.append(args[i])
-                    i += 1
-            kept: list[str] = []
-            for value in values:
-                try:
-                    config = json.loads(value)
-                    servers = config["mcpServers"]
-                    sdk = {k: v for k, v in servers.items() if v.get("type") == "sdk"}
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    kept.append(value)
-                    continue
-                self._sdk_servers.update(sdk)
-                rest = {k: v for k, v in servers.items() if k not in sdk}
-                if rest:
-                    kept.append(json.dumps({**config, "mcpServers": rest}))
-            if kept:
-                out += ["--mcp-config", *kept]
-        return out
+        return options
 
     async def _open(self, options: SessionOptions) -> Session:
         inv = self.inv
@@ -904,6 +840,87 @@ def _switch_echo(msg: dict[str, Any]) -> bool:
         and isinstance(content, str)
         and content.startswith("<local-command-stdout>")
     )
+
+
+def run_options(
+    inv: cli_argv.Invocation,
+    hello: dict[str, Any],
+    client: Client,
+    cwd: str,
+    first: dict[str, Any] | None,
+    sdk_servers: dict[str, Any],
+) -> tuple[SessionOptions, bool]:
+    """A run's profile (its :class:`SessionOptions`) and whether the client asked for partial
+    messages, from its argv, hello and first stdin line (``first``: an ``initialize`` is part
+    of the profile); the in-process SDK MCP servers taken out go to ``sdk_servers``. Also what
+    a cluster daemon places a new run by (``hotsession.cluster.dropin``)."""
+    extra = _strip_sdk_servers(list(inv.passthrough), sdk_servers)
+    # Every process writes partial messages; the session passes them on when asked to.
+    partial = "--include-partial-messages" in extra
+    extra = [a for a in extra if a != "--include-partial-messages"]
+    model = inv.model
+    mode = inv.permission_mode
+    if mode is not None and mode not in PERMISSION_MODES:
+        extra += ["--permission-mode", mode]
+        mode = None
+    initialize: str | None = None
+    if first is not None and first.get("type") == "control_request":
+        request = first.get("request") or {}
+        if request.get("subtype") == "initialize":
+            fields = {k: v for k, v in request.items() if k not in ("subtype", "hooks")}
+            if fields:
+                initialize = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    env = {
+        k: str(v)
+        for k, v in (hello.get("env") or {}).items()
+        if str(k).startswith(ENV_PREFIXES) and k not in ENV_EXCLUDED and k not in client.reserved
+    }
+    options = SessionOptions.create(
+        cwd,
+        tenant=client.tenant,
+        model=model,
+        permission_mode=mode,
+        env=env,
+        extra_args=extra,
+        initialize=initialize,
+        permission_prompt_tool=inv.permission_prompt_tool,
+    )
+    return options, partial
+
+
+def _strip_sdk_servers(args: list[str], sink: dict[str, Any]) -> list[str]:
+    """Take in-process SDK MCP servers out of ``--mcp-config`` (see the module docstring)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        name, eq, inline = tok.partition("=")
+        if name != "--mcp-config":
+            out.append(tok)
+            i += 1
+            continue
+        values = [inline] if eq else []
+        i += 1
+        if not eq:
+            while i < len(args) and not args[i].startswith("-"):
+                values.append(args[i])
+                i += 1
+        kept: list[str] = []
+        for value in values:
+            try:
+                config = json.loads(value)
+                servers = config["mcpServers"]
+                sdk = {k: v for k, v in servers.items() if v.get("type") == "sdk"}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                kept.append(value)
+                continue
+            sink.update(sdk)
+            rest = {k: v for k, v in servers.items() if k not in sdk}
+            if rest:
+                kept.append(json.dumps({**config, "mcpServers": rest}))
+        if kept:
+            out += ["--mcp-config", *kept]
+    return out
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
