@@ -453,3 +453,49 @@ async def test_a_dropin_client_killed_mid_turn_loses_nothing_on_a_cluster(
     assert await turn_states(daemon, session_id, 3) == ["done", "done", "done"]
     assert await owner_node(daemon, cli_id) == (session_id, node)
     assert (await session_view(daemon, session_id))["pid"] == pid
+
+
+async def test_a_new_dropin_run_goes_to_the_node_with_a_ready_spare_of_its_profile(
+    api_daemons: Callable[[], Awaitable[ApiDaemon]], workdir: Path
+) -> None:
+    """Placement as for a new session: the daemon computes the run's profile (argv, env, the
+    SDK's ``initialize`` sent with the hello) as the node will, so the second conversation of a
+    profile goes to the node whose pool kept a spare of it after the first, and takes it."""
+    from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
+
+    daemon = await api_daemons()
+    env = {"HOTSESSION_URL": daemon.url, "HOTSESSION_TOKEN": TOKEN}
+    opts = ClaudeAgentOptions(  # a profile of this test alone (its system prompt)
+        cli_path=SHIM, cwd=str(workdir), env=env, system_prompt="placement test 7f3a"
+    )
+
+    async def new_conversation() -> tuple[str, dict[str, Any]]:
+        results = [
+            m
+            async for m in query(prompt="[[say:ok]]", options=opts)
+            if isinstance(m, ResultMessage)
+        ]
+        assert results and results[-1].result == "ok"
+        session_id, _ = await owner_node(daemon, results[-1].session_id)
+        return session_id, await session_view(daemon, session_id)
+
+    _, first = await new_conversation()
+    node, profile = first["node"], first["profile"]
+    # The node's pool keeps a spare of the profile for the client's next conversation.
+    for _ in range(600):
+        if daemon.hub.nodes[node].figures.spares.get(profile):
+            break
+        await asyncio.sleep(0.1)
+    assert daemon.hub.nodes[node].figures.spares.get(profile), daemon.hub.nodes[node].figures
+    others = [n for n in daemon.hub.live_nodes() if n.name != node]
+    assert others and not any(n.figures.spares.get(profile) for n in others)
+
+    async def hits() -> int:
+        stats = await daemon.hub.actor(node).stats.remote()
+        return sum(p["hits"] for p in stats["pool"]["profiles"] if p["profile"] == profile)
+
+    before = await hits()
+    _, second = await new_conversation()
+    assert second["node"] == node and second["profile"] == profile
+    assert await hits() == before + 1  # its spare served it
+    assert (second["last_timing"] or {}).get("source") == "spare", second

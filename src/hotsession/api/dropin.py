@@ -39,7 +39,7 @@ async def dropin(websocket: WebSocket) -> None:
     accepted = await accept_run(websocket, state.auth, closing=lambda: state.is_closing)
     if accepted is None:
         return
-    tenant, hello, receive = accepted
+    tenant, hello, receive, _ = accepted
 
     async def send_json(obj: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(obj))
@@ -77,10 +77,11 @@ def reserved_env(tenant: Tenant) -> frozenset[str]:
 
 async def accept_run(
     websocket: WebSocket, auth: Authenticator, *, closing: Callable[[], bool]
-) -> tuple[Tenant, dict[str, Any], Receive] | None:
-    """Accept a drop-in WebSocket: its tenant, its hello and its stdin (``receive``, the
-    :class:`Peer`'s), or None when it was refused (the shim got the reason). Shared with the
-    cluster daemon's ``/v1/dropin`` (``hotsession.cluster.dropin``)."""
+) -> tuple[Tenant, dict[str, Any], Receive, bytes] | None:
+    """Accept a drop-in WebSocket: its tenant, its hello, its stdin (``receive``, the
+    :class:`Peer`'s) and what stdin held when the shim connected (``receive`` returns it
+    first), or None when it was refused (the shim got the reason). Shared with the cluster
+    daemon's ``/v1/dropin`` (``hotsession.cluster.dropin``)."""
     carried = websocket.headers.get(HELLO_HEADER)
     hello: Any = None
     early: list[bytes] = []
@@ -152,7 +153,7 @@ async def accept_run(
                 continue
             return parsed
 
-    return tenant, hello, receive
+    return tenant, hello, receive, early[0] if early else b""
 
 
 async def refuse(websocket: WebSocket, exc: HotsessionError) -> None:

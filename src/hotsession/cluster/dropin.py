@@ -14,9 +14,11 @@ Which node. ``--resume ID`` (not ``--fork-session``): the node that owns the ope
 conversation is ID, found in the store (the registry every daemon shares), so a follow-up goes
 to the process that is hot there. Otherwise (a new conversation, a fork, a ``--resume`` of a
 conversation open on no node, whose transcript the node then writes from the store,
-``--continue``) placement as for a new session, by memory headroom: the run's profile is only
-known once the node has read its ``initialize``, so a node's ready spare of that profile does
-not steer the choice (the node's pool still serves the run from its spare when it has one).
+``--continue``) placement as for a new session: a node with a ready spare of the run's profile,
+else the most memory headroom. The profile is the one the node will make
+(:func:`hotsession.dropin.bridge.run_options`: argv, environment, and the SDK's ``initialize``
+when it came with the hello, as the shim sends what stdin held when it connected); a run whose
+first line is not known yet is placed by headroom alone.
 ``--continue`` looks for the newest transcript of the cwd in that node's config dir, which holds
 only what ran there.
 
@@ -46,6 +48,7 @@ from hotsession.cluster.placement import choose
 from hotsession.cluster.streams import cancel_stream, remote_stream
 from hotsession.cluster.wire import NodeLost
 from hotsession.dropin import argv as cli_argv
+from hotsession.dropin.bridge import Client, run_options
 from hotsession.errors import HotsessionError
 from hotsession.settings import Tenant
 
@@ -62,14 +65,15 @@ async def dropin(websocket: WebSocket) -> None:
     accepted = await accept_run(websocket, api.auth, closing=lambda: api.is_closing)
     if accepted is None:
         return
-    tenant, hello, receive = accepted
+    tenant, hello, receive, early = accepted
+    client: dict[str, Any] = {"tenant": tenant.name, "reserved": sorted(reserved_env(tenant))}
+    client.update(_cwd(tenant, hello))
+    profile = _profile(tenant.name, client, hello, early)
     try:
-        node = await choose_node(hub, tenant.name, hello)
+        node = await choose_node(hub, tenant.name, hello, profile)
     except HotsessionError as exc:
         await refuse(websocket, exc)
         return
-    client: dict[str, Any] = {"tenant": tenant.name, "reserved": sorted(reserved_env(tenant))}
-    client.update(_cwd(tenant, hello))
     stdin = _Stdin(receive)
     reading = asyncio.create_task(stdin.read(), name="dropin-stdin")
     try:
@@ -89,7 +93,7 @@ async def dropin(websocket: WebSocket) -> None:
                         await websocket.send_text(json.dumps({"exit": 1}))
                     break
                 try:  # nothing ran yet: the run again, on another node, with the same stdin
-                    node = await choose_node(hub, tenant.name, hello)
+                    node = await choose_node(hub, tenant.name, hello, profile)
                 except HotsessionError as exc:
                     await refuse(websocket, exc)
                     return
@@ -188,8 +192,37 @@ def _cwd(tenant: Tenant, hello: dict[str, Any]) -> dict[str, str]:
         return {"cwd_error": exc.message}
 
 
-async def choose_node(hub: ClusterHub, tenant: str, hello: dict[str, Any]) -> str:
-    """The node that serves a run (see the module docstring)."""
+def _profile(tenant: str, client: dict[str, Any], hello: dict[str, Any], early: bytes) -> str:
+    """The run's profile key as its node will make it (``bridge.run_options``), from the argv,
+    the environment and the first stdin line the shim sent with its hello (an SDK's
+    ``initialize``); "" when it cannot tell (placement then goes by headroom alone)."""
+    cwd = client.get("cwd")
+    if not cwd:
+        return ""
+    inv = cli_argv.parse([str(a) for a in hello.get("argv") or []])
+    first: dict[str, Any] | None = None
+    if inv.streaming_input:
+        line, newline, _ = early.partition(b"\n")
+        if not newline:
+            return ""  # its initialize is not known yet
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            return ""
+        first = parsed if isinstance(parsed, dict) else None
+    who = Client(tenant, lambda path: path, frozenset(client.get("reserved") or ()))
+    try:
+        options, _ = run_options(inv, hello, who, str(cwd), first, {})
+    except (HotsessionError, ValueError, TypeError):
+        return ""
+    return options.profile_key()
+
+
+async def choose_node(
+    hub: ClusterHub, tenant: str, hello: dict[str, Any], profile: str = ""
+) -> str:
+    """The node that serves a run (see the module docstring); ``profile``: a new run's profile
+    key (a node with a ready spare of it is chosen first, as for a new session)."""
     if hub.shutting_down:
         raise HotsessionError("the service is shutting down")
     inv = cli_argv.parse([str(a) for a in hello.get("argv") or []])
@@ -204,7 +237,7 @@ async def choose_node(hub: ClusterHub, tenant: str, hello: dict[str, Any]) -> st
                     return owner.node
                 owner = await hub.rehome(rec.id, lost=owner.node or None)
                 return owner.node
-    target = choose((n.figures for n in hub.live_nodes()), "")
+    target = choose((n.figures for n in hub.live_nodes()), profile)
     if target is None:
         raise NodeLost("no live node can serve the run")
     return target.node
