@@ -133,6 +133,11 @@ async def _followups(
     )
     path = f"/v1/sessions/{session['id']}/turns"
     await _turn(daemon, path, {"prompt": "[[say:warm]]"}, label)
+    # The bare CLI's turn right after the session's warm one: an idle CLI's CPU depends on how
+    # long ago its last turn was (its post-turn work, Bun's GC ticks; docs/benchmarks.md "Idle
+    # CLIs"), so the idle stretch reads both at the same age (it read the session's CLI 10x
+    # the bare one's when the bare CLI's last turn was minutes older).
+    await _bare_turn(bare, -1)
     await _settle(daemon)
     floor_pids = dict.fromkeys(bare.pids().values(), "floor_cli")
     by_role = {**await _roles(daemon, str(session["id"]), postmaster), **floor_pids}
