@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -157,5 +158,79 @@ async def test_stale_node_never_writes_the_prompt_to_its_cli(
         assert items == [{"error": items[0]["error"]}]
         assert items[0]["error"]["code"] == "stale_epoch"
         assert session_id not in node.epochs
+    finally:
+        await node.stop()
+
+
+async def test_stale_node_never_writes_a_dropin_prompt_to_its_cli(
+    store_factory: Any,
+    node_env: dict[str, str],
+    workdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drop-in run on a node is fenced as a node's ``send`` is: once another node owns its
+    session, the run's next prompt never reaches this node's CLI (a run that sent ungated wrote
+    it before the once-a-second fence check could notice), and the run ends with an error."""
+    written: list[str] = []
+    send_user = AgentProcess.send_user
+
+    async def spy(self: AgentProcess, prompt: str, **kw: Any) -> None:
+        written.append(prompt)
+        await send_user(self, prompt, **kw)
+
+    monkeypatch.setattr(AgentProcess, "send_user", spy)
+    env = {**node_env, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    node = NodeHost(
+        NodeSpec(
+            name="in-process-node",
+            state_root=str(tmp_path / "node"),
+            store=store_factory,
+            config={"allow_root_bypass": True, "pool_enabled": False, "memory_budget_mb": 2000},
+            env=env,
+        )
+    )
+    await node.start()
+    argv = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
+    hello = {"argv": argv, "cwd": str(workdir), "env": {}}
+    client = {"tenant": "t1", "cwd": str(workdir), "reserved": []}
+
+    def user(text: str) -> bytes:
+        line = {"type": "user", "message": {"role": "user", "content": text}}
+        return json.dumps(line).encode() + b"\n"
+
+    out: list[tuple[str, Any]] = []
+    try:
+        run = node.dropin("run-1", client, hello)
+        await node.dropin_input("run-1", user("[[say:one]]"))
+
+        async def until(pred: Any) -> None:
+            async with asyncio.timeout(60):
+                async for items in run:
+                    out.extend(items)
+                    if pred():
+                        return
+
+        def saw_result() -> bool:
+            return any(k == "b" and b'"type":"result"' in p for k, p in out)
+
+        await until(saw_result)
+        assert written == ["[[say:one]]"]
+        ((session_id, epoch),) = node.epochs.items()
+        assert node.store is not None
+        for _ in range(200):  # the turn's end written (the store would refuse it afterwards)
+            if (await node.store.list_turns(session_id))[-1].status == "done":
+                break
+            await asyncio.sleep(0.05)
+        await node.store.claim(session_id, "another-node", expect_epoch=epoch)
+
+        await node.dropin_input("run-1", user("[[say:stale]]"))
+        await until(lambda: any(k == "j" and "exit" in p for k, p in out))
+        assert written == ["[[say:one]]"], "the stale node wrote the drop-in's prompt to its CLI"
+        errors = b"".join(p[1:] for k, p in out if k == "b" and p[:1] == b"\x02")
+        assert b"moved to another node" in errors, errors
+        assert [p["exit"] for k, p in out if k == "j" and "exit" in p] == [1]
     finally:
         await node.stop()

@@ -64,7 +64,11 @@ class _Inbox:
 
 
 class _NodeRun(DropinRun):
-    """A :class:`DropinRun` whose new sessions are claimed for this node in the store."""
+    """A :class:`DropinRun` whose new sessions are claimed for this node in the store, and
+    whose prompts reach the CLI only once their fenced record is written (the node's check that
+    it still owns the session, as for ``NodeHost.send``)."""
+
+    gated = True
 
     def __init__(self, host: NodeHost, *args: Any) -> None:
         super().__init__(*args)

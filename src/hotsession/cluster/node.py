@@ -559,8 +559,11 @@ class NodeHost(StreamSource, NodeDropins):
         session = hub.sessions.pop(session_id, None)
         if session is None:
             return False
+        moved = StaleEpoch(
+            "the session moved to another node; continue it there", session_id=session_id
+        )
         with contextlib.suppress(HotsessionError):
-            await session.shutdown()
+            await session.shutdown(moved)
         hub.host.release(session.id, session.cli_session_id)
         self.dropped_total += 1
         log.info("host %s dropped %s (it moved)", self.name, session_id)

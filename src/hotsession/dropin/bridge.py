@@ -119,6 +119,11 @@ class _Exec(Exception):
 class DropinRun:
     """One ``hotsession-claude`` invocation."""
 
+    gated = False
+    """Whether a turn's prompt reaches the process only once its record is written
+    (``Session.send(gated=True)``): a cluster node's runs are, the record being fenced by the
+    node's ownership epoch (hotsession.cluster.dropin_run); one machine's wait for nothing."""
+
     def __init__(self, hub: Hotsession, client: Client, peer: Peer, hello: dict[str, Any]):
         self.hub = hub
         self.client = client
@@ -470,7 +475,7 @@ class DropinRun:
         assert self.session is not None
         self._stop_idle_read()
         self._idle_state.clear()
-        turn = self.session.send(prompt, message=message)
+        turn = self.session.send(prompt, message=message, gated=self.gated)
         self._turns.append(turn)
         self._turns_changed.set()
 

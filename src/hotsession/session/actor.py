@@ -766,14 +766,16 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
 
-    async def shutdown(self) -> None:
-        """Daemon shutdown: end the running turn with an error; keep the session for later."""
+    async def shutdown(self, reason: HotsessionError | None = None) -> None:
+        """Daemon shutdown: end the running turn with an error (``reason``, by default
+        ``ShuttingDown``; a cluster node that lost the session says so); keep the session for
+        later."""
         pending = [self.current] if self.current is not None else []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for turn in pending:
             if not turn.done.is_set():
-                self._end_with_error(turn, ShuttingDown("the service is shutting down"))
+                self._end_with_error(turn, reason or ShuttingDown("the service is shutting down"))
                 turn.record.status = "error"
                 turn.record.ended_at = time.time()
                 try:
