@@ -21,7 +21,12 @@ CLI (the floor). Figures:
   ``resume_ms`` (the ``--resume`` spawn on the new node, the turn's ``claim_ms``);
 * ``lost_turns`` — turns accepted and never completed or errored (a turn running on the removed
   node must end with ``node_lost``; the one queued behind it must run on the new node);
-* ``nodes`` — how many nodes ran.
+* ``nodes`` — how many nodes ran;
+* ``followup_overhead_pinned_ms`` / ``single_overhead_pinned_ms`` — the paired follow-ups once
+  more with the session's CLI and the bare CLI on a core of their own and every other process
+  on the others (:mod:`hotsession.bench.pinning`): what the overhead is when the cluster's CPU
+  does not land on the CLI's core, as on real machines (a node's cores for its CLIs and host
+  actor; daemons and Postgres elsewhere).
 
 On a shared 2-core machine the absolute numbers are noisy: compare within one run.
 """
@@ -42,6 +47,7 @@ import psutil
 from hotsession.bench.daemon import Daemon
 from hotsession.bench.environment import BenchEnv, BenchError
 from hotsession.bench.modes import BareCli
+from hotsession.bench.pinning import can_pin, pinned
 from hotsession.bench.stats import Sample
 from hotsession.cluster.node import MEMORY_RESOURCE
 from hotsession.cluster.process_cpu import ProcessCpu, postmaster_pid, roles
@@ -115,12 +121,12 @@ async def _followups(
     *,
     bare: BareCli,
     postmaster: int | None = None,
-) -> tuple[list[float], list[float], dict[str, Any]]:
+) -> tuple[list[float], list[float], dict[str, Any], dict[str, Any] | None]:
     """Follow-ups on one session through ``daemon``, each round paired with one follow-up of
     the bare CLI ``bare`` (the floor), in alternating order; the daemon's times (ms), the
-    floor's times (ms), and the CPU each process of the run spent per round and per second of
+    floor's times (ms), the CPU each process of the run spent per round and per second of
     an idle stretch just before them (``hotsession.cluster.process_cpu``; the bare CLI is the
-    role ``floor_cli``).
+    role ``floor_cli``), and the pinned pass's figures (``_pinned_pass``).
 
     Why paired: the floor measured in a phase of its own, before the daemons, read 20–33 ms in
     five quiet-machine runs of the same code (2026-11-30), more than the overhead it is
@@ -148,19 +154,9 @@ async def _followups(
     idle_s = time.monotonic() - t0
     idle.stop()
     busy = ProcessCpu(by_role)
-    out: list[float] = []
-    floor: list[float] = []
     busy.start()
     t0 = time.monotonic()
-    for i in range(rounds):
-        if i % 2 == 0:
-            floor.extend(await _bare_turn(bare, i))
-        s = await _turn(daemon, path, {"prompt": f"[[say:f{i}]]"}, label)
-        ms = s.ms("result_ms")
-        if ms is not None:
-            out.append(ms)
-        if i % 2 == 1:
-            floor.extend(await _bare_turn(bare, i))
+    out, floor = await _paired(daemon, path, bare, rounds, label)
     wall_s = time.monotonic() - t0
     busy.stop({**await _roles(daemon, str(session["id"]), postmaster), **floor_pids})
     per_turn = busy.ms(per=rounds)
@@ -175,7 +171,56 @@ async def _followups(
         },
         "wall_ms_per_followup": round(wall_s * 1000 / rounds, 2),
     }
-    return out, floor, cpu
+    return out, floor, cpu, await _pinned_pass(daemon, path, bare, rounds, label, by_role)
+
+
+async def _paired(
+    daemon: Daemon, path: str, bare: BareCli, rounds: int, label: str
+) -> tuple[list[float], list[float]]:
+    """``rounds`` follow-ups on ``path``, each paired with one of the bare CLI in alternating
+    order; the daemon's times and the floor's (ms)."""
+    out: list[float] = []
+    floor: list[float] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            floor.extend(await _bare_turn(bare, i))
+        s = await _turn(daemon, path, {"prompt": f"[[say:f{i}]]"}, label)
+        ms = s.ms("result_ms")
+        if ms is not None:
+            out.append(ms)
+        if i % 2 == 1:
+            floor.extend(await _bare_turn(bare, i))
+    return out, floor
+
+
+async def _pinned_pass(
+    daemon: Daemon,
+    path: str,
+    bare: BareCli,
+    rounds: int,
+    label: str,
+    by_role: dict[int, str],
+) -> dict[str, Any] | None:
+    """The paired follow-ups again with the session's CLI and the bare CLI on a core of their
+    own and every other process of the machine on the rest (``hotsession.bench.pinning``):
+    the overhead when the daemon's, the nodes' and Postgres's CPU does not land on the CLI's
+    core, as on real machines. None on a machine with one CPU."""
+    clis = {pid for pid, role in by_role.items() if role in ("session_cli", "floor_cli")}
+    if not can_pin() or len(clis) < 2:
+        return None
+    with pinned(clis) as (cli_cpus, other_cpus):
+        out, floor = await _paired(daemon, path, bare, rounds, f"{label} (pinned)")
+    follow_ms, floor_ms = _median(out), _median(floor)
+    overhead = None
+    if follow_ms is not None and floor_ms is not None:
+        overhead = round(follow_ms - floor_ms, 2)
+    return {
+        "cli_cpus": sorted(cli_cpus),
+        "other_cpus": sorted(other_cpus),
+        "followup_ms": follow_ms,
+        "floor_ms": floor_ms,
+        "overhead_ms": overhead,
+    }
 
 
 async def _bare_turn(bare: BareCli, i: int) -> list[float]:
@@ -399,7 +444,7 @@ async def _measure(
         single = Daemon(env)
         await single.start()
         try:
-            follow_single, floor_single, cpu_single = await _followups(
+            follow_single, floor_single, cpu_single, pinned_single = await _followups(
                 single, rounds, "single follow-up", bare=bare
             )
             new_single = await _new_sessions(single, max(3, rounds // 4), "single new")
@@ -412,7 +457,7 @@ async def _measure(
         daemon.state_dir = env.root / "cluster-daemon-state"
         await daemon.start()
         try:
-            followups, floor, cpu_cluster = await _followups(
+            followups, floor, cpu_cluster, pinned_cluster = await _followups(
                 daemon, rounds, "cluster follow-up", bare=bare, postmaster=postmaster
             )
             new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
@@ -449,6 +494,12 @@ async def _measure(
             if follow_ms is not None and single_ms is not None
             else None
         ),
+        # The same paired follow-ups with the two CLIs on a core of their own and everything
+        # else on the others (bench.pinning): the overhead when the cluster's CPU does not land
+        # on the CLI's core, as on real machines; None where the machine has one CPU.
+        "followup_overhead_pinned_ms": (pinned_cluster or {}).get("overhead_ms"),
+        "single_overhead_pinned_ms": (pinned_single or {}).get("overhead_ms"),
+        "pinned": {"single": pinned_single, "cluster": pinned_cluster},
         # CPU per timed round of every process of the run, by role (process_cpu), in each
         # daemon's run (``net``: beyond each process's idle rate); ``floor_cli``: the bare CLI's
         # paired follow-up.
