@@ -29,6 +29,38 @@ async def _gone(pid: int, timeout: float = 15) -> bool:
     return False
 
 
+async def _spied_node(
+    written: list[str],
+    store_factory: Any,
+    node_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> NodeHost:
+    """A started node in this process (no pool), every prompt written to a CLI's stdin
+    appended to ``written``."""
+    send_user = AgentProcess.send_user
+
+    async def spy(self: AgentProcess, prompt: str, **kw: Any) -> None:
+        written.append(prompt)
+        await send_user(self, prompt, **kw)
+
+    monkeypatch.setattr(AgentProcess, "send_user", spy)
+    env = {**node_env, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}
+    for key, value in env.items():  # the node sets its environment; put it back afterwards
+        monkeypatch.setenv(key, value)
+    node = NodeHost(
+        NodeSpec(
+            name="in-process-node",
+            state_root=str(tmp_path / "node"),
+            store=store_factory,
+            config={"allow_root_bypass": True, "pool_enabled": False, "memory_budget_mb": 2000},
+            env=env,
+        )
+    )
+    await node.start()
+    return node
+
+
 async def test_two_nodes_race_for_one_session(chub: ClusterHub, workdir: Path) -> None:
     x, y, z = (n.name for n in chub.live_nodes())
     session = await chub.open(workdir, tenant="t1", node=x)
@@ -112,26 +144,7 @@ async def test_stale_node_never_writes_the_prompt_to_its_cli(
     prompt while the record was being written fails this). The node runs in this process, so
     every write to a CLI's stdin is seen."""
     written: list[str] = []
-    send_user = AgentProcess.send_user
-
-    async def spy(self: AgentProcess, prompt: str, **kw: Any) -> None:
-        written.append(prompt)
-        await send_user(self, prompt, **kw)
-
-    monkeypatch.setattr(AgentProcess, "send_user", spy)
-    env = {**node_env, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}
-    for key, value in env.items():  # the node sets its environment; put it back afterwards
-        monkeypatch.setenv(key, value)
-    node = NodeHost(
-        NodeSpec(
-            name="in-process-node",
-            state_root=str(tmp_path / "node"),
-            store=store_factory,
-            config={"allow_root_bypass": True, "pool_enabled": False, "memory_budget_mb": 2000},
-            env=env,
-        )
-    )
-    await node.start()
+    node = await _spied_node(written, store_factory, node_env, tmp_path, monkeypatch)
     try:
         opened = await node.open(tenant="t1", cwd=str(workdir), options={})
         session_id, epoch = opened["session"]["id"], opened["epoch"]
@@ -173,26 +186,7 @@ async def test_stale_node_never_writes_a_dropin_prompt_to_its_cli(
     session, the run's next prompt never reaches this node's CLI (a run that sent ungated wrote
     it before the once-a-second fence check could notice), and the run ends with an error."""
     written: list[str] = []
-    send_user = AgentProcess.send_user
-
-    async def spy(self: AgentProcess, prompt: str, **kw: Any) -> None:
-        written.append(prompt)
-        await send_user(self, prompt, **kw)
-
-    monkeypatch.setattr(AgentProcess, "send_user", spy)
-    env = {**node_env, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude-config")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    node = NodeHost(
-        NodeSpec(
-            name="in-process-node",
-            state_root=str(tmp_path / "node"),
-            store=store_factory,
-            config={"allow_root_bypass": True, "pool_enabled": False, "memory_budget_mb": 2000},
-            env=env,
-        )
-    )
-    await node.start()
+    node = await _spied_node(written, store_factory, node_env, tmp_path, monkeypatch)
     argv = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
     hello = {"argv": argv, "cwd": str(workdir), "env": {}}
     client = {"tenant": "t1", "cwd": str(workdir), "reserved": []}
