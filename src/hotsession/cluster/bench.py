@@ -27,6 +27,12 @@ CLI (the floor). Figures:
   on the others (:mod:`hotsession.bench.pinning`): what the overhead is when the cluster's CPU
   does not land on the CLI's core, as on real machines (a node's cores for its CLIs and host
   actor; daemons and Postgres elsewhere).
+* ``path_floor_overhead_ms`` — the cluster path's floor (:mod:`hotsession.cluster.path_floor`):
+  a plain Ray actor on a worker node holding a bare CLI, called once per follow-up by this
+  process, with the prompt's fenced record and the turn's transcript write in Postgres on the
+  way; its median follow-up (``path_floor_ms``) minus the median of the bare CLI paired with it
+  (``path_floor_bare_ms``), after the cluster daemon's follow-ups; ``path_floor_overhead_pinned_ms``
+  the same with the two CLIs pinned. What any design with the issue's guarantees adds at least.
 
 On a shared 2-core machine the absolute numbers are noisy: compare within one run.
 """
@@ -50,6 +56,7 @@ from hotsession.bench.modes import BareCli
 from hotsession.bench.pinning import can_pin, pinned
 from hotsession.bench.stats import Sample
 from hotsession.cluster.node import MEMORY_RESOURCE
+from hotsession.cluster.path_floor import measure_path_floor
 from hotsession.cluster.process_cpu import ProcessCpu, postmaster_pid, roles
 
 if TYPE_CHECKING:
@@ -460,6 +467,8 @@ async def _measure(
             followups, floor, cpu_cluster, pinned_cluster = await _followups(
                 daemon, rounds, "cluster follow-up", bare=bare, postmaster=postmaster
             )
+            console.print(f"path floor: a plain Ray actor on a worker node, {rounds} rounds …")
+            path_floor = await measure_path_floor(env, cluster, database_url, bare, rounds)
             new_cluster = await _new_sessions(daemon, max(3, rounds // 4), "cluster new")
             console.print("recovery: removing a worker node …")
             recovery = await _recovery(daemon, cluster, env)
@@ -500,6 +509,14 @@ async def _measure(
         "followup_overhead_pinned_ms": (pinned_cluster or {}).get("overhead_ms"),
         "single_overhead_pinned_ms": (pinned_single or {}).get("overhead_ms"),
         "pinned": {"single": pinned_single, "cluster": pinned_cluster},
+        # The least any cluster design with the issue's guarantees adds (path_floor): a plain
+        # actor on a worker node, one call per follow-up, the fenced prompt record and the
+        # transcript write; paired with the bare CLI as the daemons' follow-ups are.
+        "path_floor_ms": path_floor["followup_ms"],
+        "path_floor_bare_ms": path_floor["floor_ms"],
+        "path_floor_overhead_ms": path_floor["overhead_ms"],
+        "path_floor_overhead_pinned_ms": (path_floor["pinned"] or {}).get("overhead_ms"),
+        "path_floor": path_floor,
         # CPU per timed round of every process of the run, by role (process_cpu), in each
         # daemon's run (``net``: beyond each process's idle rate); ``floor_cli``: the bare CLI's
         # paired follow-up.
