@@ -29,7 +29,10 @@ the issue's guarantees must do on the way, in order:
 
 :func:`paired_followups` pairs its follow-ups with the bare CLI's one for one in alternating
 order, as ``cluster.bench._paired`` pairs a daemon's, so ``path_floor_overhead_ms`` = the
-floor actor's median minus the paired bare CLI's. Left out, and so not in the floor: the
+floor actor's median minus the paired bare CLI's; ``steps_ms`` splits the floor's follow-up
+(medians, stamped in the actor: the prompt's record, the CLI's turn from the prompt's write to
+its result line, the transcript's insert; ``ray_call``: the call's time in the caller beyond
+its time in the actor). Left out, and so not in the floor: the
 client's HTTP request to the API daemon and its SSE answer (the bench process calls the actor
 directly), any per-turn state beyond the two rows, and any concurrency with other sessions.
 
@@ -131,6 +134,7 @@ class FloorActor:
         self.session_id = str(uuid.uuid4())
         self.epoch = 0
         self.seq = 0
+        self.steps: list[tuple[float, float, float, float]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
 
@@ -175,6 +179,7 @@ class FloorActor:
         assert self.pool is not None and self.proc is not None
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
+        t0 = time.monotonic()
         self.seq += 1
         seq, epoch, sid = self.seq, self.epoch, self.session_id
         async with self.pool.connection() as conn:
@@ -190,6 +195,7 @@ class FloorActor:
             "message": {"role": "user", "content": prompt},
             "parent_tool_use_id": None,
         }
+        t1 = time.monotonic()
         stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         await stdin.drain()
         lines: list[bytes] = []
@@ -201,11 +207,21 @@ class FloorActor:
                 lines.append(line)
                 if _RESULT in line:
                     break
+        t2 = time.monotonic()
         async with self.pool.connection() as conn:
             await conn.execute(
                 _TRANSCRIPT, (sid, seq, [x.decode(errors="replace").rstrip() for x in lines])
             )
+        t3 = time.monotonic()
+        self.steps.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t3 - t0) * 1e3))
         return b"".join(lines)
+
+    async def take_steps(self) -> list[tuple[float, float, float, float]]:
+        """Each follow-up's steps since the last call, in ms (the prompt's record, the CLI's
+        turn from the prompt's write to its result line, the transcript's insert, the whole
+        call in the actor), oldest first; forgets them."""
+        steps, self.steps = self.steps, []
+        return steps
 
     async def close(self) -> None:
         """End the CLI and close the pool."""
@@ -304,12 +320,21 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def _figures(out: list[float], base: list[float]) -> dict[str, float | None]:
-    follow, floor = _median(out), _median(base)
+async def _figures(floor: Floor, out: list[float], base: list[float]) -> dict[str, Any]:
+    """The medians of a pass: the floor actor's follow-up, the paired bare CLI's, the overhead,
+    and the floor's steps (``ray_call``: the call's time here beyond its time in the actor)."""
+    follow, bare = _median(out), _median(base)
+    steps = await asyncio.wait_for(floor.actor.take_steps.remote(), 30)
     return {
         "followup_ms": follow,
-        "floor_ms": floor,
-        "overhead_ms": None if follow is None or floor is None else round(follow - floor, 2),
+        "floor_ms": bare,
+        "overhead_ms": None if follow is None or bare is None else round(follow - bare, 2),
+        "steps_ms": {
+            "prompt_record": _median([s[0] for s in steps]),
+            "cli": _median([s[1] for s in steps]),
+            "transcript": _median([s[2] for s in steps]),
+            "ray_call": _median([t - s[3] for t, s in zip(out, steps, strict=True)]),
+        },
     }
 
 
@@ -335,8 +360,13 @@ async def measure_path_floor(
             await floor.followup("[[say:warm]]")
             await bare.sample(Sample(bare.name, -1, "", 0.0), "[[say:pbw]]")
             await wait_idle(floor.pid)
+            await floor.actor.take_steps.remote()
             out, base = await paired_followups(floor, bare, rounds)
-            figures: dict[str, Any] = {"node": floor.node, "rounds": rounds, **_figures(out, base)}
+            figures: dict[str, Any] = {
+                "node": floor.node,
+                "rounds": rounds,
+                **await _figures(floor, out, base),
+            }
             bare_pid = next(iter(bare.pids().values()), None)
             figures["pinned"] = None
             if can_pin() and bare_pid is not None:
@@ -345,7 +375,7 @@ async def measure_path_floor(
                 figures["pinned"] = {
                     "cli_cpus": sorted(cli_cpus),
                     "other_cpus": sorted(other_cpus),
-                    **_figures(out_p, base_p),
+                    **await _figures(floor, out_p, base_p),
                 }
             return figures
         finally:
