@@ -139,8 +139,3 @@ async def run_paused(
         for index, mode in enumerate(modes):
             tasks.create_task(one_mode(index, mode))
     return samples
-
-
-def steps(n_modes: int, *, rounds: int, warmup: int) -> int:
-    """Progress steps of the pause phase (set-ups included)."""
-    return n_modes * (1 + warmup + rounds)
