@@ -224,11 +224,12 @@ tenant's environment or the profile's ``env`` names it.
 (then again later, a few times) it runs a full garbage collection, so JSC drops code that has not
 run since, and pages out the executable's embedded modules and code. For a kept-hot CLI that is
 work against the product: ~60–100 ms of CPU each time a conversation pauses and ~100 ms in every
-spare waiting for a claim, and the next follow-up finds its code dropped. Measured (CLI 2.1.330,
-Bun 1.4.4; docs/benchmarks.md "Idle CLIs"): a spare's first 20 s 187 → 89 ms of CPU, a turn with
-a 20 s pause 107 → 92 ms, the turn after the pause 69–81 → 47–50 ms to its result, anonymous
-memory unchanged (110.3 / 110.0 MB). Safe because JSC's own allocation-paced collections and
-Bun's 1 s / 30 s collection timer still run (memory stays bounded by them), and the pages not
+spare waiting for a claim. Measured (CLI 2.1.330, Bun 1.4.4; docs/benchmarks.md "Idle CLIs"): a
+spare's first 20 s 187 → 89 ms of CPU, a turn with a 20 s pause 107 → 92 ms, anonymous memory
+unchanged (110.3 / 110.0 MB). Whether the next follow-up is faster for it is not shown (one A/B
+said so, ``bench --pause`` did not: "A follow-up after a pause").
+Safe because JSC's own allocation-paced collections and Bun's 1 s / 30 s collection timer still
+run (memory stays bounded by them), and the pages not
 paged out are the binary's, file-backed and shared by every CLI (not in the pool's memory
 figure, ``RssAnon``).
 The CLI knows the variable (it reports it among its runtime tuning, ``process_start_tuning``).
