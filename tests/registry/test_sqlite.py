@@ -7,6 +7,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -444,6 +445,33 @@ async def test_sqlite_a_turns_writes_run_inline_when_the_thread_is_idle(db_path:
             assert conn.execute("SELECT status FROM turns").fetchall() == [("done",)]
         finally:
             conn.close()
+    finally:
+        await reg.close()
+
+
+async def test_sqlite_thread_leaves_a_due_batch_to_the_loops_timer(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread going round its loop while events are pending (another job, a checkpoint)
+    does not race the loop's timer for them: a loop late by a long callback still commits
+    them itself. (The thread used to wait exactly ``flush_interval`` too and took the batch
+    whenever the loop was late: CI at load 10 failed the test above that way.)"""
+    writers: list[str] = []
+    write_events = sqlite_module._write_events
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        writers.append(threading.current_thread().name)
+        return write_events(*args, **kw)
+
+    monkeypatch.setattr(sqlite_module, "_write_events", recording)
+    reg = SqliteRegistry(db_path, flush_interval=0.05)
+    await reg.open()
+    try:
+        reg.add_events([event("s1", n) for n in range(1, 4)])  # the loop's timer is armed
+        reg._jobs.put(sqlite_module._WAKE)  # the thread goes round, the events pending
+        time.sleep(0.12)  # the loop busy past flush_interval (a long callback)
+        await eventually(lambda: stored_event_count(db_path) == 3, timeout=5.0)
+        assert writers == [threading.current_thread().name]
     finally:
         await reg.close()
 

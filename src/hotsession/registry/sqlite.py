@@ -208,6 +208,8 @@ _STOP: Final = object()  # queue item: leave the thread loop
 _WAKE: Final = object()  # queue item: look at the pending events (and the checkpoint) now
 
 CHECKPOINT_CHANGES: Final = 500
+LOOP_TIMER_GRACE_S: Final = 0.25
+"""How much later than the loop's timer the thread commits due events on its own."""
 """Rows written (``total_changes``) between two of the thread's WAL checkpoints: a plain turn
 writes ~7 rows in ~15-30 WAL pages, so this is about the 1000 pages of SQLite's own
 auto-checkpoint, which is off (see the module docstring)."""
@@ -851,8 +853,14 @@ class SqliteRegistry:
         lock = self._conn_lock
         try:
             while True:
+                timeout = self._backlog.next_timeout()
+                if timeout is not None and self._timer is not None:
+                    # The loop's timer commits due events itself (``_due``); the thread is the
+                    # fallback for a loop that cannot (stopped, or busy far past the interval),
+                    # later, so the two do not race for every batch a late loop is due.
+                    timeout += LOOP_TIMER_GRACE_S
                 try:
-                    item = self._jobs.get(timeout=self._backlog.next_timeout())
+                    item = self._jobs.get(timeout=timeout)
                 except queue.Empty:
                     item = _WAKE
                 if item is _STOP:
