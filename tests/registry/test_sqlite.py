@@ -449,13 +449,8 @@ async def test_sqlite_a_turns_writes_run_inline_when_the_thread_is_idle(db_path:
         await reg.close()
 
 
-async def test_sqlite_thread_leaves_a_due_batch_to_the_loops_timer(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The thread going round its loop while events are pending (another job, a checkpoint)
-    does not race the loop's timer for them: a loop late by a long callback still commits
-    them itself. (The thread used to wait exactly ``flush_interval`` too and took the batch
-    whenever the loop was late: CI at load 10 failed the test above that way.)"""
+def _record_event_writers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that commit event batches, in order."""
     writers: list[str] = []
     write_events = sqlite_module._write_events
 
@@ -464,6 +459,17 @@ async def test_sqlite_thread_leaves_a_due_batch_to_the_loops_timer(
         return write_events(*args, **kw)
 
     monkeypatch.setattr(sqlite_module, "_write_events", recording)
+    return writers
+
+
+async def test_sqlite_thread_leaves_a_due_batch_to_the_loops_timer(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread going round its loop while events are pending (another job, a checkpoint)
+    does not race the loop's timer for them: a loop late by a long callback still commits
+    them itself. (The thread used to wait exactly ``flush_interval`` too and took the batch
+    whenever the loop was late: CI at load 10 failed the test above that way.)"""
+    writers = _record_event_writers(monkeypatch)
     reg = SqliteRegistry(db_path, flush_interval=0.05)
     await reg.open()
     try:
@@ -481,14 +487,7 @@ async def test_sqlite_timers_batch_is_committed_on_the_loop_when_the_thread_is_i
 ) -> None:
     """A turn that outlasts ``flush_interval`` (any turn of a real model) has its first events
     committed by the timer: on the loop, as the per-turn writes, not by waking the thread."""
-    writers: list[str] = []
-    write_events = sqlite_module._write_events
-
-    def recording(*args: Any, **kw: Any) -> Any:
-        writers.append(threading.current_thread().name)
-        return write_events(*args, **kw)
-
-    monkeypatch.setattr(sqlite_module, "_write_events", recording)
+    writers = _record_event_writers(monkeypatch)
     reg = SqliteRegistry(db_path, flush_interval=0.05)
     await reg.open()
     try:

@@ -201,16 +201,7 @@ async def measure_kind(
         await d.close_session(sid)
     if failed:
         raise BenchError(f"a follower failed: {failed[0]}")
-    wall = t1 - t0
-    daemon_ms = ((d1 - d0) * 1000 - idle_ms_per_s * wall) / turns
-    cli_ms = (a1 - a0) * 1000 / turns
-    out: dict[str, Any] = {
-        "turns": turns,
-        "wall_ms_per_turn": round(wall * 1000 / turns, 2),
-        "daemon_ms_per_turn": round(daemon_ms, 3),
-        "cli_ms_per_turn": round(cli_ms, 3),
-        "ratio": round(daemon_ms / cli_ms, 4) if cli_ms > 0 else None,
-    }
+    out = _per_turn(turns, t1 - t0, d1 - d0, a1 - a0, idle_ms_per_s)
     target = TARGETS.get(kind.name)
     if target is not None and out["ratio"] is not None:
         out["target"] = target
@@ -270,19 +261,8 @@ async def measure_relay(
         for wire in wires:
             await wire.aclose()
         await relay.stop()
-    total = per * sessions
-    wall = t1 - t0
-    relay_ms = ((r1 - r0) * 1000 - idle_ms_per_s * wall) / total
-    cli_ms = (a1 - a0) * 1000 / total
-    out: dict[str, Any] = {
-        "turns": total,
-        "wall_ms_per_turn": round(wall * 1000 / total, 2),
-        "daemon_ms_per_turn": round(relay_ms, 3),
-        "cli_ms_per_turn": round(cli_ms, 3),
-        "ratio": round(relay_ms / cli_ms, 4) if cli_ms > 0 else None,
-        "idle_ms_per_s": round(idle_ms_per_s, 3),
-        "floor": True,
-    }
+    out = _per_turn(per * sessions, t1 - t0, r1 - r0, a1 - a0, idle_ms_per_s)
+    out.update({"idle_ms_per_s": round(idle_ms_per_s, 3), "floor": True})
     if sessions > 1:
         out["sessions"] = sessions
     if log is not None:
@@ -292,6 +272,22 @@ async def measure_relay(
 
 def _cpu_sum(pids: list[int]) -> float:
     return sum(cpu_s(pid) for pid in pids)
+
+
+def _per_turn(
+    turns: int, wall_s: float, server_s: float, cli_s: float, idle_ms_per_s: float
+) -> dict[str, Any]:
+    """A row's figures: the server's CPU (``server_s``, the daemon's or a relay's, minus its idle
+    rate over ``wall_s``) and the CLIs' CPU (``cli_s``) per turn, and their ratio."""
+    server_ms = (server_s * 1000 - idle_ms_per_s * wall_s) / turns
+    cli_ms = cli_s * 1000 / turns
+    return {
+        "turns": turns,
+        "wall_ms_per_turn": round(wall_s * 1000 / turns, 2),
+        "daemon_ms_per_turn": round(server_ms, 3),
+        "cli_ms_per_turn": round(cli_ms, 3),
+        "ratio": round(server_ms / cli_ms, 4) if cli_ms > 0 else None,
+    }
 
 
 async def measure_sessions(
@@ -323,17 +319,9 @@ async def measure_sessions(
     finally:
         for sid in sids:
             await d.close_session(sid)
-    total = per * sessions
-    wall = t1 - t0
-    daemon_ms = ((d1 - d0) * 1000 - idle_ms_per_s * wall) / total
-    cli_ms = (a1 - a0) * 1000 / total
     return {
-        "turns": total,
+        **_per_turn(per * sessions, t1 - t0, d1 - d0, a1 - a0, idle_ms_per_s),
         "sessions": sessions,
-        "wall_ms_per_turn": round(wall * 1000 / total, 2),
-        "daemon_ms_per_turn": round(daemon_ms, 3),
-        "cli_ms_per_turn": round(cli_ms, 3),
-        "ratio": round(daemon_ms / cli_ms, 4) if cli_ms > 0 else None,
     }
 
 
